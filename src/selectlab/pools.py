@@ -1,0 +1,203 @@
+"""Instruction pools, normalised to records ``{id, instruction, input, output, source}``.
+
+Ids are stable: they follow the row's position in the original release (for Alpaca 52K,
+the index into ``alpaca_data.json``), so a subset names the same examples on every machine.
+Malformed files fail with the file and line; records with an empty instruction are
+reported by count and id, never dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+class PoolError(ValueError):
+    """A pool file that cannot be read as a pool; the message names the file and line."""
+
+
+@dataclass
+class Pool:
+    name: str
+    records: list[dict]
+    empty_instruction_ids: list[str] = field(default_factory=list)
+    n_total: int = 0  # rows in the source before limit / empty filtering
+
+
+def _record(rid: str, instruction, inp, output, source: str, where: str) -> dict:
+    for fieldname, value in (("instruction", instruction), ("input", inp), ("output", output)):
+        if value is not None and not isinstance(value, str):
+            raise PoolError(f"{where}: field {fieldname!r} must be a string, got {type(value).__name__}")
+    return {"id": rid, "instruction": (instruction or "").strip(), "input": (inp or "").strip(),
+            "output": (output or "").strip(), "source": source}
+
+
+def _json_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) pairs from a JSON array or a JSONL file."""
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PoolError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
+        line_of = _object_start_lines(text)
+        pairs = [(line_of[i] if i < len(line_of) else 0, r) for i, r in enumerate(rows)]
+    else:
+        pairs = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise PoolError(f"{path}:{line_no}: malformed JSON line ({e.msg}, column {e.colno})") from None
+    for line_no, row in pairs:
+        if not isinstance(row, dict):
+            raise PoolError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+    return pairs
+
+
+def _object_start_lines(text: str) -> list[int]:
+    """Line numbers where each top-level object of a JSON array starts (for error messages)."""
+    lines, depth, line, in_str, escape = [], 0, 1, False, False
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        if in_str:
+            escape = (not escape) if ch == "\\" else False
+            if ch == '"' and not escape:
+                in_str = False
+            continue
+        if ch == '"':
+            in_str, escape = True, False
+        elif ch in "[{":
+            if depth == 1 and ch == "{":
+                lines.append(line)
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+    return lines
+
+
+def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0) -> list[dict]:
+    """Alpaca shape (instruction/input/output) or Dolly shape (instruction/context/response)."""
+    out = []
+    for i, (line_no, row) in enumerate(_json_rows(path)):
+        where = f"{path}:{line_no}"
+        if "instruction" not in row:
+            raise PoolError(f"{where}: record has no 'instruction' field (keys: {sorted(row)})")
+        if "output" in row:
+            inp, output = row.get("input", ""), row["output"]
+        elif "response" in row:
+            inp, output = row.get("context", ""), row["response"]
+        else:
+            raise PoolError(f"{where}: record has neither 'output' (Alpaca) nor 'response' (Dolly)")
+        rid = str(row["id"]) if "id" in row and prefix == "user" else f"{prefix}-{offset + i:05d}"
+        out.append(_record(rid, row["instruction"], inp, output, row.get("category", source), where))
+    return out
+
+
+def load_alpaca(root: Path) -> list[dict]:
+    parts = sorted(root.glob("alpaca_data_part*.json"))
+    if len(parts) != 18:
+        raise PoolError(f"{root}: expected the 18 Alpaca 52K parts, found {len(parts)}")
+    records: list[dict] = []
+    for part in parts:
+        records += _from_instruction_rows(part, "alpaca", "alpaca_52k", offset=len(records))
+    return records
+
+
+def load_flan_cot(root: Path, answer_format: str = "{rationale} So the answer is {answer}.") -> list[dict]:
+    """FLAN v2 CoT triples (question, answer, rationale); literal ``\\n`` become newlines."""
+    records = []
+    files = sorted(root.glob("*_train.tsv"))
+    if not files:
+        raise PoolError(f"{root}: no *_train.tsv files")
+    for path in files:
+        task = path.name.removesuffix("_train.tsv")
+        with open(path, encoding="utf-8", newline="") as f:
+            for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+                if len(row) != 3:
+                    raise PoolError(f"{path}:{line_no}: expected 3 tab-separated fields, got {len(row)}")
+                question, answer, rationale = (c.replace("\\n", "\n").strip() for c in row)
+                output = answer_format.format(rationale=rationale, answer=answer)
+                records.append(_record(f"cot-{task}-{line_no - 1:05d}", question, "", output, f"flan_cot/{task}",
+                                       f"{path}:{line_no}"))
+    return records
+
+
+def load_self_instruct_seed(path: Path) -> list[dict]:
+    out = []
+    for line_no, row in _json_rows(path):
+        where = f"{path}:{line_no}"
+        try:
+            inst = row["instances"][0]
+            out.append(_record(row["id"], row["instruction"], inst.get("input", ""), inst["output"],
+                               "self_instruct_seed", where))
+        except (KeyError, IndexError, TypeError):
+            raise PoolError(f"{where}: expected id, instruction and instances[0].output") from None
+    return out
+
+
+def load_hub(hub_id: str, split: str, prefix: str) -> list[dict]:
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise PoolError(
+            f"pool {prefix!r} is hub-backed ({hub_id}) and this run is offline; its data is not shipped. "
+            f"Go online (unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) or give a local copy with pool.path=FILE.json"
+        )
+    try:
+        import datasets
+    except ImportError:
+        raise PoolError(f"pool {prefix!r} loads {hub_id} from the hub and needs `pip install datasets`") from None
+    rows = datasets.load_dataset(hub_id, split=split)
+    return [_record(f"{prefix}-{i:05d}", r["instruction"], r.get("input", r.get("context", "")),
+                    r.get("output", r.get("response", "")), prefix, f"{hub_id}[{i}]") for i, r in enumerate(rows)]
+
+
+LOADERS: dict[str, Callable[[dict], list[dict]]] = {
+    "alpaca": lambda c: load_alpaca(Path(c["path"])),
+    "flan_cot": lambda c: load_flan_cot(Path(c["path"]), c.get("answer_format") or "{rationale} So the answer is {answer}."),
+    "lima": lambda c: _from_instruction_rows(Path(c["path"]), "lima", "lima"),
+    "code_alpaca": lambda c: _from_instruction_rows(Path(c["path"]), "code_alpaca", "code_alpaca_2k"),
+    "self_instruct_seed": lambda c: load_self_instruct_seed(Path(c["path"])),
+    "json": lambda c: _from_instruction_rows(Path(c["path"]), "user", Path(c["path"]).stem),
+    "hub": lambda c: load_hub(c["hub_id"], c.get("split", "train"), c["name"]),
+}
+
+
+def load_pool(cfg: dict, seed: int) -> Pool:
+    """Load, validate, report empty instructions, then apply ``limit`` (seeded sample or head)."""
+    cfg = dict(cfg)
+    loader = cfg["loader"]
+    if loader not in LOADERS:
+        raise PoolError(f"pool.loader={loader!r} is not one of {sorted(LOADERS)}")
+    if loader != "hub" and not Path(cfg["path"]).exists():
+        raise PoolError(f"pool {cfg['name']!r}: pool.path={cfg['path']} does not exist")
+    records = LOADERS[loader](cfg)
+    n_total = len(records)
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise PoolError(f"pool {cfg['name']!r}: ids are not unique ({len(ids) - len(set(ids))} duplicates)")
+    empty = [r["id"] for r in records if not r["instruction"]]
+    if empty:
+        msg = f"pool {cfg['name']!r}: {len(empty)} records have an empty instruction: {empty[:20]}"
+        if cfg.get("empty_instruction", "drop") == "error":
+            raise PoolError(msg)
+        log.warning("%s%s; they are left out of selection and counted in the run's log", msg,
+                    " ..." if len(empty) > 20 else "")
+        records = [r for r in records if r["instruction"]]
+    limit = cfg.get("limit")
+    if limit is not None and limit < len(records):
+        if cfg.get("sample", "random") == "random":
+            keep = sorted(random.Random(seed).sample(range(len(records)), int(limit)))
+            records = [records[i] for i in keep]
+        else:
+            records = records[: int(limit)]
+    return Pool(cfg["name"], records, empty, n_total)

