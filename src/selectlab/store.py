@@ -5,7 +5,10 @@ decides its bytes (inputs, parameters, the stage's code version). A finished art
 ``meta.json`` and is moved into place with one ``rename``, so a reader never sees half of it.
 Long stages run through :meth:`ArtifactStore.batched`: each finished batch is written
 atomically under ``<key>.partial/`` and skipped when the stage is run again, so a killed run
-redoes at most one batch.
+redoes at most one batch. The same mechanism shards a stage across jobs: with
+``shard=(index, count)`` a job computes only batches ``b % count == index`` and stops with
+:class:`ShardIncomplete`; any later run (the merge job) reuses every finished batch and
+assembles the artifact, identical to an unsharded run's.
 """
 from __future__ import annotations
 
@@ -68,6 +71,15 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+class ShardIncomplete(Exception):
+    """This job finished its shard of a batched stage; other shards are still missing."""
+
+    def __init__(self, stage: str, key: str, present: int, total: int):
+        super().__init__(f"{stage}/{key}: this shard is done; {present} of {total} batches present. "
+                         f"Run the remaining shards, then once without shard.count to merge.")
+        self.stage, self.key, self.present, self.total = stage, key, present, total
+
+
 @dataclass
 class StageEvent:
     """One stage's outcome in this run, for the manifest and the W&B timings table."""
@@ -83,6 +95,7 @@ class StageEvent:
 @dataclass
 class ArtifactStore:
     root: Path
+    shard: tuple[int, int] | None = None  # (index, count): this job's share of every batched stage
     events: list[StageEvent] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -170,6 +183,8 @@ class ArtifactStore:
             if done:
                 reused += 1
                 continue
+            if self.shard and b % self.shard[1] != self.shard[0]:
+                continue
             out = compute(items[b * batch_size : (b + 1) * batch_size])
             if isinstance(out, np.ndarray):
                 _save_array(partial / f"batch{b:06d}.npy", out)
@@ -179,6 +194,9 @@ class ArtifactStore:
             log.info("%s/%s: batch %d/%d done", stage, key, b + 1, n_batches)
         if reused:
             log.info("%s/%s: resumed, %d of %d batches reused from an earlier run", stage, key, reused, n_batches)
+        if reused + computed < n_batches:
+            self.events.append(StageEvent(stage, key, False, time.perf_counter() - start, reused, computed))
+            raise ShardIncomplete(stage, key, reused + computed, n_batches)
 
         def assemble(tmp: Path) -> dict:
             files = [next(partial.glob(f"batch{b:06d}.*")) for b in range(n_batches)]
