@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .backbone import resolve_backbone
 from .paths import REPO_ROOT
 from .pools import load_pool
+from .report import selection_report
 from .scorers import ScoreContext, Scores, get_scorer
 from .selectors import resolve_budget, select
 from .store import ArtifactStore, ShardIncomplete, atomic_write_text, content_hash, write_jsonl
@@ -54,14 +55,16 @@ def score_stage(ctx: ScoreContext) -> tuple[Scores, str]:
     return Scores.load(folder), key
 
 
-def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[list[dict], str]:
+def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[list[dict], str, np.ndarray | None]:
     cfg = ctx.cfg
     budget = resolve_budget(cfg.selection.budget, len(scores.ids))
     key = ctx.store.key("subsets", SUBSET_VERSION, scores=scores_key, selector=container(cfg.selector), budget=budget)
     by_id = {r["id"]: r for r in ctx.pool.records}
 
     def make(tmp: Path) -> dict:
-        order = select(scores, budget, container(cfg.selector), ctx)
+        order, bins = select(scores, budget, container(cfg.selector), ctx)
+        if bins is not None:
+            np.save(tmp / "bins.npy", bins)
         rows = []
         for rank, i in enumerate(order):
             extra = {k: _finite(v[i]) for k, v in scores.columns.items()}
@@ -71,7 +74,8 @@ def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[li
 
     folder = ctx.store.build("subsets", key, make, {"selector": cfg.selector.name})
     rows = [json.loads(l) for l in (folder / "records.jsonl").read_text().splitlines()]
-    return rows, key
+    bins = np.load(folder / "bins.npy") if (folder / "bins.npy").exists() else None
+    return rows, key, bins
 
 
 def model_identity(model_path: str, store: ArtifactStore) -> str:
@@ -118,7 +122,8 @@ def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
                                     "selection": {"budget": budget}})
     random_ctx = ScoreContext(cfg=cfg, store=ctx.store, pool=ctx.pool, pool_key=ctx.pool_key, backbone=ctx.backbone)
     scores, key = score_stage(random_ctx)
-    return select_stage(random_ctx, scores, key)
+    subset, subset_key, _ = select_stage(random_ctx, scores, key)
+    return subset, subset_key
 
 
 def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list[dict]:
@@ -217,15 +222,17 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish()
         return write_manifest(shard_incomplete={"stage": done.stage, "key": done.key, "present": done.present,
                                                 "total": done.total})
-    subset, subset_key = select_stage(ctx, scores, scores_key)
+    subset, subset_key, bins = select_stage(ctx, scores, scores_key)
     subset_path = run_dir / "subset.jsonl"
     write_jsonl(subset_path, subset)
+    report = selection_report(scores, subset, {r["id"]: r for r in pool.records}, run_dir, bins=bins)
     log.info("selected %d of %d examples -> %s", len(subset), len(pool.records), subset_path)
     counts = {**scores.counts, "empty_instruction": len(pool.empty_instruction_ids)}
     write_manifest(artifacts={"scores": scores_key, "subset": subset_key}, counts=counts, n_selected=len(subset),
                    subset_path=str(subset_path))
 
     log_scores(tracker, scores, int(cfg.logger.get("table_rows", 5000)))
+    tracker.log_image("selection_report", report)
     columns = ["id", "rank", "score", "instruction", "input", "output"]
     tracker.log_table("subset", columns, [[r[c] for c in columns] for r in subset])
     tracker.log_artifact(f"subset-{subset_key}", "dataset", [subset_path, run_dir / "manifest.json"],

@@ -33,12 +33,12 @@ def topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
     return _descending(scores.score, valid)[:budget].tolist()
 
 
-def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int], np.ndarray]:
     """ADG's bin-wise proportional top-k (released behaviour).
 
     k-means of the instruction embeddings into ``n_bins`` bins; with r = budget / N, each
     bin holding at least ``min_bin_size`` items gives its top max(1, int(|bin| * r)); the
-    union is re-sorted by score and cut to the budget.
+    union is re-sorted by score and cut to the budget. Returns the order and each example's bin.
     """
     from sklearn.cluster import MiniBatchKMeans
 
@@ -66,14 +66,17 @@ def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
     return order.tolist()
 
 
-# Each selector: fn(scores, budget, selector cfg, ctx) -> indices into scores.ids, in order.
+# Each selector: fn(scores, budget, selector cfg, ctx) -> indices into scores.ids, in order
+# (or (indices, bin label per example) for selectors that bin the pool).
 # ``ctx`` is the run's ScoreContext (pool records, store, backbone) for selectors that need
 # more than the scores (diversity over texts, a size search that fine-tunes).
 SELECTORS: dict[str, Callable[..., list[int]]] = {"topk": topk, "binwise": binwise}
 
 
-def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int], np.ndarray | None]:
+    """Ordered indices of the selected examples, and the bin labels when the selector bins."""
     name = cfg["name"]
     if name not in SELECTORS:
         raise KeyError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
-    return SELECTORS[name](scores, budget, cfg, ctx)
+    out = SELECTORS[name](scores, budget, cfg, ctx)
+    return out if isinstance(out, tuple) else (out, None)

@@ -27,6 +27,8 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
 
+    def log_image(self, name: str, path: Path) -> None: ...
+
     def summary(self, values: dict[str, Any]) -> None: ...
 
     def finish(self) -> None: ...
@@ -58,6 +60,9 @@ class WandbTracker(Tracker):
 
     def log_metrics(self, metrics, step=None):
         self.run.log(metrics, step=step)
+
+    def log_image(self, name, path):
+        self.run.log({name: self.wandb.Image(str(path))})
 
     def summary(self, values):
         self.run.summary.update(values)

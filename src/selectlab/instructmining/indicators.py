@@ -5,7 +5,8 @@ the scorer (``selectlab.scorers.instructmining``) caches each indicator as its o
 Units, since the published rule coefficients depend on them:
 - lengths: tokens of the backbone tokenizer by default (the paper counts tokens; which
   tokenizer it used is not stated), or whitespace words (``unit: words``);
-- perplexity: exp(mean cross-entropy of the response tokens given the prompt);
+- perplexity: exp(mean cross-entropy of the response tokens given the prompt), via
+  ``selectlab.lm_scoring`` (the loss IFD uses);
 - MTLD: McCarthy & Jarvis (2010), forward/backward mean, threshold 0.72;
 - KNN-i: Euclidean distance to the i-th nearest other example in a unit-normalised
   SentenceBERT space (so in [0, 2]); ``metric: cosine`` gives 1 - cosine similarity;
@@ -97,42 +98,6 @@ def sentence_embeddings(model, tokenizer, texts: Sequence[str], max_length: int 
     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
-
-
-def answer_losses(model, tokenizer, prefixes: Sequence[str], answers: Sequence[str], max_length: int,
-                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean cross-entropy of each answer's tokens given its prefix (NaN for an empty answer).
-
-    The sequence is prefix ids + answer ids (each tokenised on its own, so the boundary is
-    exact), cut at ``max_length`` from the end; returns (losses, truncated flags).
-    """
-    import torch
-
-    losses, truncated = [], []
-    for start in range(0, len(prefixes), batch_size):
-        seqs, spans = [], []
-        for prefix, answer in zip(prefixes[start:start + batch_size], answers[start:start + batch_size]):
-            p = tokenizer(prefix, add_special_tokens=True)["input_ids"]
-            a = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            ids = (p + a)[:max_length]
-            truncated.append(len(p) + len(a) > max_length)
-            seqs.append(ids)
-            spans.append((len(p), len(ids)))
-        width = max(len(s) for s in seqs)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
-        for row, (a0, a1) in enumerate(spans):
-            if a1 <= a0:
-                losses.append(float("nan"))
-                continue
-            # token t is predicted by the logits at position t-1
-            targets = input_ids[row, a0:a1]
-            token_logp = logp[row, a0 - 1:a1 - 1].gather(-1, targets[:, None]).squeeze(-1)
-            losses.append(float(-token_logp.mean()))
-    return np.array(losses), np.array(truncated)
 
 
 def last_token_logits(model, tokenizer, prompts: Sequence[str], add_special_tokens: bool = True):

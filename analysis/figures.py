@@ -1,0 +1,253 @@
+"""Figures drawn from the tidy tables of :mod:`analysis.runs`, and the headless notebook runner.
+
+    python -m analysis.figures          # = make figures: executes every notebook in notebooks/
+    SELECTLAB_RUNS=outputs:multirun SELECTLAB_FIGURES=analysis/figures python -m analysis.figures
+
+Each figure function takes tables, writes one PNG and returns its path. They use
+matplotlib's object API (no pyplot state), so they run the same in a kernel, a test or a
+headless job. A panel with nothing to show says so in the picture instead of vanishing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from . import published
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO_ROOT / "notebooks"
+DEFAULT_FIGURES = REPO_ROOT / "analysis" / "figures"
+METRIC = "Avg"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _say(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=9,
+            color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _evaluated(runs: pd.DataFrame | None, metric: str, label: str | None = None) -> pd.DataFrame:
+    if runs is None or runs.empty or metric not in runs or "label" not in runs:
+        return pd.DataFrame()
+    rows = runs[np.isfinite(pd.to_numeric(runs[metric], errors="coerce"))]
+    return rows if label is None else rows[rows["label"] == label]
+
+
+def double_descent_figure(trials: pd.DataFrame, runs: pd.DataFrame | None, path: Path,
+                          metric: str = METRIC) -> Path:
+    """Left: size-search loss vs subset size per run (best size starred). Right: eval ``metric``
+    vs training-set size of evaluated models (one line per scorer). Both log-x."""
+    fig = Figure(figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
+    if trials is None or trials.empty:
+        _say(left, "no size_search.json under the run roots\n(run an InstructMining size search)")
+    else:
+        for run_dir, t in trials.groupby("run_dir", sort=True):
+            t = t.sort_values("n")
+            label = f"{t['scorer'].iloc[0]} / {t['pool'].iloc[0]}" if "scorer" in t else Path(run_dir).name
+            line, = left.plot(t["n"], t["loss"], "o-", ms=4, label=label)
+            best = t.loc[t["loss"].idxmin()]
+            left.plot([best["n"]], [best["loss"]], "*", ms=14, color=line.get_color())
+        left.set_xscale("log")
+        left.xaxis.set_major_formatter(ScalarFormatter())
+        left.xaxis.set_minor_formatter(NullFormatter())
+        left.set_xlabel("subset size n (log)")
+        left.set_ylabel("eval loss of the fine-tune on the top-n")
+        left.legend(fontsize=8)
+    im = published.INSTRUCTMINING_SIZE_SEARCH
+    left.set_title(f"size search (paper: best n = {im['best_n']:,} of {im['pool_n']:,})", fontsize=10)
+
+    rows = _evaluated(runs, metric)
+    rows = rows[rows["label"] != "untrained"] if not rows.empty else rows
+    if rows.empty or rows["n_train"].nunique() < 2:
+        _say(right, f"fewer than two training-set sizes with an evaluated '{metric}'\n"
+                    "(runs with eval != none and different budgets)")
+    else:
+        for name, g in rows.groupby(rows["eval_scorer"].fillna(rows["label"])):
+            g = g.groupby("n_train")[metric].agg(["mean", "std"]).reset_index()
+            right.errorbar(g["n_train"], g["mean"], yerr=g["std"].fillna(0), fmt="o-", ms=4, capsize=3, label=name)
+        right.set_xscale("log")
+        right.xaxis.set_major_formatter(ScalarFormatter())
+        right.xaxis.set_minor_formatter(NullFormatter())
+        right.set_xlabel("training examples (log)")
+        right.set_ylabel(f"{metric} (%)")
+        right.legend(fontsize=8)
+    right.set_title("quality vs subset size", fontsize=10)
+    return _save(fig, path)
+
+
+def _knob_values(values: pd.Series) -> list:
+    def order(v):
+        try:
+            return (0, float(str(v).split(",")[0]))
+        except ValueError:
+            return (1, str(v))
+    return sorted(values.dropna().unique(), key=order)
+
+
+ABLATION_KNOBS = ["pool", "scorer", "selector", "budget", "backbone", "layers", "k", "lam"]
+
+
+def _ours(ax, runs: pd.DataFrame, knob: str, metric: str, title: str) -> None:
+    """One line per set of evaluated selected runs that agree on every other knob and differ in
+    ``knob`` (mean ± std over seeds): a change in two knobs at once is no ablation of either."""
+    rows = _evaluated(runs, metric, "selected")
+    rows = rows[rows[knob].notna()] if not rows.empty and knob in rows else pd.DataFrame()
+    fixed = [k for k in ABLATION_KNOBS if k != knob]
+    series = [] if rows.empty else [
+        (key, g) for key, g in rows.groupby([rows[k].astype(str) for k in fixed], sort=True) if g[knob].nunique() > 1]
+    if not series:
+        _say(ax, f"no evaluated runs that differ only in {knob}\n(this panel fills in when ablation runs exist)")
+    else:
+        values = _knob_values(pd.concat([g[knob] for _, g in series]))
+        x = {v: i for i, v in enumerate(values)}
+        for key, g in series:
+            stats = g.groupby(knob)[metric].agg(["mean", "std"])
+            info = dict(zip(fixed, key))
+            ax.errorbar([x[v] for v in stats.index], stats["mean"], yerr=stats["std"].fillna(0), fmt="o-",
+                        capsize=3, label=f"{info['scorer']} / {info['pool']} / {info['backbone']}")
+        ax.set_xticks(range(len(values)), [str(v) for v in values], fontsize=8)
+        ax.set_ylabel(f"{metric} (%) of the selected subset")
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+
+
+def _published(ax, knob: str, title: str) -> None:
+    pub = published.adg_ablation(knob)
+    bars = ax.bar(range(len(pub)), pub["Avg"], color="0.7")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(pub)), [str(v) for v in pub["value"]], fontsize=8)
+    ax.set_ylim(pub["Avg"].min() - 3, pub["Avg"].max() + 1.5)
+    ax.set_ylabel("Avg (%)")
+    ax.set_title(title, fontsize=10)
+
+
+def ablations_figure(runs: pd.DataFrame | None, path: Path, metric: str = METRIC) -> Path:
+    """ADG ablations: published (grey bars, LLaMA3-8B / Alpaca-GPT4) beside ours for the layer
+    window and K; ours only for lambda and the backbone (model size)."""
+    fig = Figure(figsize=(11, 10))
+    axes = fig.subplots(3, 2)
+    runs = runs if runs is not None else pd.DataFrame()
+    _published(axes[0, 0], "layers", "published: layer window (decoder layers of 32)")
+    _ours(axes[0, 1], runs, "layers", metric, "ours: embedding.layers (hidden_states indices)")
+    _published(axes[1, 0], "k", "published: K answers per instruction")
+    _ours(axes[1, 1], runs, "k", metric, "ours: sampler.k")
+    _ours(axes[2, 0], runs, "lam", metric, "ours: scorer.lam (0 = D only, 1 = I only)")
+    _ours(axes[2, 1], runs, "backbone", metric, "ours: backbone (model size)")
+    fig.suptitle(f"ADG ablations ({published.ADG_SOURCE})", fontsize=9)
+    return _save(fig, path)
+
+
+def complexity_figure(ratings: pd.DataFrame, path: Path) -> Path:
+    """Left: mean judge rating (± standard error) per dimension and subset. Right: task-type mix."""
+    from .complexity import DIMENSIONS, TASK_TYPES
+
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    if ratings is None or ratings.empty:
+        _say(left, "no rated subsets (no runs with a subset.jsonl found)")
+        _say(right, "no task types to show")
+        return _save(fig, path)
+    dims = [d for d in DIMENSIONS if d in ratings]
+    subsets = list(dict.fromkeys(ratings["subset"]))
+    width = 0.8 / len(subsets)
+    for i, name in enumerate(subsets):
+        g = ratings[ratings["subset"] == name]
+        means = [g[d].mean() for d in dims]
+        errs = [g[d].std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else 0 for d in dims]
+        bars = left.bar(np.arange(len(dims)) + i * width, means, width, yerr=errs, capsize=3,
+                        label=f"{name} (n={len(g)})")
+        left.bar_label(bars, fmt="%.2f", fontsize=7)
+    left.set_xticks(np.arange(len(dims)) + width * (len(subsets) - 1) / 2,
+                    [f"{d}\n(1-{max(DIMENSIONS[d].scale)})" for d in dims], fontsize=8)
+    left.set_ylabel("expected rating (judge)")
+    left.legend(fontsize=7)
+    left.set_title("judge ratings: selected vs random", fontsize=10)
+    shares = (ratings.groupby("subset")["task_type"].value_counts(normalize=True).unstack(fill_value=0)
+              .reindex(columns=TASK_TYPES, fill_value=0).reindex(subsets))
+    for i, name in enumerate(subsets):
+        right.bar(np.arange(len(TASK_TYPES)) + i * width, shares.loc[name].values, width, label=name)
+    right.set_xticks(np.arange(len(TASK_TYPES)) + width * (len(subsets) - 1) / 2, TASK_TYPES, rotation=30,
+                     fontsize=8)
+    right.set_ylabel("share of subset")
+    right.legend(fontsize=7)
+    right.set_title("task-type mix (keyword heuristic)", fontsize=10)
+    return _save(fig, path)
+
+
+# ---- headless notebooks -------------------------------------------------------------------
+
+def _check_kernel(kernel_name: str) -> None:
+    """The kernel must run this interpreter (jupyter_client swaps a bare ``python`` for sys.executable)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    argv0 = KernelSpecManager().get_kernel_spec(kernel_name).argv[0]
+    if argv0 not in {"python", "python3", f"python3.{sys.version_info[1]}", sys.executable}:
+        raise RuntimeError(f"kernelspec {kernel_name!r} runs {argv0}, not {sys.executable}: "
+                           f"run `{sys.executable} -m ipykernel install --sys-prefix`")
+
+
+def execute_notebook(notebook: Path, runs: list[str], figures: Path, output: Path | None = None,
+                     kernel_name: str = "python3", timeout: int = 1200) -> Path:
+    """Execute ``notebook`` headless with ``RUNS``/``FIGURES`` injected after its ``parameters``
+    cell (papermill's convention), in the repository root; writes the executed copy to
+    ``output`` (default: in place) and returns it. A failing cell raises with its traceback."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    _check_kernel(kernel_name)
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    at = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
+    if at is None:
+        raise ValueError(f"{notebook}: no cell tagged 'parameters'")
+    cell = nbformat.v4.new_code_cell(f"# Parameters injected by analysis.figures.execute_notebook\n"
+                                     f"RUNS = {[str(r) for r in runs]!r}\nFIGURES = {str(figures)!r}")
+    cell.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(at + 1, cell)
+    NotebookClient(nb, kernel_name=kernel_name, timeout=timeout,
+                   resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
+    output = Path(output or notebook)
+    nbformat.write(nb, output)
+    return output
+
+
+def _for_kernel(path: str | Path) -> str:
+    """The kernel runs in the repository root: paths inside it stay relative (so executed
+    notebooks do not carry this machine's absolute paths), others become absolute."""
+    full = Path(path).resolve()
+    return str(full.relative_to(REPO_ROOT)) if full.is_relative_to(REPO_ROOT) else str(full)
+
+
+def main() -> None:
+    """Relative paths in SELECTLAB_RUNS (separated by the OS path separator) and SELECTLAB_FIGURES
+    are relative to the current directory."""
+    runs = [_for_kernel(r) for r in os.environ.get("SELECTLAB_RUNS", os.pathsep.join(
+        [str(REPO_ROOT / "outputs"), str(REPO_ROOT / "multirun")])).split(os.pathsep) if r]
+    figures = _for_kernel(os.environ.get("SELECTLAB_FIGURES", DEFAULT_FIGURES))
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    if not notebooks:
+        raise SystemExit(f"no notebooks in {NOTEBOOKS}")
+    for nb in notebooks:
+        print(f"executing {nb.relative_to(REPO_ROOT)} (runs: {', '.join(runs)})", flush=True)
+        execute_notebook(nb, runs, figures)
+    for png in sorted((REPO_ROOT / figures).glob("*.png")):
+        print(f"  {png} ({png.stat().st_size:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Find run folders and turn what they left into tidy pandas tables.
+
+A run folder is one holding ``manifest.json`` (written by ``selectlab.pipeline.run``);
+next to it may lie ``subset.jsonl``, ``results.json`` and ``size_search.json``. A file
+that cannot be read is reported with a warning naming it, never skipped silently.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+DEFAULT_ROOTS = ("outputs", "multirun")
+RUN_COLUMNS = ["run_dir", "run", "pool", "backbone", "scorer", "selector", "budget", "seed", "layers", "k", "lam",
+               "n_pool", "n_selected", "status"]
+
+
+class RunFileWarning(UserWarning):
+    """A run file exists but could not be used; the message names it."""
+
+
+def _roots(roots: str | Path | Iterable[str | Path]) -> list[Path]:
+    return [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+
+
+def find_run_dirs(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) -> list[Path]:
+    """Every folder under ``roots`` that holds a ``manifest.json`` (missing roots are skipped)."""
+    found = {p.parent.resolve() for root in _roots(roots) if root.exists() for p in root.rglob("manifest.json")}
+    return sorted(found)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        warnings.warn(f"{path}: unreadable ({e}); left out of the table", RunFileWarning, stacklevel=3)
+        return None
+    if not isinstance(data, dict):
+        warnings.warn(f"{path}: expected a JSON object, got {type(data).__name__}; left out", RunFileWarning,
+                      stacklevel=3)
+        return None
+    return data
+
+
+def load_manifest(run_dir: Path) -> dict | None:
+    """The manifest, or None (with a warning naming the file) when it is unreadable or has no config."""
+    path = Path(run_dir) / "manifest.json"
+    manifest = _read_json(path)
+    if manifest is not None and not isinstance(manifest.get("config"), dict):
+        warnings.warn(f"{path}: no 'config' object (not a selectlab manifest?); left out", RunFileWarning,
+                      stacklevel=2)
+        return None
+    return manifest
+
+
+def _get(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _nan(x):
+    return math.nan if x is None else x
+
+
+def run_info(run_dir: Path, manifest: dict) -> dict:
+    """The knobs that tell runs apart: one flat dict per run."""
+    cfg = manifest["config"]
+    layers = _get(cfg, "embedding.layers")
+    return {
+        "run_dir": str(run_dir),
+        "run": manifest.get("run"),
+        "pool": _get(cfg, "pool.name"),
+        "backbone": _get(cfg, "backbone.name"),
+        "scorer": _get(cfg, "scorer.name"),
+        "selector": _get(cfg, "selector.name"),
+        "budget": _nan(_get(cfg, "selection.budget")),
+        "seed": _nan(_get(cfg, "seed")),
+        "layers": None if layers is None else ",".join(str(x) for x in layers),
+        "k": _nan(_get(cfg, "sampler.k")),
+        "lam": _nan(_get(cfg, "scorer.lam")),
+        "n_pool": _nan((manifest.get("pool") or {}).get("n")),
+        "n_selected": _nan(manifest.get("n_selected")),
+        "status": "shard_incomplete" if manifest.get("shard_incomplete") else
+                  "selected" if "n_selected" in manifest else "no_subset",
+    }
+
+
+def load_results(run_dir: Path) -> list[dict]:
+    """The evaluated rows of ``results.json`` ([] when the run did not evaluate)."""
+    path = Path(run_dir) / "results.json"
+    if not path.exists():
+        return []
+    data = _read_json(path)
+    if data is None:
+        return []
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "label" in r for r in rows):
+        warnings.warn(f"{path}: 'rows' must be a list of objects with a 'label'; left out", RunFileWarning,
+                      stacklevel=2)
+        return []
+    return rows
+
+
+def runs_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) -> pd.DataFrame:
+    """One row per run and evaluated model (``label``: untrained | random | selected).
+
+    Columns: :data:`RUN_COLUMNS`, then ``label``, ``eval_scorer``, ``n_train``, one column per
+    benchmark (value in percent) and one per group mean (Reasoning, Knowledge, Code, Avg when
+    the eval config defines them). A run without results gives one row with NaN metrics.
+    """
+    rows = []
+    for run_dir in find_run_dirs(roots):
+        manifest = load_manifest(run_dir)
+        if manifest is None:
+            continue
+        info = run_info(run_dir, manifest)
+        results = load_results(run_dir)
+        if not results:
+            rows.append({**info, "label": None, "eval_scorer": None, "n_train": math.nan})
+        for r in results:
+            metrics = {k: _nan(v) for k, v in {**(r.get("metrics") or {}), **(r.get("groups") or {})}.items()}
+            rows.append({**info, "label": r["label"], "eval_scorer": r.get("scorer"),
+                         "n_train": _nan(r.get("n_train")), **metrics})
+    return pd.DataFrame(rows, columns=None if rows else [*RUN_COLUMNS, "label", "eval_scorer", "n_train"])
+
+
+def size_search_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) -> pd.DataFrame:
+    """One row per size-search trial: the run's knobs, then n, loss, seconds, best_n, search source."""
+    rows = []
+    for root in _roots(roots):
+        if not root.exists():
+            continue
+        for path in sorted(root.rglob("size_search.json")):
+            data = _read_json(path)
+            if data is None:
+                continue
+            trials = data.get("trials")
+            if not isinstance(trials, list) or not all(isinstance(t, dict) and {"n", "loss"} <= t.keys()
+                                                       for t in trials):
+                warnings.warn(f"{path}: 'trials' must be a list of objects with 'n' and 'loss'; left out",
+                              RunFileWarning, stacklevel=2)
+                continue
+            manifest = load_manifest(path.parent) if (path.parent / "manifest.json").exists() else None
+            info = run_info(path.parent, manifest) if manifest else {"run_dir": str(path.parent)}
+            for order, t in enumerate(trials):
+                rows.append({**info, "trial": order, "n": int(t["n"]), "loss": float(t["loss"]),
+                             # selectlab.instructmining.search names the trial's duration "time"
+                             "seconds": _nan(t.get("seconds", t.get("time"))),
+                             "best_n": _nan(data.get("best_n")), "search": data.get("source")})
+    return pd.DataFrame(rows, columns=None if rows else ["run_dir", "trial", "n", "loss", "seconds", "best_n",
+                                                         "search"])
+
+
+def load_subset(run_dir: Path) -> list[dict]:
+    """The run's selected records in rank order (``subset.jsonl``)."""
+    from selectlab.store import read_jsonl
+
+    path = Path(run_dir) / "subset.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the run selected nothing (no subset.jsonl)")
+    return read_jsonl(path)
+
+
+def random_comparison(run_dir: Path, n: int, seed: int = 0) -> list[dict]:
+    """A seeded uniform sample of ``n`` records from the run's own pool (same pool config, same seed slice)."""
+    import random
+
+    from selectlab.pools import load_pool
+
+    manifest = load_manifest(run_dir)
+    if manifest is None:
+        raise ValueError(f"{run_dir}/manifest.json: unusable (see the warning above)")
+    pool = load_pool(manifest["config"]["pool"], seed=int(manifest["config"]["seed"]))
+    if n > len(pool.records):
+        raise ValueError(f"{run_dir}: asked for {n} random records from a pool of {len(pool.records)}")
+    return random.Random(seed).sample(pool.records, n)

@@ -1,0 +1,240 @@
+"""InstructMining: indicators, rules, rule fitting, subset-size search and the scorer."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+import selectlab.config  # noqa: F401  (registers the ${cache_dir:} resolver the composed configs use)
+from selectlab.instructmining import fit_experiment, fit_rule, predicted_loss, save_rule_yaml, search_subset_size
+from selectlab.instructmining import indicators as ind
+from selectlab.instructmining.rules import RuleError
+
+# ---------------------------------------------------------------- MTLD
+
+
+def test_mtld_hand_computed():
+    # "one two one three four", threshold 0.72.
+    # forward: one (TTR 1/1), two (2/2), one (2/3 = .667 <= .72 -> factor 1, reset), three (1/1), four (2/2):
+    #   leftover segment TTR 1 -> partial (1 - 1)/.28 = 0; factors 1 -> MTLD 5/1 = 5.
+    # backward: four, three, one, two (all TTR 1), one (4/5 = .8, above .72): no full factor;
+    #   partial (1 - .8)/.28 = .714285...; MTLD 5/.714285... = 7.
+    # mean (5 + 7)/2 = 6.
+    assert ind.mtld("One two, one three four.") == pytest.approx(6.0, abs=1e-12)
+    # "a a b b": a (1), a (1/2 -> factor, reset), b (1), b (1/2 -> factor); 4 words / 2 factors, both ways.
+    assert ind.mtld("a a b b") == pytest.approx(2.0)
+
+
+def test_mtld_degenerate_cases():
+    # all words distinct: no factor starts in either direction -> the whole text is one factor (lexicalrichness)
+    assert ind.mtld("alpha beta gamma") == 3.0 and ind.mtld_undefined("alpha beta gamma")
+    assert not ind.mtld_undefined("a a b b")
+    assert math.isnan(ind.mtld("  ... !!")) and not ind.mtld_undefined("...")
+
+
+# ---------------------------------------------------------------- KNN-i
+
+
+def test_knn_distance_on_a_line():
+    # points at 0, 1, 3, 6, 10, 15, 21, 28; the 2nd nearest OTHER point of each, by hand:
+    # 0 -> {1, 3} -> 3; 1 -> {1, 2} -> 2; 3 -> {2, 3} -> 3; 6 -> {3, 4} -> 4; 10 -> {4, 5} -> 5;
+    # 15 -> {5, 6} -> 6; 21 -> {6, 7} -> 7; 28 -> {7, 13} -> 13
+    x = np.array([[p, 0.0] for p in (0, 1, 3, 6, 10, 15, 21, 28)])
+    for block_rows in (1, 3, 100):
+        np.testing.assert_allclose(ind.knn_distances(x, k=2, block_rows=block_rows), [3, 2, 3, 4, 5, 6, 7, 13])
+
+
+def test_knn6_matches_brute_force_and_cosine():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5))
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_allclose(ind.knn_distances(x, k=6, block_rows=7), np.sort(d, axis=1)[:, 5], rtol=1e-9)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = 1 - u @ u.T
+    np.fill_diagonal(c, np.inf)
+    np.testing.assert_allclose(ind.knn_distances(x, k=6, metric="cosine"), np.sort(c, axis=1)[:, 5], atol=1e-12)
+    with pytest.raises(ValueError, match="more than 6"):
+        ind.knn_distances(x[:6], k=6)
+
+
+# ---------------------------------------------------------------- rules
+
+
+def _rule(compose, name: str) -> dict:
+    return OmegaConf.to_container(compose("scorer=instructmining", f"scorer/rule={name}").scorer.rule)
+
+
+def test_published_rules_arithmetic(compose):
+    b = _rule(compose, "paper_b")
+    # 1.0694 - 0.1498*4 + 8.257e-5*100 - 0.9350*0.5 = 1.0694 - 0.5992 + 0.008257 - 0.4675 = 0.010957
+    cols = {"reward": np.array([4.0, np.nan]), "output_length": np.array([100.0, 1.0]), "knn6": np.array([0.5, 0.1])}
+    out = predicted_loss(cols, b)
+    assert out[0] == pytest.approx(0.010957, abs=1e-12) and math.isnan(out[1])
+    a = _rule(compose, "paper_a")
+    # 0.0274 - 0.0078*2 + 0.4421*0.9 - 0.3212*0.8 - 0.1520*0.7 = 0.0274 - 0.0156 + 0.39789 - 0.25696 - 0.1064 = 0.04633
+    cols = {"reward": np.array([2.0]), "understandability": np.array([0.9]), "naturalness": np.array([0.8]),
+            "coherence": np.array([0.7])}
+    assert predicted_loss(cols, a)[0] == pytest.approx(0.04633, abs=1e-12)
+    assert "could not be checked" in a["provenance"] and a["scaling"].startswith("Unknown")
+    with pytest.raises(RuleError, match=r"needs indicators \['knn6'\]"):
+        predicted_loss({"reward": np.ones(1), "output_length": np.ones(1)}, b)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def test_fit_rule_recovers_planted_rule(tmp_path):
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.uniform(1, 6, 80), rng.uniform(50, 400, 80), rng.uniform(0.2, 1.2, 80)])
+    beta0, beta = 1.07, np.array([-0.15, 8e-4, -0.9])
+    loss = np.exp(beta0 + X @ beta + rng.normal(0, 0.002, 80))
+    fit = fit_rule(X, loss)
+    np.testing.assert_allclose(fit["coefficients"], beta, rtol=0.05)
+    assert fit["intercept"] == pytest.approx(beta0, rel=0.05) and fit["r2"] > 0.99 and fit["n"] == 80
+
+    path = save_rule_yaml(fit, ["reward", "output_length", "knn6"], tmp_path / "fitted_demo.yaml", "synthetic")
+    rule = yaml.safe_load(path.read_text())
+    assert rule["name"] == "fitted_demo" and "scorer/rule=fitted_demo" in path.read_text()
+    cols = dict(zip(["reward", "output_length", "knn6"], X.T))
+    np.testing.assert_allclose(predicted_loss(cols, rule), np.log(loss), atol=0.01)
+    with pytest.raises(ValueError, match="need more than 4"):
+        fit_rule(X[:4], loss[:4])
+
+
+def test_fit_experiment_with_planted_eval_loss():
+    rng = np.random.default_rng(2)
+    records = [{"id": f"r{i}"} for i in range(200)]
+    columns = {"a": rng.uniform(0, 1, 200), "b": rng.uniform(0, 10, 200)}
+    by_id = {r["id"]: i for i, r in enumerate(records)}
+    calls = []
+
+    def train_and_eval(subset):  # stands for fine-tune + held-out loss: log-linear in the subset means
+        calls.append(len(subset))
+        idx = [by_id[r["id"]] for r in subset]
+        return math.exp(0.5 - 0.8 * columns["a"][idx].mean() + 0.03 * columns["b"][idx].mean())
+
+    result, table = fit_experiment(records, columns, M=12, subset_size=20, seed=0, train_and_eval=train_and_eval)
+    assert calls == [20] * 12 and len(table) == 12 and result["names"] == ["a", "b"]
+    np.testing.assert_allclose(result["coefficients"], [-0.8, 0.03], rtol=1e-6)
+    assert result["intercept"] == pytest.approx(0.5, rel=1e-6)
+    again, _ = fit_experiment(records, columns, 12, 20, 0, train_and_eval)
+    assert [t["ids"] for t in table] == [t["ids"] for t in _]  # seeded subsets
+
+
+# ---------------------------------------------------------------- BlendSearch (real FLAML)
+
+
+def test_blendsearch_finds_known_minimum():
+    best, trials = search_subset_size(lambda n: (math.log(n) - math.log(300)) ** 2, low=10, high=5000,
+                                      num_samples=40, time_budget_s=None, seed=0)
+    assert len(trials) <= 40 and all(10 <= t["n"] <= 5000 for t in trials)
+    assert abs(math.log(best) - math.log(300)) < 0.05, (best, [t["n"] for t in trials])
+    assert best == min(trials, key=lambda t: t["loss"])["n"] and trials[0]["n"] == 10  # starts cheap
+
+
+# ---------------------------------------------------------------- model-based indicators (tiny llama)
+
+RECORDS = [
+    {"id": "a", "instruction": "Name a primary colour.", "input": "", "output": "Red."},
+    {"id": "b", "instruction": "Add the numbers.", "input": "2 and 3", "output": "2 + 3 = 5, so the answer is 5."},
+]
+
+
+def test_judge_rating_equals_hand_computation(tiny_model_dir):
+    import torch
+    from selectlab.models import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu"), load_tokenizer(str(tiny_model_dir))
+    template = "Rate the answer.\n#Question#:\n{question}\n#Response#:\n{response}\n##Quality: "
+    prompts = [ind.judge_prompt(r, template, tok, True) for r in RECORDS]
+    digits = ind.digit_token_ids(tok)
+    batched = ind.expected_rating(ind.last_token_logits(model, tok, prompts, add_special_tokens=False), digits)
+    assert np.all((batched >= 1) & (batched <= 6))
+    # by hand, unbatched: softmax over the six digit logits at the last prompt position, expectation of 1..6
+    ids = tok(prompts[1], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1]
+    p = torch.softmax(logits[digits].double(), dim=0).numpy()
+    assert batched[1] == pytest.approx(float(np.dot(p, np.arange(1, 7))), abs=1e-5)
+    assert "<|im_start|>user" in prompts[1] and "2 and 3" in prompts[1]
+
+
+# ---------------------------------------------------------------- the scorer, composed from the real configs
+
+
+def _context(cfg, records):
+    from selectlab.pools import Pool
+    from selectlab.scorers import ScoreContext
+    from selectlab.store import ArtifactStore, content_hash
+
+    store = ArtifactStore(cfg.cache_dir)
+    return ScoreContext(cfg=cfg, store=store, pool=Pool("t", records, [], len(records)),
+                        pool_key=content_hash(records), backbone=lambda: str(cfg.backbone.path))
+
+
+def _pool(cfg, n):
+    from selectlab.pools import load_pool
+
+    pool = OmegaConf.to_container(cfg.pool, resolve=True)
+    return load_pool({**pool, "limit": n, "sample": "head"}, seed=0).records
+
+
+def test_scorer_rule_b_with_judge_on_tiny_model(compose, tiny_model_dir):
+    from selectlab.scorers import get_scorer
+
+    cfg = compose("scorer=instructmining", f"backbone.path={tiny_model_dir}", "scorer.log_indicators=[mtld,perplexity]")
+    records = _pool(cfg, 10)
+    ctx = _context(cfg, records)
+    scores = get_scorer("instructmining")(ctx)
+    cols = scores.columns
+    assert list(cols) == ["reward", "output_length", "knn6", "mtld", "perplexity", "predicted_loss"]
+    assert np.all((cols["reward"] >= 1) & (cols["reward"] <= 6))
+    assert np.all((cols["knn6"] > 0) & (cols["knn6"] < 2))
+    from selectlab.lm_scoring import answer_losses
+    from selectlab.models import load_causal_lm, load_tokenizer
+    from selectlab.prompts import render_prompt
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_causal_lm(str(tiny_model_dir), device="cpu")
+    loss = answer_losses(model, tok, [render_prompt(r, "alpaca") for r in records], [" " + r["output"] for r in records],
+                         max_length=1024, batch_size=3, add_bos=True)
+    np.testing.assert_allclose(cols["perplexity"], np.exp(loss), rtol=1e-5)
+    np.testing.assert_allclose(cols["mtld"], [ind.mtld(r["output"]) for r in records])
+    assert cols["output_length"].tolist() == [len(tok(r["output"], add_special_tokens=False)["input_ids"])
+                                              for r in records]
+    expected = 1.0694 - 0.1498 * cols["reward"] + 8.257e-5 * cols["output_length"] - 0.9350 * cols["knn6"]
+    np.testing.assert_allclose(cols["predicted_loss"], expected, rtol=1e-12)
+    np.testing.assert_array_equal(scores.score, -cols["predicted_loss"])
+    assert scores.counts["predicted_loss_nan"] == 0 and "mtld_all_words_distinct" in scores.counts
+    assert scores.meta["reward_is_substitute"] and scores.meta["rule"]["name"] == "paper_b"
+    # pinned (computed once): the seeded tiny llama's judge ratings (near 3.5: random weights) and
+    # all-MiniLM-L6-v2's KNN-6 distances on the first 3 of the first 10 Alpaca rows
+    np.testing.assert_allclose(cols["reward"][:3], [3.390938, 3.397014, 3.374897], atol=1e-4)
+    np.testing.assert_allclose(cols["knn6"][:3], [1.434052, 1.399577, 1.399656], atol=1e-4)
+
+    # changing one indicator's config recomputes only that indicator
+    n_events = len(ctx.store.events)
+    cfg2 = compose("scorer=instructmining", f"backbone.path={tiny_model_dir}", "scorer.indicators.knn6.k=3")
+    ctx2 = _context(cfg2, records)
+    ctx2.store = ctx.store
+    get_scorer("instructmining")(ctx2)
+    fresh = [(e.stage, e.reused) for e in ctx.store.events[n_events:]]
+    assert fresh == [("im_indicator", True), ("im_indicator", True), ("im_sbert_embeddings", True),
+                     ("im_indicator", False)]
+
+
+def test_rule_a_offline_names_the_missing_model_key(compose, tiny_model_dir):
+    from selectlab.scorers import get_scorer
+    from selectlab.scorers.instructmining import IndicatorConfigError
+
+    cfg = compose("scorer=instructmining", "scorer/rule=paper_a", f"backbone.path={tiny_model_dir}")
+    with pytest.raises(IndicatorConfigError, match=r"scorer.indicators.understandability.model.hub_id="
+                                                   r"MingZhong/unieval-dialog is not in the local"):
+        get_scorer("instructmining")(_context(cfg, _pool(cfg, 8)))
+    cfg = compose("scorer=instructmining", "scorer/reward=oasst_deberta", f"backbone.path={tiny_model_dir}")
+    with pytest.raises(IndicatorConfigError, match=r"scorer.reward.model.hub_id=OpenAssistant"):
+        get_scorer("instructmining")(_context(cfg, _pool(cfg, 8)))
