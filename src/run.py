@@ -3,18 +3,20 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # works without `pip install -e .` too
 
-import selectlab.config  # noqa: E402,F401  (registers the ${data_dir:} and ${cache_dir:} resolvers)
-from selectlab.pipeline import configure_environment, run  # noqa: E402
+from selectlab.config import configure_environment  # noqa: E402  (also registers the config resolvers)
+
+configure_environment()  # offline defaults before datasets/transformers are imported
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from selectlab.pipeline import run  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    configure_environment()
     logging.getLogger("selectlab").setLevel(logging.INFO)
     run(cfg)
 

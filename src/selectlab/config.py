@@ -1,5 +1,7 @@
-"""OmegaConf resolvers the configs use; imported by the entry point and the tests."""
+"""Process set-up shared by the entry point and the tests: offline defaults, config resolvers."""
 from __future__ import annotations
+
+import os
 
 from omegaconf import OmegaConf
 
@@ -7,3 +9,11 @@ from .paths import cache_dir, data_dir
 
 OmegaConf.register_new_resolver("data_dir", lambda: str(data_dir()), replace=True)
 OmegaConf.register_new_resolver("cache_dir", lambda: str(cache_dir()), replace=True)
+
+
+def configure_environment() -> None:
+    """Offline unless the user says otherwise (call before importing datasets/transformers)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_SILENT", "true")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import subprocess
 import time
@@ -93,7 +92,7 @@ def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
     key = ctx.store.key("evals", EVAL_VERSION, model=model_identity(model_path, ctx.store), eval=eval_cfg)
 
     def make(tmp: Path) -> dict:
-        result = evaluate(model_path, eval_cfg, tmp)
+        result = evaluate(model_path, {"eval": eval_cfg}, tmp)
         atomic_write_text(tmp / "result.json", json.dumps(result, indent=2, default=str))
         return {"label": label}
 
@@ -214,6 +213,14 @@ def run(cfg: DictConfig) -> dict:
         atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
         return manifest
 
+    if cfg.task == "fit_rule":
+        from .instructmining.experiments import fit_rule_task
+
+        fit = fit_rule_task(ctx, tracker)
+        tracker.finish()
+        return write_manifest(fit=fit)
+    if cfg.task != "select":
+        raise ValueError(f"task={cfg.task!r}; choose select or fit_rule")
     try:
         scores, scores_key = score_stage(ctx)
     except ShardIncomplete as done:
@@ -233,6 +240,9 @@ def run(cfg: DictConfig) -> dict:
 
     log_scores(tracker, scores, int(cfg.logger.get("table_rows", 5000)))
     tracker.log_image("selection_report", report)
+    if (run_dir / "size_search.json").exists():
+        trials = json.loads((run_dir / "size_search.json").read_text())["trials"]
+        tracker.log_table("size_search", ["n", "loss", "seconds"], [[t["n"], t["loss"], t["seconds"]] for t in trials])
     columns = ["id", "rank", "score", "instruction", "input", "output"]
     tracker.log_table("subset", columns, [[r[c] for c in columns] for r in subset])
     tracker.log_artifact(f"subset-{subset_key}", "dataset", [subset_path, run_dir / "manifest.json"],
@@ -264,10 +274,3 @@ def log_results(tracker: Tracker, rows: list[dict]) -> None:
                      ", ".join(f"{g} {v:.2f}" for g, v in r["groups"].items() if v is not None)]:
             log.info("%s", line)
 
-
-def configure_environment() -> None:
-    """Offline unless the user says otherwise; quiet tokenizers in forked workers."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(var, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("WANDB_SILENT", "true")

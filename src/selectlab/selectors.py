@@ -70,7 +70,23 @@ def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int]
 # (or (indices, bin label per example) for selectors that bin the pool).
 # ``ctx`` is the run's ScoreContext (pool records, store, backbone) for selectors that need
 # more than the scores (diversity over texts, a size search that fine-tunes).
-SELECTORS: dict[str, Callable[..., list[int]]] = {"topk": topk, "binwise": binwise}
+def size_search(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+    """InstructMining's subset-size search (each trial fine-tunes); ``selection.budget`` is unused."""
+    from .instructmining.experiments import size_search as search
+
+    return search(scores, budget, cfg, ctx)
+
+
+def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+    from .diverse import diverse_topk as greedy
+
+    return greedy(scores, budget, cfg, ctx)
+
+
+SELECTORS: dict[str, Callable[..., list[int]]] = {
+    "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
+    "diverse_topk": diverse_topk,
+}
 
 
 def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int], np.ndarray | None]:

@@ -1,0 +1,194 @@
+"""Evaluation stage: lm-evaluation-harness on a fine-tuned model, then the paper's group means.
+
+``evaluate(model_path, cfg, run_dir)`` runs ``lm_eval.simple_evaluate`` once per entry of
+``cfg.eval.tasks`` (each entry has its own shot count; one model instance serves all),
+reads the metric the paper reports for it, writes ``<run_dir>/eval_results.json`` and
+returns the per-task scores (percent) with ``aggregate``'s group means.
+
+Tasks come from ``selectlab/lm_eval_tasks`` (offline copies of the harness's own tasks on
+the files under ``selectlab.paths.data_dir()``) or from lm-eval's built-in tasks, which
+read the Hugging Face Hub: name one in ``eval.tasks.<key>.lm_eval`` (e.g. ``hellaswag``)
+and set ``eval.offline=false`` on a machine online (or have the dataset in the HF cache).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
+ENTRY_FIELDS = ("lm_eval", "num_fewshot", "metric", "filter")
+
+
+class EvalError(RuntimeError):
+    pass
+
+
+def aggregate(metrics: dict[str, float], groups_cfg: dict[str, list[str]]) -> dict:
+    """Group means and their mean, as the ADG paper reports (Reasoning, Knowledge, Code → Avg).
+
+    A group averages the tasks of it that ran; a group missing any task is listed under
+    ``missing`` and ``complete`` is False (a group with none of its tasks scores None and
+    the average skips it) — the numbers are never presented as full when they are not.
+    """
+    groups, missing = {}, {}
+    for group, tasks in groups_cfg.items():
+        present = [metrics[t] for t in tasks if t in metrics]
+        absent = [t for t in tasks if t not in metrics]
+        if absent:
+            missing[group] = absent
+            log.warning("eval group %r is incomplete: %s did not run", group, absent)
+        groups[group] = sum(present) / len(present) if present else None
+    scored = [v for v in groups.values() if v is not None]
+    return {"groups": groups, "avg": sum(scored) / len(scored) if scored else None,
+            "complete": not missing, "missing": missing}
+
+
+def _entries(ev: dict) -> dict[str, dict]:
+    tasks = ev.get("tasks") or {}
+    for key, entry in tasks.items():
+        absent = [f for f in ENTRY_FIELDS if f not in (entry or {})]
+        if absent:
+            raise EvalError(f"eval.tasks.{key} lacks {', '.join(absent)} (each task needs {', '.join(ENTRY_FIELDS)})")
+    return tasks
+
+
+def _names(entry: dict) -> list[str]:
+    names = entry["lm_eval"]
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _go_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    # both libraries read these variables once, at import; a process that imported them earlier is told here
+    import datasets.config
+    import huggingface_hub.constants
+
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def _load_tasks(task_manager, key: str, entry: dict, offline: bool) -> tuple[list, dict]:
+    """(top-level Task/Group objects, leaf tasks by name) for one config entry."""
+    names = _names(entry)
+    try:
+        loaded = task_manager.load(names)
+    except Exception as err:
+        hint = (" If it reads its data from the Hugging Face Hub (lm-eval's built-in tasks, e.g. hellaswag → "
+                "Rowan/hellaswag), it builds offline (eval.offline=true) only from the local HF cache: run it once "
+                "with eval.offline=false on a machine online, or use an offline task from selectlab/lm_eval_tasks."
+                if offline else "")
+        raise EvalError(f"eval.tasks.{key}.lm_eval={entry['lm_eval']!r}: lm-eval could not build it "
+                        f"({type(err).__name__}: {err}).{hint}") from err
+    groups, leaves = loaded.get("groups", {}), loaded["tasks"]
+    if len(names) > 1 and any(n not in leaves for n in names):
+        raise EvalError(f"eval.tasks.{key}.lm_eval: a list must name single tasks (averaged by size here), "
+                        f"not groups or tags: {[n for n in names if n not in leaves]}")
+    top = [groups[n] if n in groups else leaves[n] for n in names if n in groups or n in leaves]
+    return (top if len(top) == len(names) else list(leaves.values())), leaves  # a tag stands for its tasks
+
+
+def _check_leaves(key: str, entry: dict, leaves: dict, allow_code: bool) -> None:
+    unsafe = [n for n, t in leaves.items() if getattr(t, "UNSAFE_CODE", False)]
+    if unsafe and not allow_code:
+        raise EvalError(f"eval.tasks.{key} ({', '.join(unsafe)}) executes model-generated code; "
+                        f"set eval.allow_code_execution=true to allow it (programs run in a subprocess with a time limit)")
+    fixed = [n for n, t in leaves.items() if t.get_config("num_fewshot") == 0 and entry["num_fewshot"] != 0]
+    if fixed:  # lm-eval would quietly keep 0 shots
+        raise EvalError(f"eval.tasks.{key}.num_fewshot={entry['num_fewshot']} but {fixed} fix 0 shots in their YAML")
+
+
+def _make_lm(model_path: str, ev: dict):
+    from lm_eval.api.registry import get_model
+
+    from .models import default_device
+
+    if ev["backend"] not in ("hf", "vllm"):
+        raise EvalError(f"eval.backend={ev['backend']!r}; choose hf or vllm")
+    args = {"pretrained": str(model_path), "dtype": ev["dtype"], **(ev.get("model_args") or {})}
+    device = (ev.get("device") or default_device()) if ev["backend"] == "hf" else None
+    return get_model(ev["backend"]).create_from_arg_obj(args, {"batch_size": ev["batch_size"], "device": device})
+
+
+def _score(key: str, entry: dict, results: dict) -> dict:
+    """The entry's metric in percent; a list of tasks is averaged weighted by examples,
+    as lm-eval's own groups (bbh, mmlu) aggregate."""
+    from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
+
+    names, metric_key = _names(entry), f"{entry['metric']},{entry['filter']}"
+    stderr_key = f"{entry['metric']}_stderr,{entry['filter']}"
+    rows = [results["results"].get(n, {}) for n in names]
+    for name, row in zip(names, rows):
+        if metric_key not in row:
+            reported = sorted(k for k in row if "_stderr" not in k and k != "alias")
+            raise EvalError(f"eval.tasks.{key}: lm-eval reported no {metric_key!r} for {name} "
+                            f"(metric,filter pairs it reported: {reported})")
+    n_samples = sum(n["effective"] for n in results["n-samples"].values())
+    stderrs = [row.get(stderr_key) for row in rows]
+    if not all(isinstance(e, (int, float)) and math.isfinite(e) for e in stderrs):
+        stderrs = None
+    if len(rows) == 1:
+        return {"score": 100 * rows[0][metric_key], "stderr": stderrs and 100 * stderrs[0], "n_samples": n_samples}
+    sizes = [results["n-samples"][n]["effective"] for n in names]
+    return {"score": 100 * aggregate_subtask_metrics([row[metric_key] for row in rows], sizes),
+            "stderr": stderrs and 100 * pooled_sample_stderr(stderrs, sizes), "n_samples": n_samples}
+
+
+def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
+    """Run ``cfg.eval`` on the model folder; returns {"metrics": {task: percent}, "groups",
+    "avg", "complete", "missing", "tasks": per-task details, ...}; {} when eval.name=none."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    from omegaconf import OmegaConf
+
+    ev = cfg["eval"]
+    ev = OmegaConf.to_container(ev, resolve=True) if OmegaConf.is_config(ev) else dict(ev)
+    entries = _entries(ev)
+    if ev["name"] == "none" or not entries:
+        log.info("eval=%s: nothing to evaluate", ev["name"])
+        return {}
+    if ev["offline"]:
+        _go_offline()
+    started = time.time()
+    task_manager = TaskManager(include_path=[str(TASKS_DIR), *map(str, ev.get("task_dirs") or [])])
+    loaded = {key: _load_tasks(task_manager, key, entry, ev["offline"]) for key, entry in entries.items()}
+    for key, (_, leaves) in loaded.items():
+        _check_leaves(key, entries[key], leaves, ev["allow_code_execution"])
+    if ev["allow_code_execution"]:
+        os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # lm-eval's built-in code tasks check it
+
+    lm = _make_lm(model_path, ev)
+    gen_kwargs = ev.get("gen_kwargs") or None
+    details, raw = {}, {}
+    for key, entry in entries.items():
+        top, leaves = loaded[key]
+        log.info("eval %s: %s, %d-shot, limit=%s", key, entry["lm_eval"], entry["num_fewshot"], ev["limit"])
+        results = simple_evaluate(
+            model=lm, tasks=top, num_fewshot=entry["num_fewshot"],
+            limit=ev["limit"], batch_size=ev["batch_size"], task_manager=task_manager, gen_kwargs=gen_kwargs,
+            apply_chat_template=ev["apply_chat_template"], log_samples=ev["log_samples"],
+            bootstrap_iters=ev["bootstrap_iters"], confirm_run_unsafe_code=ev["allow_code_execution"],
+        )
+        details[key] = {**_score(key, entry, results), "lm_eval": entry["lm_eval"], "metric": f"{entry['metric']},{entry['filter']}",
+                        "num_fewshot": entry["num_fewshot"],
+                        "data": sorted({"local" if t.config.custom_dataset else f"hub:{t.config.dataset_path}"
+                                        for t in leaves.values()})}
+        raw[key] = results
+        log.info("eval %s: %s = %.2f", key, details[key]["metric"], details[key]["score"])
+
+    metrics = {key: d["score"] for key, d in details.items()}
+    summary = {"metrics": metrics, **aggregate(metrics, ev.get("groups") or {}), "tasks": details,
+               "model_path": str(model_path), "backend": ev["backend"], "limit": ev["limit"], "gen_kwargs": gen_kwargs,
+               "wall_s": time.time() - started}
+    out = Path(run_dir) / "eval_results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "lm_eval": raw}, indent=2, default=handle_non_serializable))
+    return {**summary, "results_path": str(out)}

@@ -1,0 +1,119 @@
+"""InstructMining's experiments on the real stages: each point is a real fine-tune.
+
+- ``finetuned_eval_loss``: fine-tune the backbone on a subset (train stage), then the mean
+  response-token loss on a held-out eval pool (Self-Instruct seed tasks by default, as the
+  paper samples its eval set from Self-Instruct). Cached per (subset, train cfg, eval set).
+- ``size_search`` (``selector=blendsearch`` / ``selector=size_grid``): the loss of the top-n
+  by score for each n tried, the best n selected; the trials go to ``size_search.json`` for
+  the double-descent figure.
+- ``fit_rule_task`` (``task=fit_rule``, ``experiment=im_fit_cpu``): M random subsets, each
+  fine-tuned and evaluated, then least squares of log loss on subset-mean indicators; the
+  fitted rule is saved as ``conf/scorer/rule/fitted_<name>.yaml``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import REPO_ROOT
+from ..pools import load_pool
+from ..store import atomic_write_text, content_hash, write_jsonl
+from .fit import fit_experiment, save_rule_yaml
+from .search import search_subset_size
+
+log = logging.getLogger(__name__)
+
+EVAL_LOSS_VERSION = 1
+
+
+def _plain(node):
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def eval_records(ctx) -> list[dict]:
+    """The held-out eval set (``heldout`` config); examples also in the training pool are removed."""
+    cfg = _plain(ctx.cfg.heldout)
+    pool = load_pool(cfg, seed=int(ctx.cfg.seed))
+    train_texts = {(r["instruction"], r["input"]) for r in ctx.pool.records}
+    records = [r for r in pool.records if (r["instruction"], r["input"]) not in train_texts]
+    if len(records) < len(pool.records):
+        log.info("held-out set: %d examples that are also in the pool left out", len(pool.records) - len(records))
+    return records
+
+
+def finetuned_eval_loss(ctx, subset: list[dict], heldout: list[dict]) -> float:
+    from ..train import eval_loss, finetune
+
+    train_cfg = _plain(ctx.cfg.train)
+    heldout_key = content_hash([r["id"] for r in heldout] + [r["output"] for r in heldout])
+    subset_key = content_hash(sorted(r["id"] for r in subset))
+    key = ctx.store.key("eval_loss", EVAL_LOSS_VERSION, subset=subset_key, pool=ctx.pool_key, train=train_cfg,
+                        backbone=_plain(ctx.cfg.backbone), heldout=heldout_key)
+
+    def make(tmp: Path) -> dict:
+        model = finetune(subset, ctx.backbone(), train_cfg, ctx.store, {"subset": subset_key})
+        loss = eval_loss(model, heldout, template=train_cfg.get("template", "alpaca"),
+                         max_length=int(train_cfg.get("max_length", 512)))
+        atomic_write_text(tmp / "loss.json", json.dumps({"loss": loss, "n_train": len(subset), "model": model}))
+        return {}
+
+    folder = ctx.store.build("eval_loss", key, make)
+    return json.loads((folder / "loss.json").read_text())["loss"]
+
+
+def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
+    """Pick the subset size by fine-tuning on the top-n (by score) for the n tried."""
+    valid = np.flatnonzero(~np.isnan(scores.score))
+    order = valid[np.argsort(-scores.score[valid], kind="stable")]
+    by_id = {r["id"]: r for r in ctx.pool.records}
+    heldout = eval_records(ctx)
+
+    def objective(n: int) -> float:
+        return finetuned_eval_loss(ctx, [by_id[scores.ids[i]] for i in order[:n]], heldout)
+
+    high = min(int(cfg["high"]), len(order))
+    if cfg["method"] == "blendsearch":
+        best_n, trials = search_subset_size(objective, int(cfg["low"]), high, int(cfg["num_samples"]),
+                                            cfg.get("time_budget_s"), int(ctx.cfg.seed), cfg.get("init_n"))
+    elif cfg["method"] == "grid":
+        trials = [{"n": n, "loss": objective(n)} for n in sorted({min(int(n), high) for n in cfg["grid"]})]
+        best_n = min(trials, key=lambda t: t["loss"])["n"]
+    else:
+        raise ValueError(f"selector.method={cfg['method']!r}; choose blendsearch or grid")
+    out = {"trials": [{"n": t["n"], "loss": t["loss"], "seconds": t.get("time")} for t in trials],
+           "best_n": best_n, "source": cfg["method"], "n_candidates": len(order), "n_heldout": len(heldout)}
+    atomic_write_text(Path(ctx.cfg.run_dir) / "size_search.json", json.dumps(out, indent=2))
+    log.info("size search (%s): best n = %d of %d tried sizes", cfg["method"], best_n, len(trials))
+    return order[:best_n].tolist()
+
+
+def fit_rule_task(ctx, tracker) -> dict:
+    """Fit InstructMining's rule on our own fine-tunes and save it as a rule config."""
+    from ..scorers.instructmining import compute_indicators
+
+    fit_cfg = _plain(ctx.cfg.fit)
+    names = list(fit_cfg["indicators"])
+    columns, _counts = compute_indicators(ctx, names)
+    heldout = eval_records(ctx)
+    result, table = fit_experiment(ctx.pool.records, columns, int(fit_cfg["subsets"]), int(fit_cfg["subset_size"]),
+                                   int(ctx.cfg.seed), lambda subset: finetuned_eval_loss(ctx, subset, heldout))
+    run_dir = Path(ctx.cfg.run_dir)
+    write_jsonl(run_dir / "fit_data.jsonl", table)
+    provenance = (f"fitted by selectlab on {len(table)} fine-tunes of {ctx.cfg.backbone.name} "
+                  f"(train={ctx.cfg.train.name}) on random {fit_cfg['subset_size']}-example subsets of "
+                  f"{ctx.pool.name}; eval loss on {len(heldout)} held-out {ctx.cfg.heldout.name} examples; "
+                  f"R2={result['r2']:.3f}")
+    target = REPO_ROOT / "conf" / "scorer" / "rule" / f"fitted_{fit_cfg['name']}.yaml"
+    for path in (run_dir / target.name, target):
+        save_rule_yaml(result, result["names"], path, provenance)
+    tracker.log_table("fit_data", list(table[0]), [list(r.values()) for r in table])
+    tracker.summary({"fit/r2": result["r2"], "fit/intercept": result["intercept"],
+                     **{f"fit/{n}": c for n, c in zip(result["names"], result["coefficients"])}})
+    log.info("fitted rule (R2 %.3f): %.4f %s -> %s", result["r2"], result["intercept"],
+             " ".join(f"{c:+.4g}*{n}" for n, c in zip(result["names"], result["coefficients"])), target)
+    return {**result, "rule_config": str(target), "fit_data": str(run_dir / "fit_data.jsonl")}
