@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbone import resolve_backbone
 from .paths import REPO_ROOT
@@ -54,14 +54,26 @@ def score_stage(ctx: ScoreContext) -> tuple[Scores, str]:
     return Scores.load(folder), key
 
 
+def selector_config(cfg: DictConfig) -> dict:
+    """``selector=auto`` resolves to the file of conf/selector/ that the scorer names (default topk)."""
+    if cfg.selector.name != "auto":
+        return container(cfg.selector)
+    name = cfg.scorer.get("selector") or "topk"
+    path = REPO_ROOT / "conf" / "selector" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"scorer.selector={name!r} names no file in conf/selector/")
+    return container(OmegaConf.load(path))
+
+
 def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[list[dict], str, np.ndarray | None]:
     cfg = ctx.cfg
     budget = resolve_budget(cfg.selection.budget, len(scores.ids))
-    key = ctx.store.key("subsets", SUBSET_VERSION, scores=scores_key, selector=container(cfg.selector), budget=budget)
+    selector = selector_config(cfg)
+    key = ctx.store.key("subsets", SUBSET_VERSION, scores=scores_key, selector=selector, budget=budget)
     by_id = {r["id"]: r for r in ctx.pool.records}
 
     def make(tmp: Path) -> dict:
-        order, bins = select(scores, budget, container(cfg.selector), ctx)
+        order, bins = select(scores, budget, selector, ctx)
         if bins is not None:
             np.save(tmp / "bins.npy", bins)
         rows = []
@@ -71,7 +83,7 @@ def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[li
         write_jsonl(tmp / "records.jsonl", rows)
         return {"budget": budget, "n_selected": len(rows)}
 
-    folder = ctx.store.build("subsets", key, make, {"selector": cfg.selector.name})
+    folder = ctx.store.build("subsets", key, make, {"selector": selector})
     rows = [json.loads(l) for l in (folder / "records.jsonl").read_text().splitlines()]
     bins = np.load(folder / "bins.npy") if (folder / "bins.npy").exists() else None
     return rows, key, bins
@@ -117,8 +129,11 @@ def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | 
 
 def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
     """The random baseline at the same budget, through the same stages (same pool, same seed)."""
-    cfg = OmegaConf.merge(ctx.cfg, {"scorer": {"name": "random", "batch_size": 4096}, "selector": {"name": "topk"},
-                                    "selection": {"budget": budget}})
+    cfg = ctx.cfg.copy()
+    with open_dict(cfg):
+        cfg.scorer = OmegaConf.load(REPO_ROOT / "conf" / "scorer" / "random.yaml")
+        cfg.selector = {"name": "topk"}
+        cfg.selection.budget = budget
     random_ctx = ScoreContext(cfg=cfg, store=ctx.store, pool=ctx.pool, pool_key=ctx.pool_key, backbone=ctx.backbone)
     scores, key = score_stage(random_ctx)
     subset, subset_key, _ = select_stage(random_ctx, scores, key)
@@ -235,7 +250,8 @@ def run(cfg: DictConfig) -> dict:
     report = selection_report(scores, subset, {r["id"]: r for r in pool.records}, run_dir, bins=bins)
     log.info("selected %d of %d examples -> %s", len(subset), len(pool.records), subset_path)
     counts = {**scores.counts, "empty_instruction": len(pool.empty_instruction_ids)}
-    write_manifest(artifacts={"scores": scores_key, "subset": subset_key}, counts=counts, n_selected=len(subset),
+    write_manifest(artifacts={"scores": scores_key, "subset": subset_key}, selector=selector_config(cfg),
+                   counts=counts, n_selected=len(subset),
                    subset_path=str(subset_path))
 
     log_scores(tracker, scores, int(cfg.logger.get("table_rows", 5000)))

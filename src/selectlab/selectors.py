@@ -45,7 +45,14 @@ def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int]
     if scores.features is None:
         raise ValueError("selector=binwise needs instruction embeddings from the scorer (scorer=adg provides them)")
     n = len(scores.ids)
-    n_bins = min(int(cfg["n_bins"]), n)
+    n_bins = int(cfg["n_bins"])
+    if n_bins * 2 * int(cfg["min_bin_size"]) > n:
+        # The release's setting (1000 bins for 52K, ~52 per bin) cannot run on a small pool:
+        # k-means needs n >= n_bins and bins under min_bin_size are never drawn from.
+        capped = max(1, n // (2 * int(cfg["min_bin_size"])))
+        log.warning("binwise: selector.n_bins=%d is too many for %d examples; using %d bins "
+                    "(N // (2 * min_bin_size)) so that bins can be drawn from", n_bins, n, capped)
+        n_bins = capped
     km = MiniBatchKMeans(
         n_clusters=n_bins, random_state=int(cfg["random_state"]), batch_size=max(1, min(1000, n // 10)),
         n_init=int(cfg["n_init"]), max_iter=int(cfg["max_iter"]),
