@@ -37,5 +37,5 @@ def load_causal_lm(path: str, dtype: str = "float32", device: str | None = None)
     """Model in eval mode on ``device`` (default: CUDA when present)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     return model.to(device or default_device()).eval()
