@@ -1,0 +1,169 @@
+"""ADG embedding + scoring: selectlab.adg (batched) against selectlab.reference (the release's way).
+
+Same texts, same model, each method in its own process (so peak memory is its own):
+prints examples/s, tokens/s, peak memory, the speed ratio and the largest score difference.
+
+    python bench/bench_embedding.py                       # embedded SmolLM2-135M, 24 Alpaca instructions, K=5
+    python bench/bench_embedding.py --n 64 --model /path/to/hf_model --dtype float32
+
+Texts: real Alpaca 52K instructions (seeded sample). No sampled answers ship with the repo,
+so each instruction's K "answers" are real pool outputs: its own output and the outputs of
+the next K-1 records of the sample (real text with the pool's length spread, different per
+answer). Pass --samples FILE.jsonl (records of selectlab.sampling: id, answers) to use
+sampled answers instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def texts(n: int, k: int, seed: int, samples: str | None) -> tuple[list[str], list[list[str]]]:
+    from selectlab.paths import data_dir
+    from selectlab.pools import load_alpaca
+    from selectlab.store import read_jsonl
+
+    pool = load_alpaca(data_dir() / "pools" / "alpaca_52k")
+    if samples:
+        by_id = {r["id"]: r for r in pool}
+        rows = read_jsonl(Path(samples))[:n]
+        return [by_id[r["id"]]["instruction"] for r in rows], [r["answers"][:k] for r in rows]
+    picked = random.Random(seed).sample(pool, n + k - 1)
+    return ([r["instruction"] for r in picked[:n]],
+            [[picked[i + j]["output"] for j in range(k)] for i in range(n)])
+
+
+def model_path(arg: str | None) -> str:
+    if arg:
+        return arg
+    from omegaconf import OmegaConf
+
+    from selectlab.backbone import resolve_backbone
+    from selectlab.paths import REPO_ROOT, cache_dir
+    from selectlab.store import ArtifactStore
+
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "backbone" / "smollm2_135m.yaml"))
+    return resolve_backbone(cfg, ArtifactStore(cache_dir()))
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(args) -> dict:
+    """One method in this process; writes its result JSON to args.out."""
+    import numpy as np
+    import torch
+
+    from selectlab.adg import EmbeddingConfig, adg_score, divergence, embed_answer_sets, token_weight_table
+    from selectlab.models import load_causal_lm, load_tokenizer
+    from selectlab.reference import reference_scores
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    instructions, answers = texts(args.n, args.k, args.seed, args.samples)
+    tok = load_tokenizer(args.model_path)
+    model = load_causal_lm(args.model_path, args.dtype, args.device)
+    device = str(next(model.parameters()).device)
+    layers = tuple(args.layers)
+    n_tokens = sum(len(tok(a and f"{i} {a}", add_special_tokens=False)["input_ids"][: args.max_length])
+                   for i, ans in zip(instructions, answers) for a in ans)
+    base_mb = peak_memory_mb(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    if args.method == "reference":
+        out = reference_scores(model, tok, instructions, answers, layers=layers, max_length=args.max_length, lam=0.4)
+        D, I, s = out["D"], out["I"], out["score"]
+    else:
+        cfg = EmbeddingConfig(layers=layers, max_length=args.max_length, dtype=args.dtype,
+                              token_budget=args.token_budget, prefix_reuse=args.method == "ours_prefix_reuse")
+        emb = embed_answer_sets(model, tok, instructions, answers, cfg, token_weight_table(tok))
+        D, I = divergence(emb.answers)
+        s = adg_score(D, I, 0.4)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    result = {"method": args.method, "device": device, "seconds": seconds, "examples": len(instructions),
+              "texts": len(instructions) * args.k, "tokens": n_tokens, "peak_mb": peak_memory_mb(device),
+              "model_loaded_mb": base_mb, "score": np.asarray(s).tolist(), "D": np.asarray(D).tolist(),
+              "I": np.asarray(I).tolist(), "threads": torch.get_num_threads()}
+    Path(args.out).write_text(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=24, help="instructions")
+    ap.add_argument("--k", type=int, default=5, help="answers per instruction")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, help="HF model folder (default: the embedded SmolLM2 backbone)")
+    ap.add_argument("--samples", default=None, help="sampled answers (records.jsonl of the samples stage)")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--layers", type=int, nargs="+", default=[-4, -3, -2])
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--token-budget", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--methods", nargs="+", default=["reference", "ours", "ours_prefix_reuse"])
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--model-path", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.method:
+        run_one(args)
+        return
+
+    path = model_path(args.model)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods:
+            out = Path(tmp) / f"{method}.json"
+            cmd = [sys.executable, __file__, "--method", method, "--model-path", path, "--out", str(out)]
+            for flag in ("n", "k", "seed", "dtype", "max_length", "token_budget", "threads"):
+                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            cmd += ["--layers", *map(str, args.layers)]
+            if args.device:
+                cmd += ["--device", args.device]
+            if args.samples:
+                cmd += ["--samples", args.samples]
+            subprocess.run(cmd, check=True)
+            results[method] = json.loads(out.read_text())
+
+    import numpy as np
+
+    first = next(iter(results.values()))
+    print(f"model {path}  device {first['device']}  threads {first['threads']}  dtype {args.dtype}  "
+          f"layers {args.layers}  {first['examples']} instructions x K={args.k}  {first['tokens']} text tokens")
+    print(f"{'method':<20}{'seconds':>9}{'examples/s':>12}{'texts/s':>9}{'tokens/s':>10}{'peak MB':>9}"
+          f"{'after load':>11}")
+    for m, r in results.items():
+        print(f"{m:<20}{r['seconds']:>9.2f}{r['examples'] / r['seconds']:>12.2f}{r['texts'] / r['seconds']:>9.2f}"
+              f"{r['tokens'] / r['seconds']:>10.0f}{r['peak_mb']:>9.0f}{r['model_loaded_mb']:>11.0f}")
+    if "reference" in results:
+        ref = results["reference"]
+        for m, r in results.items():
+            if m == "reference":
+                continue
+            diff = {c: float(np.max(np.abs(np.array(r[c]) - np.array(ref[c])))) for c in ("score", "D", "I")}
+            print(f"{m}: speed ratio vs reference {ref['seconds'] / r['seconds']:.2f}x; max |diff| "
+                  + ", ".join(f"{c} {v:.2e}" for c, v in diff.items()))
+
+
+if __name__ == "__main__":
+    main()
