@@ -97,8 +97,10 @@ def main() -> None:
     ap.add_argument("--hf-batch-size", type=int, default=32)
     ap.add_argument("--hf-dtype", default="float32", help="this CPU has no bf16 units, so fp32 is HF's fastest")
     ap.add_argument("--vllm-dtype", default="bfloat16")
-    ap.add_argument("--vllm-reserved-cores", type=int, default=None,
-                    help="sampler.cpu_reserved_cores (CPU engine; default: vLLM keeps 1 core for its scheduler)")
+    ap.add_argument("--vllm-reserved-cores", type=int, default=0,
+                    help="sampler.cpu_reserved_cores (CPU engine; as conf/sampler/vllm.yaml: 0; -1 = vLLM's own default)")
+    ap.add_argument("--vllm-seeding", default="request", choices=["request", "engine"],
+                    help="sampler.seeding for the vLLM run")
     ap.add_argument("--skip", nargs="*", default=[], choices=["vllm", "hf_bs1", "hf_batched"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -124,7 +126,7 @@ def main() -> None:
         measure("hf_batched", lambda: sampling.sample_answers(records, path, cfg, fresh(), args.seed), rows)
     if "vllm" not in args.skip:
         cfg = sampler_cfg("vllm", args, batch_size=len(records), dtype=args.vllm_dtype,
-                          cpu_reserved_cores=args.vllm_reserved_cores)
+                          cpu_reserved_cores=None if args.vllm_reserved_cores < 0 else args.vllm_reserved_cores, seeding=args.vllm_seeding)
         start = time.perf_counter()
         sampling.sample_answers(records[:1], path, cfg, fresh(), args.seed)  # starts the engine (cached)
         print(f"vLLM engine start + 1 prompt: {time.perf_counter() - start:.1f}s", flush=True)

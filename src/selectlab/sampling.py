@@ -40,7 +40,8 @@ BACKENDS = ("vllm", "hf")
 # Knobs that decide the answers' bytes (engine knobs such as memory share do not; batch_size does
 # for hf, whose random stream is per batch).
 ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_max_tokens",
-                "template", "dtype", "batch_size")
+                "template", "dtype", "batch_size", "seeding")
+SEEDING = ("request", "engine")
 
 
 class SamplerConfigError(ValueError):
@@ -56,7 +57,7 @@ def _check(cfg: Any) -> None:
     if name not in BACKENDS:
         raise SamplerConfigError(f"sampler.name={name!r}; choose one of {BACKENDS}")
     for key in ANSWER_KNOBS:
-        if key != "prompt_max_tokens" and _get(cfg, key) is None:
+        if key not in ("prompt_max_tokens", "seeding") and _get(cfg, key) is None:
             raise SamplerConfigError(f"sampler.{key} is missing")
     if int(_get(cfg, "k")) < 1:
         raise SamplerConfigError(f"sampler.k={_get(cfg, 'k')} must be >= 1")
@@ -64,6 +65,8 @@ def _check(cfg: Any) -> None:
         raise SamplerConfigError(f"sampler.top_p={_get(cfg, 'top_p')} must be in (0, 1]")
     if float(_get(cfg, "temperature")) <= 0:
         raise SamplerConfigError(f"sampler.temperature={_get(cfg, 'temperature')} must be > 0 (this stage samples)")
+    if name == "vllm" and _get(cfg, "seeding") not in SEEDING:
+        raise SamplerConfigError(f"sampler.seeding={_get(cfg, 'seeding')!r}; choose one of {SEEDING}")
     pmt = _get(cfg, "prompt_max_tokens")
     if pmt is not None and int(pmt) < 1:
         raise SamplerConfigError(f"sampler.prompt_max_tokens={pmt} must be >= 1 or null (no cut)")
@@ -158,8 +161,13 @@ class _VLLMBackend:
     def __init__(self, path: str, cfg: Any, seed: int):
         from vllm import LLM, SamplingParams
 
+        # seeding=request: every request draws from a seed of (seed, record id), so answers do not
+        # depend on batching or resumption. seeding=engine: one seeded engine and vLLM's batched
+        # sampler (faster); answers then depend on the batch they were drawn in.
+        self.per_request_seeds = _get(cfg, "seeding") == "request"
         engine_kwargs = {k: _get(cfg, k) for k in ENGINE_KNOBS if _get(cfg, k) is not None}
-        engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), **engine_kwargs})
+        engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), "seed": int(seed),
+                                   "seeding": _get(cfg, "seeding"), **engine_kwargs})
         if engine_key not in _VLLM_ENGINES:
             # CPU-engine settings vLLM reads only from the environment; a value already set wins.
             for key, env in (("cpu_kvcache_space_gib", "VLLM_CPU_KVCACHE_SPACE"),
@@ -167,8 +175,12 @@ class _VLLMBackend:
                 if _get(cfg, key) is not None:
                     os.environ.setdefault(env, str(int(_get(cfg, key))))
             log.info("starting the vLLM engine on %s (%s)", path, engine_kwargs)
+            if self.per_request_seeds:
+                # Seeded requests crash the CPU engine when a prefill is chunked ("CPU Generator
+                # does not use offset"); whole prefills avoid the offset call.
+                engine_kwargs["enable_chunked_prefill"] = False
             _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed),
-                                            enable_chunked_prefill=False, **engine_kwargs)
+                                            **engine_kwargs)
         self.llm = _VLLM_ENGINES[engine_key]
         self.params = dict(
             n=int(_get(cfg, "k")), temperature=float(_get(cfg, "temperature")), top_p=float(_get(cfg, "top_p")),
@@ -181,7 +193,8 @@ class _VLLMBackend:
         """K generated id lists per prompt; each request draws from its own seed."""
         from vllm.inputs import TokensPrompt
 
-        params = [self.sampling_params(seed=s, **self.params) for s in request_seeds]
+        params = ([self.sampling_params(seed=s, **self.params) for s in request_seeds] if self.per_request_seeds
+                  else self.sampling_params(**self.params))
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
 

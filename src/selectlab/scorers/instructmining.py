@@ -175,10 +175,8 @@ def knn_indicator(ctx, name, spec, shared):
     embed_key = ctx.store.key("im_sbert_embeddings", VERSION, pool=ctx.pool_key, spec=embed_spec)
 
     def load():
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
-        torch.set_grad_enabled(False)
         return AutoModel.from_pretrained(model_dir).to(default_device()).eval(), AutoTokenizer.from_pretrained(model_dir)
 
     sbert = _Lazy(load)
