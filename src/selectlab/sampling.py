@@ -150,9 +150,16 @@ def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
 
 ENGINE_KNOBS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager",
                 "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching")
-# One engine per (model, engine knobs) for the life of the process: starting one costs ~90 s on
-# CPU, and since every request carries its own seed, the engine's seed never shows in the answers.
+# One engine per (model, engine knobs) while a sampling stage runs; shut down when the stage is
+# complete, because an idle vLLM CPU worker keeps polling and would slow every later stage.
 _VLLM_ENGINES: dict[str, Any] = {}
+
+
+def shutdown_engines() -> None:
+    """Stop every vLLM engine this process started (frees its worker processes and memory)."""
+    while _VLLM_ENGINES:
+        _, llm = _VLLM_ENGINES.popitem()
+        llm.llm_engine.engine_core.shutdown()
 
 
 class _VLLMBackend:
@@ -249,8 +256,11 @@ def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store:
             "params": params,
         } for r, p, n_full, ans in zip(batch, prompts, lengths, answers)]
 
-    folder = store.batched(STAGE, key, list(records), batch_size, compute,
-                           meta={"params": params, "n_records": len(records)})
+    try:
+        folder = store.batched(STAGE, key, list(records), batch_size, compute,
+                               meta={"params": params, "n_records": len(records)})
+    finally:
+        shutdown_engines()
     rows = read_jsonl(folder / "records.jsonl")
     if [r["id"] for r in rows] != [r["id"] for r in records]:
         raise RuntimeError(f"{folder}/records.jsonl is not aligned with the pool (stage {STAGE}, key {key})")
