@@ -31,24 +31,27 @@ def smol_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(smol_tokenizer_dir, tmp_path_factory) -> Path:
+def build_tiny_llama(tokenizer_dir: Path, out: Path, num_attention_heads: int = 4, num_key_value_heads: int = 2) -> Path:
     """A 4-layer, 64-wide llama with SmolLM2's vocabulary; seeded, so its numbers are pinned."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(out, safe_serialization=True)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smol_tokenizer_dir, tmp_path_factory) -> Path:
+    return build_tiny_llama(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_llama"))
 
 
 @pytest.fixture

@@ -115,20 +115,9 @@ def test_bad_config_names_the_key(tiny_model_dir, tmp_path):
 def vllm_tiny_model_dir(smol_tokenizer_dir, tmp_path_factory):
     """The tiny llama with head_dim 32: vLLM's CPU attention supports head sizes from 32 up,
     not the shared fixture's 16."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from conftest import build_tiny_llama
 
-    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
-    )
-    out = tmp_path_factory.mktemp("tiny_llama_hd32")
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return build_tiny_llama(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_llama_hd32"), 2, 1)
 
 
 def test_vllm_engine_k_distinct_answers_and_record_shape(vllm_tiny_model_dir, tmp_path):
