@@ -126,7 +126,7 @@ def test_vllm_engine_k_distinct_answers_and_record_shape(vllm_tiny_model_dir, tm
     cfg.merge_with({"max_new_tokens": 16, "batch_size": 3, "max_model_len": 256, "cpu_kvcache_space_gib": 1})
     store = ArtifactStore(tmp_path)
     start = time.perf_counter()
-    out = sample_answers(RECORDS, str(tiny_model_dir), cfg, store, seed=0)
+    out = sample_answers(RECORDS, str(tiny_model_dir), cfg, store, seed=0, keep_engine=True)
     print(f"vLLM tiny-model sampling took {time.perf_counter() - start:.1f}s")
     assert [r["id"] for r in out] == [r["id"] for r in RECORDS]
     assert set(out[0]) == {"id", "answers", "answer_tokens", "prompt_tokens", "prompt_cut", "prompt_hash", "params"}
@@ -136,7 +136,9 @@ def test_vllm_engine_k_distinct_answers_and_record_shape(vllm_tiny_model_dir, tm
         assert r["params"]["backend"] == "vllm"
     assert sampling_counts(out)["prompts_cut"] == 1
     # per-request seeds: a record's answers do not depend on its batch or on what the engine ran before
-    again = sample_answers(RECORDS[1:4], str(tiny_model_dir), cfg, ArtifactStore(tmp_path / "again"), seed=0)
+    again = sample_answers(RECORDS[1:4], str(tiny_model_dir), cfg, ArtifactStore(tmp_path / "again"), seed=0,
+                           keep_engine=True)
     assert [r["answers"] for r in again] == [r["answers"] for r in out[1:4]]
     other_seed = sample_answers(RECORDS[1:4], str(tiny_model_dir), cfg, ArtifactStore(tmp_path / "seed1"), seed=1)
+    assert not sampling._VLLM_ENGINES, "the last call shuts the engine down"
     assert [r["answers"] for r in other_seed] != [r["answers"] for r in out[1:4]]

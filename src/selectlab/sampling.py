@@ -173,8 +173,8 @@ class _VLLMBackend:
         # sampler (faster); answers then depend on the batch they were drawn in.
         self.per_request_seeds = _get(cfg, "seeding") == "request"
         engine_kwargs = {k: _get(cfg, k) for k in ENGINE_KNOBS if _get(cfg, k) is not None}
-        engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), "seed": int(seed),
-                                   "seeding": _get(cfg, "seeding"), **engine_kwargs})
+        engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), "seeding": _get(cfg, "seeding"),
+                                   "engine_seed": None if self.per_request_seeds else int(seed), **engine_kwargs})
         if engine_key not in _VLLM_ENGINES:
             # CPU-engine settings vLLM reads only from the environment; a value already set wins.
             for key, env in (("cpu_kvcache_space_gib", "VLLM_CPU_KVCACHE_SPACE"),
@@ -218,12 +218,13 @@ def samples_key(records: Sequence[dict], backbone_path: str, cfg: Any, seed: int
 
 
 def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store: ArtifactStore,
-                   seed: int) -> list[dict]:
+                   seed: int, keep_engine: bool = False) -> list[dict]:
     """K sampled answers per record (aligned with ``records``), stored and resumable per batch.
 
     ``cfg`` is the ``sampler`` config group. With ``name: vllm`` the caller must run under
     ``if __name__ == "__main__":`` (vLLM spawns its workers), as Hydra's main does. The
-    engine or model is loaded only if some batch is not stored yet.
+    engine or model is loaded only if some batch is not stored yet, and the vLLM engine is shut
+    down when the stage ends unless ``keep_engine`` (for callers that sample again at once).
     """
     from .models import load_tokenizer
 
@@ -260,7 +261,8 @@ def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store:
         folder = store.batched(STAGE, key, list(records), batch_size, compute,
                                meta={"params": params, "n_records": len(records)})
     finally:
-        shutdown_engines()
+        if not keep_engine:
+            shutdown_engines()
     rows = read_jsonl(folder / "records.jsonl")
     if [r["id"] for r in rows] != [r["id"] for r in records]:
         raise RuntimeError(f"{folder}/records.jsonl is not aligned with the pool (stage {STAGE}, key {key})")
