@@ -33,9 +33,17 @@ def test_multirun_2x2_shares_sampling(tiny_model_dir, tmp_path):
           f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path / "cache", tmp_path)
     jobs = _manifests(tmp_path / "sweep")
     assert len(jobs) == 4
-    sampling = [next(s for s in m["stages"] if s["stage"] == "samples") for m in jobs]
-    assert len({s["key"] for s in sampling}) == 1, "one sampling artifact for the whole sweep"
-    assert sum(not s["reused"] for s in sampling) == 1 and sum(s["reused"] for s in sampling) == 3
+    stages = [s for m in jobs for s in m["stages"]]
+
+    def events(stage):
+        return [s for s in stages if s["stage"] == stage]
+
+    # Two lambdas -> two score artifacts (the second budget of each reuses its scores outright);
+    # both are built from one sampling and one embedding artifact, computed once.
+    assert sum(not s["reused"] for s in events("scores")) == 2
+    for stage in ("samples", "adg_embeddings"):
+        assert len({s["key"] for s in events(stage)}) == 1, f"one {stage} artifact for the whole sweep"
+        assert [s["reused"] for s in events(stage)].count(False) == 1
     for m in jobs:
         subset = [json.loads(l) for l in Path(m["subset_path"]).read_text().splitlines()]
         lam, budget = m["config"]["scorer"]["lam"], m["config"]["selection"]["budget"]
