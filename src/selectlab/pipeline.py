@@ -112,7 +112,8 @@ def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
     return json.loads((folder / "result.json").read_text())
 
 
-def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | None, label: str) -> dict:
+def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | None, label: str,
+                       scorer: str) -> dict:
     """One results row: fine-tune on ``subset`` (``subset_key=None``: the untouched backbone), evaluate."""
     if subset_key is None or ctx.cfg.train.name == "none":
         model_path, n_train = ctx.backbone(), 0
@@ -123,7 +124,7 @@ def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | 
                               {"subset": subset_key, "backbone": container(ctx.cfg.backbone)})
         n_train = len(subset)
     result = evaluate_stage(ctx, model_path, label)
-    return {"label": label, "scorer": ctx.cfg.scorer.name if subset_key else "none", "n_train": n_train,
+    return {"label": label, "scorer": scorer, "n_train": n_train,
             "model": model_path, "metrics": result["metrics"], "groups": result["groups"]}
 
 
@@ -148,11 +149,11 @@ def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list
         raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
     rows = []
     if "untrained" in baselines or ctx.cfg.train.name == "none":
-        rows.append(train_and_evaluate(ctx, [], None, "untrained"))
+        rows.append(train_and_evaluate(ctx, [], None, "untrained", "none"))
     if ctx.cfg.train.name != "none":
         if "random" in baselines and ctx.cfg.scorer.name != "random":
-            rows.append(train_and_evaluate(ctx, *random_subset(ctx, len(subset)), "random"))
-        rows.append(train_and_evaluate(ctx, subset, subset_key, "selected"))
+            rows.append(train_and_evaluate(ctx, *random_subset(ctx, len(subset)), "random", "random"))
+        rows.append(train_and_evaluate(ctx, subset, subset_key, "selected", ctx.cfg.scorer.name))
     return rows
 
 
