@@ -241,3 +241,34 @@ def test_tiny_task_through_lm_eval_matches_hand_computation(tiny_model_dir, tmp_
     assert result["tasks"]["tiny"]["n_samples"] == 3 and result["tasks"]["tiny"]["data"] == ["hub:json"]
     assert result["missing"] == {"all": ["absent"]} and not result["complete"]
     assert not math.isnan(result["avg"])
+
+
+def test_pipeline_results_rows_with_baselines(tiny_model_dir, compose, tmp_path):
+    """select -> fine-tune -> evaluate through the pipeline, with the untrained and random rows."""
+    from selectlab.pipeline import run
+    from selectlab.wandb_offline import find_runs, read_run
+
+    from omegaconf import open_dict
+
+    cfg = compose(
+        "scorer=length", f"backbone.path={tiny_model_dir}", "pool=self_instruct_seed", "pool.limit=16",
+        "selection.budget=4", "train=cpu_small", "train.max_steps=2", "train.max_length=128", "eval=smoke",
+        "eval.batch_size=2", "eval.device=cpu", "eval.limit=null", "eval.gen_kwargs=null",
+        "compare.baselines=[untrained,random]",
+    )
+    with open_dict(cfg):
+        cfg.eval.task_dirs = [str(_tiny_task(tmp_path))]
+        cfg.eval.tasks = {"tiny": {"lm_eval": "tiny_mc", "num_fewshot": 0, "metric": "acc", "filter": "none"}}
+        cfg.eval.groups = {"all": ["tiny"]}
+    manifest = run(cfg)
+    rows = json.loads((Path(cfg.run_dir) / "results.json").read_text())["rows"]
+    assert [(r["label"], r["scorer"], r["n_train"]) for r in rows] == [
+        ("untrained", "none", 0), ("random", "random", 4), ("selected", "length", 4)]
+    assert rows[0]["metrics"]["tiny"] == pytest.approx(100 / 3)  # the untouched tiny model, as pinned above
+    assert rows[1]["model"] != rows[2]["model"] != rows[0]["model"]
+    assert all(r["groups"]["all"] == r["metrics"]["tiny"] for r in rows)
+    logged = read_run(find_runs(Path(cfg.run_dir) / "wandb")[0])
+    assert [row[:3] for row in logged.tables["results"]["data"]] == [[r["label"], r["scorer"], r["n_train"]] for r in rows]
+    assert [r["label"] for r in manifest["results"]] == ["untrained", "random", "selected"]
+    again = run(cfg)  # every model and eval is a stored artifact: nothing is trained or evaluated twice
+    assert all(s["reused"] for s in again["stages"] if s["stage"] in ("checkpoints", "evals"))
