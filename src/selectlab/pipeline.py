@@ -89,19 +89,12 @@ def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[li
     return rows, key, bins
 
 
-def model_identity(model_path: str, store: ArtifactStore) -> str:
-    """A model's identity for eval keys: its artifact key when it is one, else its folder."""
-    path = Path(model_path).resolve()
-    root = store.root.resolve()
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-
 def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
     """lm-eval results of one model, cached per (model, eval config)."""
     from .evaluate import evaluate
 
     eval_cfg = container(ctx.cfg.eval)
-    key = ctx.store.key("evals", EVAL_VERSION, model=model_identity(model_path, ctx.store), eval=eval_cfg)
+    key = ctx.store.key("evals", EVAL_VERSION, model=ctx.store.identity(model_path), eval=eval_cfg)
 
     def make(tmp: Path) -> dict:
         result = evaluate(model_path, {"eval": eval_cfg}, tmp)

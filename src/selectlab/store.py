@@ -108,6 +108,12 @@ class ArtifactStore:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def identity(self, folder: str | Path) -> str:
+        """A folder's identity for artifact keys: ``store:<stage>/<key>`` when it is an artifact
+        (its name is its content key, so a moved cache keeps its keys), else its absolute path."""
+        path, root = Path(folder).resolve(), self.root.resolve()
+        return f"store:{path.relative_to(root)}" if path.is_relative_to(root) else str(path)
+
     def exists(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / META).is_file()
 

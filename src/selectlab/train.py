@@ -232,11 +232,8 @@ def checkpoint_key(records: Sequence[dict], base_model_path: str, tc: TrainConfi
     moved cache keeps its keys), the weight-deciding settings, the prompt template and the
     caller's ``out_key_inputs``."""
     records_hash = content_hash([[r["id"], r["instruction"], r.get("input", ""), r["output"]] for r in records])
-    base = Path(base_model_path).resolve()
-    root = store.root.resolve()
-    base_id = f"store:{base.relative_to(root)}" if base.is_relative_to(root) else str(base)
     return ArtifactStore.key(
-        STAGE, VERSION, records=records_hash, base_model=base_id,
+        STAGE, VERSION, records=records_hash, base_model=store.identity(base_model_path),
         train=tc.key_fields(), template_hash=template_hash(tc.template, tokenizer), caller=out_key_inputs,
     )
 
