@@ -141,7 +141,7 @@ def test_superfiltering_gpt2_offline_names_the_config_key(compose, monkeypatch, 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: gpt2 cannot be there
     ctx = _context(compose, "scorer=superfiltering_gpt2", "pool.limit=2")
     assert ctx.cfg.scorer.model.hub_id == "gpt2"
-    with pytest.raises(BackboneError, match="scorer.model"):
+    with pytest.raises(BackboneError, match=r"scorer.model.hub_id=gpt2 .*set scorer.model.path="):
         get_scorer("superfiltering")(ctx)
 
 

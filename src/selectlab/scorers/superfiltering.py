@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from ..backbone import BackboneError, resolve_backbone
+from ..backbone import resolve_model
 from . import ScoreContext, Scores, register
 from .ifd import ifd_scores
 
@@ -19,9 +19,4 @@ from .ifd import ifd_scores
 @register("superfiltering")
 def score_superfiltering(ctx: ScoreContext) -> Scores:
     model_cfg = OmegaConf.to_container(ctx.cfg.scorer.model, resolve=True)
-    try:
-        path = resolve_backbone(model_cfg, ctx.store)
-    except BackboneError as e:
-        raise BackboneError(f"scorer.model (SuperFiltering's scoring model): {e} "
-                            f"(here the keys are scorer.model.path / scorer.model.allow_download)") from None
-    return ifd_scores(ctx, path, model_cfg)
+    return ifd_scores(ctx, resolve_model(model_cfg, "scorer.model", ctx.store), model_cfg)
