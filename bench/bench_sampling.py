@@ -2,7 +2,8 @@
 
 Three ways to draw K answers for the same Alpaca 52K instructions with the embedded
 SmolLM2-135M backbone, measured in this one process:
-  vllm         selectlab.sampling with sampler=vllm (engine start timed separately)
+  vllm_*       selectlab.sampling with sampler=vllm, one run per --vllm-seeding x --vllm-dtype
+               (the engine is started and kept before the timed run; its start is printed apart)
   hf_bs1       the authors' style: one prompt per ``generate`` call, num_return_sequences=K
   hf_batched   selectlab.sampling with sampler=hf (left-padded batches)
 It prints generated tokens/s, examples/s, the peak memory of this process and its children
@@ -96,11 +97,12 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--hf-batch-size", type=int, default=32)
     ap.add_argument("--hf-dtype", default="float32", help="this CPU has no bf16 units, so fp32 is HF's fastest")
-    ap.add_argument("--vllm-dtype", default="bfloat16")
+    ap.add_argument("--vllm-dtype", nargs="+", default=["bfloat16"],
+                    help="one vLLM run per dtype (this CPU has no bf16 units: compare float32)")
     ap.add_argument("--vllm-reserved-cores", type=int, default=0,
                     help="sampler.cpu_reserved_cores (CPU engine; as conf/sampler/vllm.yaml: 0; -1 = vLLM's own default)")
-    ap.add_argument("--vllm-seeding", default="request", choices=["request", "engine"],
-                    help="sampler.seeding for the vLLM run")
+    ap.add_argument("--vllm-seeding", nargs="+", default=["request"], choices=["request", "engine"],
+                    help="one vLLM run per sampler.seeding (request = the default)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["vllm", "hf_bs1", "hf_batched"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -125,17 +127,25 @@ def main() -> None:
         cfg = sampler_cfg("hf", args, batch_size=args.hf_batch_size, dtype=args.hf_dtype)
         measure("hf_batched", lambda: sampling.sample_answers(records, path, cfg, fresh(), args.seed), rows)
     if "vllm" not in args.skip:
-        cfg = sampler_cfg("vllm", args, batch_size=len(records), dtype=args.vllm_dtype,
-                          cpu_reserved_cores=None if args.vllm_reserved_cores < 0 else args.vllm_reserved_cores, seeding=args.vllm_seeding)
-        start = time.perf_counter()
-        sampling.sample_answers(records[:1], path, cfg, fresh(), args.seed)  # starts the engine (cached)
-        print(f"vLLM engine start + 1 prompt: {time.perf_counter() - start:.1f}s", flush=True)
-        measure("vllm", lambda: sampling.sample_answers(records, path, cfg, fresh(), args.seed), rows)
+        for dtype in args.vllm_dtype:
+            for seeding in args.vllm_seeding:
+                cfg = sampler_cfg("vllm", args, batch_size=len(records), dtype=dtype, seeding=seeding,
+                                  cpu_reserved_cores=None if args.vllm_reserved_cores < 0 else args.vllm_reserved_cores)
+                label = f"vllm_{seeding}_{dtype}"
+                start = time.perf_counter()  # engine start, kept for the timed run (not part of its rate)
+                sampling.sample_answers(records[:1], path, cfg, fresh(), args.seed, keep_engine=True)
+                print(f"{label}: engine start + 1 prompt {time.perf_counter() - start:.1f}s", flush=True)
+                try:
+                    measure(label, lambda: sampling.sample_answers(records, path, cfg, fresh(), args.seed,
+                                                                   keep_engine=True), rows)
+                finally:
+                    sampling.shutdown_engines()
 
     by = {r["label"]: r for r in rows}
-    for a, b in [("vllm", "hf_batched"), ("vllm", "hf_bs1"), ("hf_batched", "hf_bs1")]:
-        if a in by and b in by:
-            print(f"tokens/s ratio {a} / {b}: {by[a]['tokens_per_s'] / by[b]['tokens_per_s']:.2f}x")
+    for a in [label for label in by if label.startswith("vllm")] + ["hf_batched"]:
+        for b in ("hf_batched", "hf_bs1"):
+            if a != b and a in by and b in by:
+                print(f"tokens/s ratio {a} / {b}: {by[a]['tokens_per_s'] / by[b]['tokens_per_s']:.2f}x")
     print(f"load average after: {os.getloadavg()}")
 
 

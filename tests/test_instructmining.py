@@ -105,6 +105,17 @@ def test_fit_rule_recovers_planted_rule(tmp_path):
         fit_rule(X[:4], loss[:4])
 
 
+def test_fit_rule_adjusted_r2_and_standard_errors_by_hand():
+    # One indicator, five fine-tunes: y = log(loss) = 1, 2, 2, 3, 5 at x = 0..4.
+    x, y = np.arange(5.0), np.array([1.0, 2.0, 2.0, 3.0, 5.0])
+    fit = fit_rule(x[:, None], np.exp(y))
+    # slope = Sxy / Sxx = 9 / 10, intercept 2.6 - 0.9 * 2; residuals 0.2, 0.3, -0.6, -0.5, 0.6 -> SSE 1.1, SST 9.2
+    assert fit["coefficients"][0] == pytest.approx(0.9) and fit["intercept"] == pytest.approx(0.8)
+    assert fit["r2"] == pytest.approx(1 - 1.1 / 9.2)
+    assert fit["adj_r2"] == pytest.approx(1 - (1.1 / 9.2) * 4 / 3)
+    assert fit["std_errors"][0] == pytest.approx(np.sqrt(1.1 / 3 / 10))   # sqrt(sigma^2 / Sxx)
+
+
 def test_fit_experiment_with_planted_eval_loss():
     rng = np.random.default_rng(2)
     records = [{"id": f"r{i}"} for i in range(200)]

@@ -104,16 +104,18 @@ def fit_rule_task(ctx, tracker) -> dict:
                                    int(ctx.cfg.seed), lambda subset: finetuned_eval_loss(ctx, subset, heldout))
     run_dir = Path(ctx.cfg.run_dir)
     write_jsonl(run_dir / "fit_data.jsonl", table)
-    provenance = (f"fitted by selectlab on {len(table)} fine-tunes of {ctx.cfg.backbone.name} "
-                  f"(train={ctx.cfg.train.name}) on random {fit_cfg['subset_size']}-example subsets of "
+    train = ctx.cfg.train
+    provenance = (f"fitted by selectlab on {len(table)} fine-tunes of {ctx.cfg.backbone.name} (train={train.name}, "
+                  f"lr={train.lr}, epochs={train.epochs}) on random {fit_cfg['subset_size']}-example subsets of "
                   f"{ctx.pool.name}; eval loss on {len(heldout)} held-out {ctx.cfg.heldout.name} examples; "
-                  f"R2={result['r2']:.3f}")
+                  f"R2={result['r2']:.3f}, adjusted R2={result['adj_r2']:.3f}")
     target = REPO_ROOT / "conf" / "scorer" / "rule" / f"fitted_{fit_cfg['name']}.yaml"
     for path in (run_dir / target.name, target):
         save_rule_yaml(result, result["names"], path, provenance)
     tracker.log_table("fit_data", list(table[0]), [list(r.values()) for r in table])
-    tracker.summary({"fit/r2": result["r2"], "fit/intercept": result["intercept"],
+    tracker.summary({"fit/r2": result["r2"], "fit/adj_r2": result["adj_r2"], "fit/intercept": result["intercept"],
                      **{f"fit/{n}": c for n, c in zip(result["names"], result["coefficients"])}})
-    log.info("fitted rule (R2 %.3f): %.4f %s -> %s", result["r2"], result["intercept"],
-             " ".join(f"{c:+.4g}*{n}" for n, c in zip(result["names"], result["coefficients"])), target)
+    log.info("fitted rule (R2 %.3f, adjusted %.3f): %.4f %s -> %s", result["r2"], result["adj_r2"], result["intercept"],
+             " ".join(f"{c:+.4g}(±{e:.2g})*{n}" for n, c, e in zip(result["names"], result["coefficients"],
+                                                              result["std_errors"])), target)
     return {**result, "rule_config": str(target), "fit_data": str(run_dir / "fit_data.jsonl")}

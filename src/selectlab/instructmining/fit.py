@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 def fit_rule(X: np.ndarray, loss: np.ndarray) -> dict:
     """Ordinary least squares of log(loss) on the columns of X, with an intercept.
 
-    Returns ``{coefficients: [p], intercept, r2, n}`` (R^2 on the log scale, in-sample).
+    Returns ``{coefficients: [p], intercept, r2, adj_r2, std_errors: [p], n}``: R^2 on the log
+    scale, in-sample; adjusted R^2 (penalised for p coefficients on n fine-tunes: a small fit
+    with a high R^2 and a low adjusted R^2 is noise); the OLS standard error of each coefficient
+    (|coefficient| / std_error is its t value).
     """
     X = np.asarray(X, dtype=np.float64)
     loss = np.asarray(loss, dtype=np.float64)
@@ -39,7 +42,12 @@ def fit_rule(X: np.ndarray, loss: np.ndarray) -> dict:
     residual = y - design @ beta
     total = np.sum((y - y.mean()) ** 2)
     r2 = float(1 - residual @ residual / total) if total > 0 else float("nan")
-    return {"coefficients": [float(b) for b in beta[1:]], "intercept": float(beta[0]), "r2": r2, "n": int(n)}
+    dof = n - p - 1
+    adj_r2 = float(1 - (1 - r2) * (n - 1) / dof)
+    sigma2 = residual @ residual / dof
+    std_errors = np.sqrt(np.clip(np.diag(np.linalg.pinv(design.T @ design)) * sigma2, 0, None))
+    return {"coefficients": [float(b) for b in beta[1:]], "intercept": float(beta[0]), "r2": r2, "adj_r2": adj_r2,
+            "std_errors": [float(e) for e in std_errors[1:]], "n": int(n)}
 
 
 def save_rule_yaml(result: Mapping, names: Sequence[str], path: str | Path, provenance: str) -> Path:
@@ -53,11 +61,14 @@ def save_rule_yaml(result: Mapping, names: Sequence[str], path: str | Path, prov
         "intercept": result["intercept"],
         "coefficients": dict(zip(names, result["coefficients"])),
         "r2": result["r2"],
+        "adj_r2": result.get("adj_r2"),
+        "std_errors": dict(zip(names, result["std_errors"])) if "std_errors" in result else None,
         "n_finetunes": result["n"],
         "provenance": provenance,
         "scaling": "the units this project's indicators are computed in (see the indicator configs used for the fit)",
     }
-    header = (f"# Fitted InstructMining rule ({result['n']} fine-tunes, R^2 {result['r2']:.3f}).\n"
+    header = (f"# Fitted InstructMining rule ({result['n']} fine-tunes, R^2 {result['r2']:.3f}, "
+              f"adjusted R^2 {result.get('adj_r2', float('nan')):.3f}).\n"
               f"#   python src/run.py scorer=instructmining scorer/rule={path.stem}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(rule, sort_keys=False))
