@@ -22,10 +22,15 @@ RECORDS = [
 ]
 
 
-def hf_cfg(**overrides):
-    cfg = OmegaConf.load(sampling.Path(__file__).parents[1] / "conf" / "sampler" / "hf.yaml")
-    cfg.merge_with({"max_new_tokens": 12, "batch_size": 2, "dtype": "float32", **overrides})
+def sampler_cfg(config: str, **overrides):
+    """conf/sampler/<config>.yaml on its own (its ${backbone.dtype} given: the tiny models are fp32)."""
+    cfg = OmegaConf.load(sampling.Path(__file__).parents[1] / "conf" / "sampler" / f"{config}.yaml")
+    cfg.merge_with({"dtype": "float32", **overrides})
     return cfg
+
+
+def hf_cfg(**overrides):
+    return sampler_cfg("hf", **{"max_new_tokens": 12, "batch_size": 2, **overrides})
 
 
 def test_hf_same_seed_same_answers_other_seed_differs(tiny_model_dir, tmp_path):
@@ -106,8 +111,7 @@ def test_bad_config_names_the_key(tiny_model_dir, tmp_path):
     with pytest.raises(SamplerConfigError, match="sampler.name"):
         sample_answers(RECORDS, str(tiny_model_dir), hf_cfg(name="tgi"), ArtifactStore(tmp_path), seed=0)
     with pytest.raises(SamplerConfigError, match="data_parallel_size"):
-        cfg = OmegaConf.load(sampling.Path(__file__).parents[1] / "conf" / "sampler" / "vllm.yaml")
-        cfg.data_parallel_size = 2
+        cfg = sampler_cfg("vllm", data_parallel_size=2)
         sample_answers(RECORDS, str(tiny_model_dir), cfg, ArtifactStore(tmp_path), seed=0)
 
 
@@ -122,8 +126,7 @@ def vllm_tiny_model_dir(smol_tokenizer_dir, tmp_path_factory):
 
 def test_vllm_engine_k_distinct_answers_and_record_shape(vllm_tiny_model_dir, tmp_path):
     tiny_model_dir = vllm_tiny_model_dir
-    cfg = OmegaConf.load(sampling.Path(__file__).parents[1] / "conf" / "sampler" / "vllm.yaml")
-    cfg.merge_with({"max_new_tokens": 16, "batch_size": 3, "max_model_len": 256, "cpu_kvcache_space_gib": 1})
+    cfg = sampler_cfg("vllm", max_new_tokens=16, batch_size=3, max_model_len=256, cpu_kvcache_space_gib=1)
     store = ArtifactStore(tmp_path)
     start = time.perf_counter()
     out = sample_answers(RECORDS, str(tiny_model_dir), cfg, store, seed=0, keep_engine=True)
