@@ -19,6 +19,10 @@ RUN_COLUMNS = ["run_dir", "run", "pool", "backbone", "scorer", "selector", "budg
                "n_pool", "n_selected", "status"]
 
 
+# results.json group keys (the eval config's ``groups``) -> the papers' column names; others keep their key.
+GROUP_COLUMNS = {"reasoning": "Reasoning", "knowledge": "Knowledge", "code": "Code", "openllm": "OpenLLM"}
+
+
 class RunFileWarning(UserWarning):
     """A run file exists but could not be used; the message names it."""
 
@@ -113,8 +117,9 @@ def runs_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) -> pd.D
     """One row per run and evaluated model (``label``: untrained | random | selected).
 
     Columns: :data:`RUN_COLUMNS`, then ``label``, ``eval_scorer``, ``n_train``, one column per
-    benchmark (value in percent) and one per group mean (Reasoning, Knowledge, Code, Avg when
-    the eval config defines them). A run without results gives one row with NaN metrics.
+    benchmark (value in percent), one per group mean (named by :data:`GROUP_COLUMNS`:
+    Reasoning, Knowledge, Code) and ``Avg``, the mean of the groups that ran (as the ADG paper
+    reports it). A run without results gives one row with NaN metrics.
     """
     rows = []
     for run_dir in find_run_dirs(roots):
@@ -126,7 +131,11 @@ def runs_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) -> pd.D
         if not results:
             rows.append({**info, "label": None, "eval_scorer": None, "n_train": math.nan})
         for r in results:
-            metrics = {k: _nan(v) for k, v in {**(r.get("metrics") or {}), **(r.get("groups") or {})}.items()}
+            groups = {GROUP_COLUMNS.get(g, g): _nan(v) for g, v in (r.get("groups") or {}).items()}
+            # Avg as the pipeline computed it (the mean of the groups that ran; older rows: recomputed)
+            scored = [v for v in groups.values() if not math.isnan(v)]
+            avg = r["avg"] if "avg" in r else (sum(scored) / len(scored) if scored else None)
+            metrics = {**{k: _nan(v) for k, v in (r.get("metrics") or {}).items()}, **groups, "Avg": _nan(avg)}
             rows.append({**info, "label": r["label"], "eval_scorer": r.get("scorer"),
                          "n_train": _nan(r.get("n_train")), **metrics})
     return pd.DataFrame(rows, columns=None if rows else [*RUN_COLUMNS, "label", "eval_scorer", "n_train"])
@@ -182,3 +191,36 @@ def random_comparison(run_dir: Path, n: int, seed: int = 0) -> list[dict]:
     if n > len(pool.records):
         raise ValueError(f"{run_dir}: asked for {n} random records from a pool of {len(pool.records)}")
     return random.Random(seed).sample(pool.records, n)
+
+
+def results_markdown(table: pd.DataFrame) -> str:
+    """The evaluated rows as a Markdown table shaped like the ADG paper's Table 1: one row per
+    distinct model (the untrained and random rows that several runs share appear once)."""
+    rows = table[table["label"].notna()] if "label" in table else table.iloc[0:0]
+    if rows.empty:
+        return "(no evaluated runs)"
+    fixed = ["label", "eval_scorer", "n_train"]
+    benches = [c for c in rows.columns if c not in RUN_COLUMNS + fixed + list(GROUP_COLUMNS.values()) + ["Avg"]]
+    groups = [c for c in [*GROUP_COLUMNS.values(), "Avg"] if c in rows and rows[c].notna().any()]
+    cols = fixed + benches + groups
+    rows = rows.drop_duplicates(subset=cols)  # a shared row (same label, size and numbers) once
+    def fmt(column: str, v) -> str:
+        if pd.isna(v):
+            return ""
+        return str(int(v)) if column == "n_train" else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for _, r in rows.iterrows()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m analysis.runs [ROOT ...]: the results table of the runs under the roots."""
+    import sys
+
+    roots = (sys.argv[1:] if argv is None else argv) or list(DEFAULT_ROOTS)
+    print(results_markdown(runs_table(roots)))
+
+
+if __name__ == "__main__":
+    main()

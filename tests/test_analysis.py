@@ -39,10 +39,12 @@ def _run(root: Path, name: str, config: dict, results: list[dict] | None = None,
     return d
 
 
-def _row(label: str, scorer: str, n_train: int, gsm8k: float, avg: float, code: float | None = 30.0) -> dict:
-    groups = {"Reasoning": gsm8k, "Knowledge": 40.0, **({"Code": code} if code is not None else {}), "Avg": avg}
-    return {"label": label, "scorer": scorer, "n_train": n_train, "metrics": {"gsm8k": gsm8k, "mmlu": 40.0},
-            "groups": groups}
+def _row(label: str, scorer: str, n_train: int, gsm8k: float, avg: float | None, code: float | None = 30.0) -> dict:
+    """A results.json row as selectlab.pipeline writes it (group keys from the eval config)."""
+    groups = {"reasoning": gsm8k, "knowledge": 40.0, "code": code}
+    row = {"label": label, "scorer": scorer, "n_train": n_train, "metrics": {"gsm8k": gsm8k, "mmlu": 40.0},
+           "groups": groups, "complete": code is not None}
+    return row if avg is None else {**row, "avg": avg}
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def run_root(tmp_path) -> Path:
         _row("untrained", "none", 0, 10.0, 20.0), _row("random", "random", 3, 12.0, 25.0),
         _row("selected", "adg", 3, 15.0, 30.0)])
     _run(root, "2026-01-01/adg_k3", _config("adg", 1, k=3, layers=(-5, -4)), results=[
-        _row("selected", "adg", 3, 14.0, 27.5, code=None)])
+        _row("selected", "adg", 3, 15.0, None, code=None)])  # no "avg" (older files): mean of the groups that ran
     _run(root, "2026-01-02/im", _config("instructmining", 2, lam=None), size_search={
         "trials": [{"n": 10, "loss": 1.2, "seconds": 3.0}, {"n": 100, "loss": 1.4, "seconds": 4.0},
                    {"n": 1000, "loss": 1.1, "seconds": 9.0}], "best_n": 1000, "source": "grid"})
@@ -72,10 +74,13 @@ def test_runs_table_values(run_root):
     assert (sel["seed"], sel["budget"], sel["lam"], sel["n_selected"], sel["n_train"]) == (1, 3, 0.4, 3, 3)
     assert (sel["gsm8k"], sel["mmlu"], sel["Reasoning"], sel["Code"], sel["Avg"]) == (15.0, 40.0, 15.0, 30.0, 30.0)
     k3 = table[table["k"] == 3].iloc[0]
-    assert k3["layers"] == "-5,-4" and math.isnan(k3["Code"]) and k3["Avg"] == 27.5
+    assert k3["layers"] == "-5,-4" and math.isnan(k3["Code"]) and k3["Avg"] == 27.5  # (15 + 40) / 2
     im = table[table["scorer"] == "instructmining"].iloc[0]
     assert pd.isna(im["label"]) and math.isnan(im["Avg"]) and math.isnan(im["lam"])
     assert sorted(table["label"].dropna()) == ["random", "selected", "selected", "untrained"]
+    md = runs.results_markdown(table).splitlines()
+    assert md[0] == "| label | eval_scorer | n_train | gsm8k | mmlu | Reasoning | Knowledge | Code | Avg |"
+    assert "| selected | adg | 3 | 15.00 | 40.00 | 15.00 | 40.00 | 30.00 | 30.00 |" in md and len(md) == 2 + 4  # header + 4 models
 
 
 def test_size_search_table(run_root):

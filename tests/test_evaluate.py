@@ -267,6 +267,7 @@ def test_pipeline_results_rows_with_baselines(tiny_model_dir, compose, tmp_path)
     assert rows[0]["metrics"]["tiny"] == pytest.approx(100 / 3)  # the untouched tiny model, as pinned above
     assert rows[1]["model"] != rows[2]["model"] != rows[0]["model"]
     assert all(r["groups"]["all"] == r["metrics"]["tiny"] for r in rows)
+    assert all(r["avg"] == r["groups"]["all"] and r["complete"] is True for r in rows)  # one group: Avg = its mean
     logged = read_run(find_runs(Path(cfg.run_dir) / "wandb")[0])
     assert [row[:3] for row in logged.tables["results"]["data"]] == [[r["label"], r["scorer"], r["n_train"]] for r in rows]
     assert [r["label"] for r in manifest["results"]] == ["untrained", "random", "selected"]

@@ -117,8 +117,8 @@ def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | 
                               {"subset": subset_key, "backbone": container(ctx.cfg.backbone)})
         n_train = len(subset)
     result = evaluate_stage(ctx, model_path, label)
-    return {"label": label, "scorer": scorer, "n_train": n_train,
-            "model": model_path, "metrics": result["metrics"], "groups": result["groups"]}
+    return {"label": label, "scorer": scorer, "n_train": n_train, "model": model_path, "metrics": result["metrics"],
+            "groups": result["groups"], "avg": result["avg"], "complete": result["complete"]}
 
 
 def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
@@ -266,7 +266,7 @@ def run(cfg: DictConfig) -> dict:
         rows = results_rows(ctx, subset, subset_key)
         atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=2, default=str))
         log_results(tracker, rows)
-        write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "groups")} for r in rows])
+        write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "groups", "avg")} for r in rows])
     tracker.finish()
     return write_manifest()
 
@@ -275,12 +275,11 @@ def log_results(tracker: Tracker, rows: list[dict]) -> None:
     """The paper-shaped table: one row per model, per-task metrics then group means."""
     tasks = sorted({t for r in rows for t in r["metrics"]})
     groups = list(dict.fromkeys(g for r in rows for g in r["groups"]))
-    tracker.log_table("results", ["label", "scorer", "n_train", *tasks, *groups],
+    tracker.log_table("results", ["label", "scorer", "n_train", *tasks, *groups, "avg", "complete"],
                       [[r["label"], r["scorer"], r["n_train"], *[r["metrics"].get(t) for t in tasks],
-                        *[r["groups"].get(g) for g in groups]] for r in rows])
+                        *[r["groups"].get(g) for g in groups], r["avg"], r["complete"]] for r in rows])
     for r in rows:
-        tracker.summary({f"{r['label']}/{k}": v for k, v in {**r["metrics"], **r["groups"]}.items()})
-        for line in [f"{r['label']:>10} ({r['scorer']}, n={r['n_train']}): " +
-                     ", ".join(f"{g} {v:.2f}" for g, v in r["groups"].items() if v is not None)]:
-            log.info("%s", line)
+        tracker.summary({f"{r['label']}/{k}": v for k, v in {**r["metrics"], **r["groups"], "avg": r["avg"]}.items()})
+        log.info("%10s (%s, n=%s): %s", r["label"], r["scorer"], r["n_train"],
+                 ", ".join(f"{g} {v:.2f}" for g, v in {**r["groups"], "avg": r["avg"]}.items() if v is not None))
 
