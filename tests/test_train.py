@@ -122,6 +122,7 @@ def test_finetune_lowers_loss_and_reuses_artifact(tiny_model_dir, compose, tmp_p
     assert meta["global_step"] == 12 and meta["resumed_from_step"] is None
     assert meta["effective_batch_size"] == 2 and meta["counts"] == {"truncated": 0, "no_response_tokens": 0}
     assert not (store.root / "checkpoints" / f"{meta['key']}.partial").exists()
+    assert store.events[-1].seconds >= meta["train_runtime_s"]  # the stage's time covers the training
 
     again = finetune(RECORDS, str(tiny_model_dir), cfg, store, {"subset": "test"})
     assert again == out and store.events[-1].reused

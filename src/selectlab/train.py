@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -276,6 +277,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
         shutil.rmtree(partial, ignore_errors=True)  # left by a kill between publish and clean-up
         return str(final)
 
+    started = time.perf_counter()
     examples, counts = encode_records(records, tokenizer, tc.template, tc.max_length)
     if not examples:
         raise ValueError(f"finetune: none of the {len(records)} records has a response token within "
@@ -355,7 +357,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
             tokenizer.save_pretrained(tmp)
             return meta
 
-        store.build(STAGE, key, publish)
+        store.build(STAGE, key, publish, started=started)
         shutil.rmtree(partial, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return str(final)
