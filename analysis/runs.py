@@ -195,11 +195,14 @@ def random_comparison(run_dir: Path, n: int, seed: int = 0) -> list[dict]:
 
 def results_markdown(table: pd.DataFrame) -> str:
     """The evaluated rows as a Markdown table shaped like the ADG paper's Table 1: one row per
-    distinct model (the untrained and random rows that several runs share appear once)."""
+    distinct model (the untrained and random rows that several runs share appear once), led by
+    the run knobs that vary between the rows (a sweep's λ, K, layers, ...)."""
     rows = table[table["label"].notna()] if "label" in table else table.iloc[0:0]
     if rows.empty:
         return "(no evaluated runs)"
-    fixed = ["label", "eval_scorer", "n_train"]
+    knobs = [k for k in ("pool", "backbone", "budget", "seed", "layers", "k", "lam")
+             if rows[k].astype(str).nunique() > 1]
+    fixed = [*knobs, "label", "eval_scorer", "n_train"]
     benches = [c for c in rows.columns if c not in RUN_COLUMNS + fixed + list(GROUP_COLUMNS.values()) + ["Avg"]]
     groups = [c for c in [*GROUP_COLUMNS.values(), "Avg"] if c in rows and rows[c].notna().any()]
     cols = fixed + benches + groups
@@ -207,7 +210,8 @@ def results_markdown(table: pd.DataFrame) -> str:
     def fmt(column: str, v) -> str:
         if pd.isna(v):
             return ""
-        return str(int(v)) if column == "n_train" else f"{v:.2f}" if isinstance(v, float) else str(v)
+        return str(int(v)) if column == "n_train" else f"{v:.2f}" if isinstance(v, float) and column in benches + groups \
+            else f"{v:g}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for _, r in rows.iterrows()]

@@ -79,8 +79,10 @@ def test_runs_table_values(run_root):
     assert pd.isna(im["label"]) and math.isnan(im["Avg"]) and math.isnan(im["lam"])
     assert sorted(table["label"].dropna()) == ["random", "selected", "selected", "untrained"]
     md = runs.results_markdown(table).splitlines()
-    assert md[0] == "| label | eval_scorer | n_train | gsm8k | mmlu | Reasoning | Knowledge | Code | Avg |"
-    assert "| selected | adg | 3 | 15.00 | 40.00 | 15.00 | 40.00 | 30.00 | 30.00 |" in md and len(md) == 2 + 4  # header + 4 models
+    # led by the knobs that vary between the evaluated rows (here layers and K)
+    assert md[0] == "| layers | k | label | eval_scorer | n_train | gsm8k | mmlu | Reasoning | Knowledge | Code | Avg |"
+    assert "| -4,-3,-2 | 5 | selected | adg | 3 | 15.00 | 40.00 | 15.00 | 40.00 | 30.00 | 30.00 |" in md
+    assert len(md) == 2 + 4  # header + 4 models
 
 
 def test_size_search_table(run_root):
