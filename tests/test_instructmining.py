@@ -249,3 +249,26 @@ def test_rule_a_offline_names_the_missing_model_key(compose, tiny_model_dir):
     cfg = compose("scorer=instructmining", "scorer/reward=oasst_deberta", f"backbone.path={tiny_model_dir}")
     with pytest.raises(IndicatorConfigError, match=r"scorer.reward.model.hub_id=OpenAssistant"):
         get_scorer("instructmining")(_context(cfg, _pool(cfg, 8)))
+
+
+def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model_dir, tmp_path):
+    """selector=size_grid: a real fine-tune and held-out loss per n; the best n is the subset."""
+    import json
+    from pathlib import Path
+
+    from selectlab import pipeline
+    from selectlab.store import read_jsonl
+
+    cfg = compose("pool=alpaca", "pool.limit=8", "scorer=length", f"backbone.path={tiny_model_dir}",
+                  "selector=size_grid", "selector.grid=[2,4,50]", "train=cpu_small", "train.max_steps=2",
+                  "train.grad_accum=1", "train.save_steps=100", "heldout.limit=4", "logger=none")
+    manifest = pipeline.run(cfg)
+    search = json.loads((tmp_path / "run" / "size_search.json").read_text())
+    trials = search["trials"]
+    assert [t["n"] for t in trials] == [2, 4, 8]  # 50 capped at the 8 scored examples
+    assert all(math.isfinite(t["loss"]) and t["seconds"] > 0 for t in trials)
+    assert search["best_n"] == min(trials, key=lambda t: t["loss"])["n"] and search["source"] == "grid"
+    subset = read_jsonl(Path(manifest["subset_path"]))
+    lengths = [r["score"] for r in subset]
+    assert len(subset) == search["best_n"] and lengths == sorted(lengths, reverse=True)  # the top-n by score
+    assert sum(s["stage"] == "eval_loss" and not s["reused"] for s in manifest["stages"]) == 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,10 @@ def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
         best_n, trials = search_subset_size(objective, int(cfg["low"]), high, int(cfg["num_samples"]),
                                             cfg.get("time_budget_s"), int(ctx.cfg.seed), cfg.get("init_n"))
     elif cfg["method"] == "grid":
-        trials = [{"n": n, "loss": objective(n)} for n in sorted({min(int(n), high) for n in cfg["grid"]})]
+        trials = []
+        for n in sorted({min(int(n), high) for n in cfg["grid"]}):
+            started = time.perf_counter()
+            trials.append({"n": n, "loss": objective(n), "time": time.perf_counter() - started})
         best_n = min(trials, key=lambda t: t["loss"])["n"]
     else:
         raise ValueError(f"selector.method={cfg['method']!r}; choose blendsearch or grid")
