@@ -261,7 +261,7 @@ def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model
 
     cfg = compose("pool=alpaca", "pool.limit=8", "scorer=length", f"backbone.path={tiny_model_dir}",
                   "selector=size_grid", "selector.grid=[2,4,50]", "train=cpu_small", "train.max_steps=2",
-                  "train.grad_accum=1", "train.save_steps=100", "heldout.limit=4", "logger=none")
+                  "train.grad_accum=1", "train.save_steps=100", "heldout.limit=4")  # W&B offline
     manifest = pipeline.run(cfg)
     search = json.loads((tmp_path / "run" / "size_search.json").read_text())
     trials = search["trials"]
@@ -272,3 +272,10 @@ def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model
     lengths = [r["score"] for r in subset]
     assert len(subset) == search["best_n"] and lengths == sorted(lengths, reverse=True)  # the top-n by score
     assert sum(s["stage"] == "eval_loss" and not s["reused"] for s in manifest["stages"]) == 3
+
+    from selectlab.wandb_offline import find_runs, read_run
+
+    (wandb_run,) = [read_run(d) for d in find_runs(tmp_path / "run")]
+    live = [(h["size_search/n"], h["size_search/loss"]) for h in wandb_run.history if "size_search/n" in h]
+    assert live == [(t["n"], t["loss"]) for t in trials]  # each trial logged as it finished
+    assert wandb_run.tables["size_search"]["data"] == [[t["n"], t["loss"], t["seconds"]] for t in trials]

@@ -6,7 +6,7 @@ import logging
 import platform
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -128,7 +128,7 @@ def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
         cfg.scorer = OmegaConf.load(REPO_ROOT / "conf" / "scorer" / "random.yaml")
         cfg.selector = {"name": "topk"}
         cfg.selection.budget = budget
-    random_ctx = ScoreContext(cfg=cfg, store=ctx.store, pool=ctx.pool, pool_key=ctx.pool_key, backbone=ctx.backbone)
+    random_ctx = replace(ctx, cfg=cfg)
     scores, key = score_stage(random_ctx)
     subset, subset_key, _ = select_stage(random_ctx, scores, key)
     return subset, subset_key
@@ -204,7 +204,8 @@ def run(cfg: DictConfig) -> dict:
             backbone_path.append(resolve_backbone(container(cfg.backbone), store))
         return backbone_path[0]
 
-    ctx = ScoreContext(cfg=cfg, store=store, pool=pool, pool_key=pool_key, backbone=backbone)
+    ctx = ScoreContext(cfg=cfg, store=store, pool=pool, pool_key=pool_key, backbone=backbone,
+                       log_metrics=tracker.log_metrics)
     manifest = {
         "run": name,
         "run_dir": str(run_dir),

@@ -74,8 +74,13 @@ def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
     by_id = {r["id"]: r for r in ctx.pool.records}
     heldout = eval_records(ctx)
 
+    tried = []
+
     def objective(n: int) -> float:
-        return finetuned_eval_loss(ctx, [by_id[scores.ids[i]] for i in order[:n]], heldout)
+        loss = finetuned_eval_loss(ctx, [by_id[scores.ids[i]] for i in order[:n]], heldout)
+        tried.append(n)
+        ctx.log_metrics({"size_search/trial": len(tried), "size_search/n": n, "size_search/loss": loss})  # live
+        return loss
 
     high = min(int(cfg["high"]), len(order))
     if cfg["method"] == "blendsearch":

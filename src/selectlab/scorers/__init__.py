@@ -29,6 +29,7 @@ class ScoreContext:
     pool: Pool
     pool_key: str
     backbone: Callable[[], str]
+    log_metrics: Callable[[dict], None] = lambda metrics: None  # live metrics to the run's tracker (W&B)
 
 
 @dataclass
