@@ -58,7 +58,7 @@ def double_descent_figure(trials: pd.DataFrame, runs: pd.DataFrame | None, path:
     else:
         for run_dir, t in trials.groupby("run_dir", sort=True):
             t = t.sort_values("n")
-            label = f"{t['scorer'].iloc[0]} / {t['pool'].iloc[0]}" if "scorer" in t else Path(run_dir).name
+            label = " / ".join(str(t[c].iloc[0]) for c in ("scorer", "pool", "search") if c in t) or Path(run_dir).name
             line, = left.plot(t["n"], t["loss"], "o-", ms=4, label=label)
             best = t.loc[t["loss"].idxmin()]
             left.plot([best["n"]], [best["loss"]], "*", ms=14, color=line.get_color())
@@ -81,7 +81,8 @@ def double_descent_figure(trials: pd.DataFrame, runs: pd.DataFrame | None, path:
             g = g.groupby("n_train")[metric].agg(["mean", "std"]).reset_index()
             right.errorbar(g["n_train"], g["mean"], yerr=g["std"].fillna(0), fmt="o-", ms=4, capsize=3, label=name)
         right.set_xscale("log")
-        right.xaxis.set_major_formatter(ScalarFormatter())
+        sizes = sorted(rows["n_train"].unique())
+        right.set_xticks(sizes, [f"{n:g}" for n in sizes])  # a narrow log range has no decade ticks
         right.xaxis.set_minor_formatter(NullFormatter())
         right.set_xlabel("training examples (log)")
         right.set_ylabel(f"{metric} (%)")

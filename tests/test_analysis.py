@@ -139,6 +139,17 @@ def test_notebook_executes_headless(run_root, tmp_path):
     text = executed.read_text()
     assert "1 size-search run(s), 3 trial(s)" in text and "injected-parameters" in text
 
+    executed = figures.execute_notebook(figures.NOTEBOOKS / "ablations.ipynb", [str(run_root)], fig_dir,
+                                        output=tmp_path / "abl.ipynb")
+    assert _is_png(fig_dir / "ablations.png") and "knobs that vary: layers, k" in executed.read_text()
+
+
+@pytest.mark.parametrize("name", ["double_descent", "ablations", "cognitive_complexity"])
+def test_make_figures_outputs_are_committed_pngs(name):
+    """Each notebook's figure, as `make figures` last wrote it from the CI-sized experiment runs."""
+    assert (figures.NOTEBOOKS / f"{name}.ipynb").is_file()
+    assert _is_png(figures.DEFAULT_FIGURES / f"{name}.png")
+
 
 @pytest.mark.parametrize("instruction, kind", [
     ("Write a Python function that reverses a string.", "coding"),
