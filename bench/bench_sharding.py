@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from selectlab.backbone import resolve_backbone
 from selectlab.paths import cache_dir
-from selectlab.store import ArtifactStore
+from selectlab.store import ArtifactStore, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,8 +50,7 @@ def scores_file(cache: Path, manifest: dict) -> Path:
 
 
 def max_score_diff(a: Path, b: Path) -> float:
-    read = lambda p: {r["id"]: r["score"] for r in map(json.loads, p.read_text().splitlines())}
-    x, y = read(a), read(b)
+    x, y = ({r["id"]: r["score"] for r in read_jsonl(p)} for p in (a, b))
     diffs = [abs(x[i] - y[i]) for i in x if x[i] is not None and y.get(i) is not None]
     return max(diffs, default=0.0)
 

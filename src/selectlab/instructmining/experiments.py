@@ -74,11 +74,12 @@ def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
     by_id = {r["id"]: r for r in ctx.pool.records}
     heldout = eval_records(ctx)
 
-    tried = []
+    tried: list[dict] = []  # every objective call, timed, in call order
 
     def objective(n: int) -> float:
+        started = time.perf_counter()
         loss = finetuned_eval_loss(ctx, [by_id[scores.ids[i]] for i in order[:n]], heldout)
-        tried.append(n)
+        tried.append({"n": n, "loss": loss, "time": time.perf_counter() - started})
         ctx.log_metrics({"size_search/trial": len(tried), "size_search/n": n, "size_search/loss": loss})  # live
         return loss
 
@@ -87,10 +88,9 @@ def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
         best_n, trials = search_subset_size(objective, int(cfg["low"]), high, int(cfg["num_samples"]),
                                             cfg.get("time_budget_s"), int(ctx.cfg.seed), cfg.get("init_n"))
     elif cfg["method"] == "grid":
-        trials = []
         for n in sorted({min(int(n), high) for n in cfg["grid"]}):
-            started = time.perf_counter()
-            trials.append({"n": n, "loss": objective(n), "time": time.perf_counter() - started})
+            objective(n)
+        trials = tried
         best_n = min(trials, key=lambda t: t["loss"])["n"]
     else:
         raise ValueError(f"selector.method={cfg['method']!r}; choose blendsearch or grid")

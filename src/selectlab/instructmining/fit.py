@@ -61,14 +61,14 @@ def save_rule_yaml(result: Mapping, names: Sequence[str], path: str | Path, prov
         "intercept": result["intercept"],
         "coefficients": dict(zip(names, result["coefficients"])),
         "r2": result["r2"],
-        "adj_r2": result.get("adj_r2"),
-        "std_errors": dict(zip(names, result["std_errors"])) if "std_errors" in result else None,
+        "adj_r2": result["adj_r2"],
+        "std_errors": dict(zip(names, result["std_errors"])),
         "n_finetunes": result["n"],
         "provenance": provenance,
         "scaling": "the units this project's indicators are computed in (see the indicator configs used for the fit)",
     }
     header = (f"# Fitted InstructMining rule ({result['n']} fine-tunes, R^2 {result['r2']:.3f}, "
-              f"adjusted R^2 {result.get('adj_r2', float('nan')):.3f}).\n"
+              f"adjusted R^2 {result['adj_r2']:.3f}).\n"
               f"#   python src/run.py scorer=instructmining scorer/rule={path.stem}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(rule, sort_keys=False))
