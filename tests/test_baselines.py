@@ -186,7 +186,7 @@ def test_greedy_diverse_hand_worked(block_size):
 def test_diverse_topk_on_scorer_features_is_scale_free():
     scores = Scores(ids=[str(i) for i in range(7)], score=SCORE, features=3.0 * VECS)
     cfg = {"threshold": 0.9, "embeddings": "features", "block_size": 2}
-    assert diverse_topk(scores, 10, cfg) == [0, 2, 3, 6]
+    assert diverse_topk(scores, 10, cfg).order == [0, 2, 3, 6]
     with pytest.raises(ValueError, match="selector.embeddings=features"):
         diverse_topk(Scores(ids=["0"], score=SCORE[:1]), 1, cfg)
 
@@ -202,7 +202,7 @@ def test_diverse_topk_sbert_skips_a_paraphrase(compose, tmp_path):
     ctx = ScoreContext(cfg=None, store=ArtifactStore(tmp_path), pool=Pool("t", records), pool_key="t",
                        backbone=lambda: "")
     scores = Scores(ids=["a", "b", "c", "d"], score=np.array([0.9, 0.8, 0.7, 0.6]))
-    assert diverse_topk(scores, 4, dict(cfg), ctx) == [0, 2, 3]
+    assert diverse_topk(scores, 4, dict(cfg), ctx).order == [0, 2, 3]
     emb = np.load(next((tmp_path / "sbert_embeddings").glob("*/array.npy")))
     assert emb.shape == (4, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[1] > 0.9 > emb[0] @ emb[2]

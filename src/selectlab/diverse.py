@@ -100,7 +100,7 @@ def sbert_embeddings(texts: list[str], store: ArtifactStore, batch_size: int, de
     return np.load(folder / "array.npy", mmap_mode="r")
 
 
-def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None):
     """Indices into ``scores.ids``, highest score first, skipping near-duplicates.
 
     ``cfg``: threshold, embeddings (sbert | features), text, block_size, batch_size.
@@ -129,4 +129,6 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
     log.info("diverse_topk: took %d of budget %d; skipped %d candidates with cosine > %s to a taken one%s",
              len(taken), budget, skipped, cfg["threshold"],
              f"; SHORT by {budget - len(taken)}: candidates ran out" if len(taken) < budget else "")
-    return taken
+    from .selectors import Selection
+
+    return Selection(taken, meta={"skipped_similar": skipped})

@@ -19,7 +19,7 @@ from .pools import load_pool
 from .report import selection_report
 from .scorers import ScoreContext, Scores, get_scorer
 from .selectors import resolve_budget, select
-from .store import ArtifactStore, ShardIncomplete, atomic_write_text, content_hash, write_jsonl
+from .store import ArtifactStore, ShardIncomplete, atomic_write_text, content_hash, read_jsonl, write_jsonl
 from .tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
@@ -65,28 +65,35 @@ def selector_config(cfg: DictConfig) -> dict:
     return container(OmegaConf.load(path))
 
 
-def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[list[dict], str, np.ndarray | None]:
+def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[dict[str, list[dict]], str, np.ndarray | None]:
+    """The selector's subsets as one artifact: ``main`` (the selection) plus any extra named subsets
+    (ADG's ``middle`` and ``bottom``), each a list of pool records with rank and scores."""
     cfg = ctx.cfg
     budget = resolve_budget(cfg.selection.budget, len(scores.ids))
     selector = selector_config(cfg)
     key = ctx.store.key("subsets", SUBSET_VERSION, scores=scores_key, selector=selector, budget=budget)
     by_id = {r["id"]: r for r in ctx.pool.records}
 
+    def rows_of(order: list[int]) -> list[dict]:
+        return [{**by_id[scores.ids[i]], "rank": rank, "score": _finite(scores.score[i]),
+                 **{k: _finite(v[i]) for k, v in scores.columns.items()}} for rank, i in enumerate(order)]
+
     def make(tmp: Path) -> dict:
-        order, bins = select(scores, budget, selector, ctx)
-        if bins is not None:
-            np.save(tmp / "bins.npy", bins)
-        rows = []
-        for rank, i in enumerate(order):
-            extra = {k: _finite(v[i]) for k, v in scores.columns.items()}
-            rows.append({**by_id[scores.ids[i]], "rank": rank, "score": _finite(scores.score[i]), **extra})
-        write_jsonl(tmp / "records.jsonl", rows)
-        return {"budget": budget, "n_selected": len(rows)}
+        selection = select(scores, budget, selector, ctx)
+        if selection.bins is not None:
+            np.save(tmp / "bins.npy", selection.bins)
+        write_jsonl(tmp / "records.jsonl", rows_of(selection.order))
+        for name, order in selection.subsets.items():
+            write_jsonl(tmp / f"records_{name}.jsonl", rows_of(order))
+        return {"budget": budget, "n_selected": len(selection.order), "subsets": sorted(selection.subsets),
+                "selection_meta": selection.meta}
 
     folder = ctx.store.build("subsets", key, make, {"selector": selector})
-    rows = [json.loads(l) for l in (folder / "records.jsonl").read_text().splitlines()]
+    subsets = {"main": read_jsonl(folder / "records.jsonl")}
+    for path in sorted(folder.glob("records_*.jsonl")):
+        subsets[path.stem.removeprefix("records_")] = read_jsonl(path)
     bins = np.load(folder / "bins.npy") if (folder / "bins.npy").exists() else None
-    return rows, key, bins
+    return subsets, key, bins
 
 
 def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
@@ -130,8 +137,8 @@ def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
         cfg.selection.budget = budget
     random_ctx = replace(ctx, cfg=cfg)
     scores, key = score_stage(random_ctx)
-    subset, subset_key, _ = select_stage(random_ctx, scores, key)
-    return subset, subset_key
+    subsets, subset_key, _ = select_stage(random_ctx, scores, key)
+    return subsets["main"], subset_key
 
 
 def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list[dict]:
@@ -239,15 +246,20 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish()
         return write_manifest(shard_incomplete={"stage": done.stage, "key": done.key, "present": done.present,
                                                 "total": done.total})
-    subset, subset_key, bins = select_stage(ctx, scores, scores_key)
+    subsets, subset_key, bins = select_stage(ctx, scores, scores_key)
+    subset = subsets["main"]
     subset_path = run_dir / "subset.jsonl"
     write_jsonl(subset_path, subset)
+    extra_paths = {name: run_dir / f"subset_{name}.jsonl" for name in subsets if name != "main"}
+    for name, path in extra_paths.items():
+        write_jsonl(path, subsets[name])
+        log.info("subset %s: %d examples -> %s", name, len(subsets[name]), path)
     report = selection_report(scores, subset, {r["id"]: r for r in pool.records}, run_dir, bins=bins)
     log.info("selected %d of %d examples -> %s", len(subset), len(pool.records), subset_path)
     counts = {**scores.counts, "empty_instruction": len(pool.empty_instruction_ids)}
     write_manifest(artifacts={"scores": scores_key, "subset": subset_key}, selector=selector_config(cfg),
-                   counts=counts, n_selected=len(subset),
-                   subset_path=str(subset_path))
+                   counts=counts, n_selected=len(subset), subset_path=str(subset_path),
+                   extra_subsets={name: {"path": str(p), "n": len(subsets[name])} for name, p in extra_paths.items()})
 
     log_scores(tracker, scores, int(cfg.logger.get("table_rows", 5000)))
     tracker.log_image("selection_report", report)
@@ -256,7 +268,7 @@ def run(cfg: DictConfig) -> dict:
         tracker.log_table("size_search", ["n", "loss", "seconds"], [[t["n"], t["loss"], t["seconds"]] for t in trials])
     columns = ["id", "rank", "score", "instruction", "input", "output"]
     tracker.log_table("subset", columns, [[r[c] for c in columns] for r in subset])
-    tracker.log_artifact(f"subset-{subset_key}", "dataset", [subset_path, run_dir / "manifest.json"],
+    tracker.log_artifact(f"subset-{subset_key}", "dataset", [subset_path, *extra_paths.values(), run_dir / "manifest.json"],
                          {"scorer": cfg.scorer.name, "pool": pool.name, "budget": len(subset), "key": subset_key})
     tracker.log_table("stage_timings", ["stage", "key", "reused", "seconds", "batches_reused", "batches_computed"],
                       [[e.stage, e.key, e.reused, round(e.seconds, 3), e.batches_reused, e.batches_computed]

@@ -1,10 +1,11 @@
-"""Selectors: turn scores and a budget into an ordered list of example ids.
+"""Selectors: turn scores and a budget into a :class:`Selection`.
 
 Examples whose score is NaN (a scorer's "not selectable", e.g. IFD >= 1) are never chosen.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -12,6 +13,23 @@ import numpy as np
 from .scorers import Scores
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """What every selector returns.
+
+    ``order``: indices into ``scores.ids`` of the selected examples, in rank order.
+    ``bins``: one bin label per pool example, when the selector bins the pool (written as ``bins.npy``).
+    ``subsets``: further named subsets (e.g. ADG's ``middle`` and ``bottom``), each an index order,
+    written as ``subset_<name>.jsonl`` beside ``subset.jsonl``.
+    ``meta``: small JSON-able facts about the selection (counts, chosen sizes) for the manifest.
+    """
+
+    order: list[int]
+    bins: np.ndarray | None = None
+    subsets: dict[str, list[int]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -28,12 +46,12 @@ def _descending(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return idx[np.argsort(-score[idx], kind="stable")]
 
 
-def topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+def topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     valid = np.flatnonzero(~np.isnan(scores.score))
-    return _descending(scores.score, valid)[:budget].tolist()
+    return Selection(_descending(scores.score, valid)[:budget].tolist())
 
 
-def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int], np.ndarray]:
+def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     """ADG's bin-wise proportional top-k (released behaviour).
 
     k-means of the instruction embeddings into ``n_bins`` bins; with r = budget / N, each
@@ -70,36 +88,36 @@ def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int]
     order = _descending(scores.score, np.array(chosen, dtype=np.int64))[:budget]
     log.info("binwise: %d bins, %d candidates from bins with >= %d items, kept %d",
              n_bins, len(chosen), cfg["min_bin_size"], len(order))
-    return order.tolist()
+    return Selection(order.tolist(), bins=labels.astype(np.int32), meta={"n_bins": n_bins})
 
 
-# Each selector: fn(scores, budget, selector cfg, ctx) -> indices into scores.ids, in order
-# (or (indices, bin label per example) for selectors that bin the pool).
+# Each selector: fn(scores, budget, selector cfg, ctx) -> Selection.
 # ``ctx`` is the run's ScoreContext (pool records, store, backbone) for selectors that need
 # more than the scores (diversity over texts, a size search that fine-tunes).
-def size_search(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+def size_search(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     """InstructMining's subset-size search (each trial fine-tunes); ``selection.budget`` is unused."""
     from .instructmining.experiments import size_search as search
 
     return search(scores, budget, cfg, ctx)
 
 
-def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> list[int]:
+def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     from .diverse import diverse_topk as greedy
 
     return greedy(scores, budget, cfg, ctx)
 
 
-SELECTORS: dict[str, Callable[..., list[int]]] = {
+SELECTORS: dict[str, Callable[..., Selection]] = {
     "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
     "diverse_topk": diverse_topk,
 }
 
 
-def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> tuple[list[int], np.ndarray | None]:
-    """Ordered indices of the selected examples, and the bin labels when the selector bins."""
+def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     name = cfg["name"]
     if name not in SELECTORS:
         raise KeyError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
     out = SELECTORS[name](scores, budget, cfg, ctx)
-    return out if isinstance(out, tuple) else (out, None)
+    if not isinstance(out, Selection):
+        raise TypeError(f"selector {name!r} returned {type(out).__name__}, not a Selection")
+    return out

@@ -98,7 +98,9 @@ def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
            "best_n": best_n, "source": cfg["method"], "n_candidates": len(order), "n_heldout": len(heldout)}
     atomic_write_text(Path(ctx.cfg.run_dir) / "size_search.json", json.dumps(out, indent=2))
     log.info("size search (%s): best n = %d of %d tried sizes", cfg["method"], best_n, len(trials))
-    return order[:best_n].tolist()
+    from ..selectors import Selection
+
+    return Selection(order[:best_n].tolist(), meta={"best_n": best_n, "n_trials": len(trials)})
 
 
 def fit_rule_task(ctx, tracker) -> dict:
