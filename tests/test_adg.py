@@ -102,13 +102,15 @@ def test_batched_embedding_equals_reference(tiny, layers, prefix_reuse, token_bu
     ref = reference_scores(model, tok, INSTRUCTIONS, ANSWERS, layers=layers, max_length=64)
     assert emb.answers.shape == (4, 5, 64)
     assert np.abs(emb.answers - ref["vectors"]).max() <= 1e-5
-    assert not emb.answers[0, 2].any() and not emb.answers[3, 4].any()  # empty answers -> zero vectors
+    # "" and "  " are empty: under the default (LLaMA) rule the joint text, i.e. the instruction, is embedded
+    assert emb.answers[0, 2].any() and emb.counts["empty_answers_as_instruction"] == 2
     np.testing.assert_allclose(np.linalg.norm(emb.answers[1], axis=1), 1, atol=1e-6)
     ref_instr = np.stack([reference_embedding(model, tok, t, layers, 64) for t in INSTRUCTIONS])
     assert np.abs(emb.instructions - ref_instr).max() <= 1e-5
     assert emb.counts["empty_answers"] == 2 and emb.counts["truncated_texts"] == 0
     # 18 non-empty texts; with reuse all but the two whose tokenization breaks the prefix share it
-    assert emb.counts["prefix_reused_texts"] == (16 if prefix_reuse else 0)
+    # 16 answers plus the two empty ones, embedded as their instruction (the default, LLaMA rule)
+    assert emb.counts["prefix_reused_texts"] == (18 if prefix_reuse else 0)
     D, I = divergence(emb.answers)
     np.testing.assert_allclose(D, ref["D"], atol=1e-5)
     np.testing.assert_allclose(I, ref["I"], atol=1e-5)
@@ -121,8 +123,9 @@ def test_truncation_is_exact_and_counted(tiny):
         emb = embed_answer_sets(model, tok, INSTRUCTIONS, ANSWERS, cfg)
         ref = reference_scores(model, tok, INSTRUCTIONS, ANSWERS, max_length=12)
         assert np.abs(emb.answers - ref["vectors"]).max() <= 1e-5
-        # joint lengths 17, 31, 28, 13, 26, 45, 26, 27 exceed 12 tokens; so does the 25-token 4th instruction
-        assert emb.counts["truncated_texts"] == 8 and emb.counts["truncated_instructions"] == 1
+        # joint lengths 17, 31, 28, 13, 26, 45, 26, 27 exceed 12 tokens, and the 4th instruction's joint
+        # text with its empty answer "  "; so does the 25-token 4th instruction alone
+        assert emb.counts["truncated_texts"] == 9 and emb.counts["truncated_instructions"] == 1
 
 
 def test_embed_texts_matches_reference_and_empty_is_zero(tiny):
@@ -135,11 +138,12 @@ def test_embed_texts_matches_reference_and_empty_is_zero(tiny):
 
 
 def test_scores_pinned_on_hand_made_sets(tiny):
+    """Pinned under the Qwen script's rule (an empty answer is the zero vector)."""
     model, tok = tiny
-    emb = embed_answer_sets(model, tok, INSTRUCTIONS, ANSWERS, EmbeddingConfig(prefix_reuse=True))
+    emb = embed_answer_sets(model, tok, INSTRUCTIONS, ANSWERS, EmbeddingConfig(prefix_reuse=True, empty_answer="zero"))
     D, I = divergence(emb.answers)
     s = adg_score(D, I, 0.4)
-    ref = reference_scores(model, tok, INSTRUCTIONS, ANSWERS)
+    ref = reference_scores(model, tok, INSTRUCTIONS, ANSWERS, empty_answer="zero")
     np.testing.assert_allclose(s, ref["score"], atol=1e-5)
     np.testing.assert_allclose(D, PINNED_D, atol=1e-5)
     np.testing.assert_allclose(I, PINNED_I, atol=1e-5)
@@ -189,12 +193,15 @@ def test_adg_scorer_from_config_equals_reference_and_resumes(compose, tiny_model
     np.testing.assert_allclose(scores.score, ref["score"], atol=1e-5)
     np.testing.assert_allclose(scores.columns["D"], ref["D"], atol=1e-5)
     np.testing.assert_allclose(scores.columns["I"], ref["I"], atol=1e-5)
-    ref_instr = np.stack([reference_embedding(model, tok, t, (-4, -3, -2)) for t in instructions])
+    # bins: the release's embed.py recipe (stripped, special tokens, 512 tokens, uniform fallback)
+    ref_instr = np.stack([reference_embedding(model, tok, t.strip(), (-4, -3, -2), 512, add_special_tokens=True,
+                                              uniform_fallback=True) for t in instructions])
     assert scores.features.shape == (5, 64) and np.abs(scores.features - ref_instr).max() <= 1e-5
-    assert {"zero_spread", "truncated_texts", "answers_empty", "zero_weight_texts"} <= set(scores.counts)
-    assert scores.meta["layers"] == [-4, -3, -2] and scores.meta["lambda"] == 0.4
+    assert {"zero_spread", "truncated_texts", "answers_empty", "zero_weight_texts", "empty_answers_as_instruction",
+            "empty_answers_as_zero"} <= set(scores.counts)
+    assert scores.meta["layers"] == [-4, -3, -2] and scores.meta["score"] == "0.6*Sc.cov_trace + 0.4*Sc.SED"
 
     before = len(store.events)
     again = get_scorer("adg")(ctx)
-    assert [e.reused for e in store.events[before:] if e.stage == "adg_embeddings"] == [True]
+    assert [e.reused for e in store.events[before:] if e.stage in ("adg_embeddings", "adg_bins")] == [True, True]
     np.testing.assert_array_equal(again.score, scores.score)

@@ -26,6 +26,8 @@ PUNCTUATION = set(",.;:!?()[]{}\"'`~-_/\\")
 NUMERIC_MARKS = set("%℃°")
 NUMERIC_WEIGHT = 1.3
 TEXT_MODES = ("instruction+answer", "answer")
+EMPTY_ANSWER_RULES = ("instruction", "zero")
+POOLING = ("all", "answer")
 
 
 def piece_weight(piece: str) -> float:
@@ -51,6 +53,8 @@ class EmbeddingConfig:
     name: str = "release"
     layers: tuple[int, ...] = (-4, -3, -2)  # indices into HF ``hidden_states`` (n_layers + 1 entries)
     text: str = "instruction+answer"
+    empty_answer: str = "instruction"  # instruction: embed `instruction + " " + ""` (LLaMA script); zero: zero vector (Qwen script)
+    pool: str = "all"  # all: every token of the text (release); answer: the answer's tokens of the joint pass
     max_length: int = 1024
     dtype: str = "float32"
     token_budget: int = 256  # padded tokens per forward
@@ -65,8 +69,9 @@ class EmbeddingConfig:
         if unknown:
             raise ValueError(f"embedding.{unknown[0]}: unknown key (known: {sorted(known)})")
         out = cls(**{**cfg, "layers": tuple(int(x) for x in cfg.get("layers", cls.layers))})
-        if out.text not in TEXT_MODES:
-            raise ValueError(f"embedding.text={out.text!r}; choose one of {TEXT_MODES}")
+        for key, allowed in (("text", TEXT_MODES), ("empty_answer", EMPTY_ANSWER_RULES), ("pool", POOLING)):
+            if getattr(out, key) not in allowed:
+                raise ValueError(f"embedding.{key}={getattr(out, key)!r}; choose one of {allowed}")
         if not out.layers:
             raise ValueError("embedding.layers is empty")
         if out.max_length < 1 or out.token_budget < 1:
@@ -168,8 +173,12 @@ def _pad(rows: Sequence[Sequence[int]], width: int, device):
     return ids.to(device), mask.to(device)
 
 
-def _pooled_sums(model, weights, token_lists, cfg: EmbeddingConfig, keep_cache: bool = False):
-    """Weighted sums (M, d), weight sums (M,) and, if asked, each row's own keys/values per layer."""
+def _pooled_sums(model, weights, token_lists, cfg: EmbeddingConfig, keep_cache: bool = False,
+                 starts: Sequence[int] | None = None):
+    """Weighted sums (M, d), weight sums (M,) and, if asked, each row's own keys/values per layer.
+
+    ``starts``: per row, the first position that is pooled (the whole text still runs through the
+    model); None pools every token."""
     import torch
     from transformers import DynamicCache
 
@@ -182,10 +191,14 @@ def _pooled_sums(model, weights, token_lists, cfg: EmbeddingConfig, keep_cache: 
     for batch in _length_batches([len(token_lists[i]) for i in todo], cfg.token_budget):
         rows = [todo[b] for b in batch]
         ids, mask = _pad([token_lists[r] for r in rows], len(token_lists[rows[0]]), device)
+        pooled = mask
+        if starts is not None:
+            first = torch.tensor([starts[r] for r in rows], device=device)[:, None]
+            pooled = mask * (torch.arange(mask.shape[1], device=device)[None] >= first)
         cache = DynamicCache() if keep_cache else None
         with torch.inference_mode():
             h = _mean_layers(model, cfg.layers, ids, mask, cache=cache)
-            s, w = _weighted_sums(h, ids, mask, weights)
+            s, w = _weighted_sums(h, ids, pooled, weights)
         sums[rows], wsum[rows] = s.double().cpu(), w.double().cpu()
         if keep_cache:
             for b, r in enumerate(rows):
@@ -258,11 +271,28 @@ def _weights_tensor(model, tokenizer, weights):
     return torch.as_tensor(table, device=next(model.parameters()).device)
 
 
-def embed_texts(model, tokenizer, texts: Sequence[str], cfg: EmbeddingConfig, weights: np.ndarray | None = None) -> np.ndarray:
-    """(N, d) unit vectors of whole texts (e.g. instructions for semantic bins); empty text -> zero vector."""
+def embed_texts(model, tokenizer, texts: Sequence[str], cfg: EmbeddingConfig, weights: np.ndarray | None = None,
+                add_special_tokens: bool = False, unweighted: str = "zero") -> np.ndarray:
+    """(N, d) unit vectors of whole texts; an empty text gives the zero vector.
+
+    ``add_special_tokens``: tokenize as ``tokenizer(text)`` does (BOS for LLaMA-3), as the release's
+    bin embedding (embed.py) does. ``unweighted``: a text whose tokens all weigh 0 gives the zero
+    vector (``zero``) or the plain mean of its tokens (``uniform``, embed.py's fallback).
+    """
+    if unweighted not in ("zero", "uniform"):
+        raise ValueError(f"unweighted={unweighted!r}; choose zero or uniform")
     w = _weights_tensor(model, tokenizer, weights)
-    lists, _ = _token_lists(tokenizer, [t if t.strip() else "" for t in texts], cfg.max_length)
+    kept = [t if t.strip() else "" for t in texts]
+    ids = tokenizer(kept, add_special_tokens=add_special_tokens)["input_ids"] if kept else []
+    lists = [t[: cfg.max_length] if text else [] for t, text in zip(ids, kept)]
     sums, wsum, _ = _pooled_sums(model, w, lists, cfg)
+    if unweighted == "uniform":
+        import torch
+
+        unweighted_rows = [i for i, t in enumerate(lists) if t and float(w[t].sum()) == 0]
+        if unweighted_rows:
+            s, ws, _ = _pooled_sums(model, torch.ones_like(w), [lists[i] for i in unweighted_rows], cfg)
+            sums[unweighted_rows], wsum[unweighted_rows] = s, ws
     return _unit(sums, wsum)
 
 
@@ -286,7 +316,10 @@ def embed_answer_sets(model, tokenizer, instructions: Sequence[str], answer_sets
             raise ValueError(f"answer set {n} has {len(answers)} answers, the first has {k}")
     w = _weights_tensor(model, tokenizer, weights)
     d = model.config.hidden_size
-    pairs = [(n, j) for n in range(len(answer_sets)) for j in range(k) if answer_sets[n][j].strip()]
+    # The LLaMA release tests the joint text `instruction + " " + answer` for emptiness, so an
+    # empty answer embeds the instruction alone; the Qwen release gives it the zero vector.
+    embed_empty = cfg.empty_answer == "instruction" and cfg.text == "instruction+answer"
+    pairs = [(n, j) for n in range(len(answer_sets)) for j in range(k) if answer_sets[n][j].strip() or embed_empty]
     texts = [embedded_text(instructions[n], answer_sets[n][j], cfg.text) for n, j in pairs]
     joint, n_cut = _token_lists(tokenizer, texts, cfg.max_length)
     prefixes, n_prefix_cut = _token_lists(tokenizer, list(instructions), cfg.max_length)
@@ -301,22 +334,30 @@ def embed_answer_sets(model, tokenizer, instructions: Sequence[str], answer_sets
     sums = torch.zeros(len(pairs), d, dtype=torch.float64)
     wsum = torch.zeros(len(pairs), dtype=torch.float64)
     full = [m for m in range(len(pairs)) if not reuse[m]]
+    answer_only = cfg.pool == "answer" and cfg.text == "instruction+answer"
     if full:
-        s, ws, _ = _pooled_sums(model, w, [joint[m] for m in full], cfg)
+        starts = [min(len(prefixes[pairs[m][0]]), len(joint[m])) for m in full] if answer_only else None
+        s, ws, _ = _pooled_sums(model, w, [joint[m] for m in full], cfg, starts=starts)
         sums[full], wsum[full] = s, ws
     shared = [m for m in range(len(pairs)) if reuse[m]]
     if shared:
         owner = [pairs[m][0] for m in shared]
         s, ws = _suffix_sums(model, w, [p_kv[n] for n in owner], [len(prefixes[n]) for n in owner],
                              [joint[m][len(prefixes[pairs[m][0]]):] for m in shared], cfg)
-        sums[shared], wsum[shared] = s + p_sums[owner], ws + p_wsum[owner]
+        if answer_only:
+            sums[shared], wsum[shared] = s, ws
+        else:
+            sums[shared], wsum[shared] = s + p_sums[owner], ws + p_wsum[owner]
 
     answers = np.zeros((len(answer_sets), k, d), dtype=np.float32)
     vecs = _unit(sums, wsum)
     for m, (n, j) in enumerate(pairs):
         answers[n, j] = vecs[m]
+    n_empty = sum(not a.strip() for answers in answer_sets for a in answers)
     counts = {
-        "empty_answers": len(answer_sets) * k - len(pairs),
+        "empty_answers": n_empty,
+        "empty_answers_as_instruction": n_empty if embed_empty else 0,
+        "empty_answers_as_zero": 0 if embed_empty else n_empty,
         "truncated_texts": n_cut,
         "truncated_instructions": n_prefix_cut,
         "zero_weight_texts": int((wsum == 0).sum()),
@@ -327,26 +368,89 @@ def embed_answer_sets(model, tokenizer, instructions: Sequence[str], answer_sets
 
 # ---------------------------------------------------------------- score
 
-def divergence(V: np.ndarray, eps: float = 1e-12, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Dispersion D and anisotropy I of each answer cloud; V is (N, K, d), rows unit (or zero).
+# The release's seven answer-cloud metrics (ADG_qwen.py ``selected_metrics_from_S``), by the
+# column name we log them under; the release's own names are accepted in ``scorer.metric_*``.
+METRIC_COLUMNS = {
+    "Sc.cov_trace": "D", "Sc.SED": "I", "Sc.H_spec": "H_spec", "S.SEC": "SEC", "S.mean_cos": "mean_cos",
+    "Sc.eig_ratio_12": "eig_ratio_12", "LOOD_var": "LOOD_var",
+}
 
-    Computed in float64, ``chunk`` clouds at a time (V may be a memory-mapped pool-sized array).
+
+def metric_column(name: str) -> str:
+    """``D`` or ``Sc.cov_trace`` -> ``D``; an unknown name fails with the choices."""
+    if name in METRIC_COLUMNS.values():
+        return name
+    if name in METRIC_COLUMNS:
+        return METRIC_COLUMNS[name]
+    raise ValueError(f"unknown ADG metric {name!r}; choose one of {sorted(METRIC_COLUMNS)} "
+                     f"(or their short names {sorted(METRIC_COLUMNS.values())})")
+
+
+def _psd_eigenvalues(M: np.ndarray) -> np.ndarray:
+    """Eigenvalues of symmetric matrices (..., K, K), clipped at 0, largest first."""
+    return np.clip(np.linalg.eigvalsh(0.5 * (M + np.swapaxes(M, -1, -2))), 0, None)[..., ::-1]
+
+
+def _centred_trace_over_k(S: np.ndarray) -> np.ndarray:
+    """tr(H S H) / K from the clipped eigenvalues, as the release computes ``Sc.cov_trace``."""
+    k = S.shape[-1]
+    H = np.eye(k) - 1.0 / k
+    return _psd_eigenvalues(H @ S @ H).sum(-1) / k
+
+
+def cloud_metrics(V: np.ndarray, eps: float = 1e-12, chunk: int = 4096) -> dict[str, np.ndarray]:
+    """The release's seven metrics of each answer cloud; V is (N, K, d) of unit (or zero) rows.
+
+    With S = V Vᵀ and S_c = H S H (H = I − 11ᵀ/K), λ the clipped eigenvalues of S_c (largest
+    first) and t = Σλ: D = t/K, I = 1 − λ1/t, H_spec = −Σ p log(p + eps) / log K with p = λ/t,
+    eig_ratio_12 = λ1/(λ2 + eps); when t < eps these are 0, 0, 0 and inf. SEC = μ1/(Σμ + eps)
+    for the eigenvalues μ of the UNcentred S; mean_cos = the mean of S's upper triangle;
+    LOOD_var = max_k |D − D without answer k| / (D + eps) for K > 2 and D > eps, else 0.
+    Float64, ``chunk`` clouds at a time (V may be a memory-mapped pool-sized array).
     """
     if np.ndim(V) != 3:
-        raise ValueError(f"divergence expects (N, K, d), got shape {np.shape(V)}")
+        raise ValueError(f"cloud metrics expect (N, K, d), got shape {np.shape(V)}")
     n, k = V.shape[:2]
+    if k < 2:
+        raise ValueError(f"ADG needs at least 2 answers per instruction (sampler.k={k})")
+    out = {c: np.zeros(n) for c in METRIC_COLUMNS.values()}
     H = np.eye(k) - 1.0 / k
-    D, I = np.zeros(n), np.zeros(n)
+    upper = np.triu_indices(k, 1)
     for start in range(0, n, chunk):
         part = np.asarray(V[start : start + chunk], dtype=np.float64)
-        Sc = H @ (part @ part.transpose(0, 2, 1)) @ H
-        trace = np.trace(Sc, axis1=1, axis2=2)
-        lam = np.clip(np.linalg.eigvalsh(Sc), 0, None)  # ascending
-        total = lam.sum(1)
-        spread = trace >= eps
-        D[start : start + chunk] = np.where(spread, trace / k, 0.0)
-        I[start : start + chunk] = np.where(spread, 1.0 - lam[:, -1] / np.where(total > 0, total, 1.0), 0.0)
-    return D, I
+        S = part @ part.transpose(0, 2, 1)
+        S = 0.5 * (S + S.transpose(0, 2, 1))
+        mu = _psd_eigenvalues(S)
+        lam = _psd_eigenvalues(H @ S @ H)
+        t = lam.sum(1)
+        spread = t >= eps
+        safe_t = np.where(spread, t, 1.0)
+        p = lam / safe_t[:, None]
+        rows = slice(start, start + len(part))
+        out["D"][rows] = np.where(spread, t / k, 0.0)
+        out["I"][rows] = np.where(spread, 1.0 - lam[:, 0] / safe_t, 0.0)
+        out["H_spec"][rows] = np.where(spread, -(p * np.log(p + eps)).sum(1) / np.log(k), 0.0)
+        out["eig_ratio_12"][rows] = np.where(spread, lam[:, 0] / (lam[:, 1] + eps), np.inf)
+        out["SEC"][rows] = mu[:, 0] / (mu.sum(1) + eps)
+        out["mean_cos"][rows] = S[:, upper[0], upper[1]].mean(1)
+        if k > 2:
+            base = out["D"][rows]
+            drops = np.stack([_centred_trace_over_k(np.delete(np.delete(S, j, 1), j, 2)) for j in range(k)], 1)
+            lood = np.abs(base[:, None] - drops).max(1) / (base + eps)
+            out["LOOD_var"][rows] = np.where(base > eps, lood, 0.0)
+    return out
+
+
+def divergence(V: np.ndarray, eps: float = 1e-12, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Dispersion D (``Sc.cov_trace``) and anisotropy I (``Sc.SED``) of each answer cloud."""
+    metrics = cloud_metrics(V, eps, chunk)
+    return metrics["D"], metrics["I"]
+
+
+def combined_score(columns: Mapping[str, np.ndarray], metric_1: str, weight_1: float, metric_2: str,
+                   weight_2: float) -> np.ndarray:
+    """The release's ``WEIGHT_1·METRIC_1 + WEIGHT_2·METRIC_2`` (default 0.6·D + 0.4·I)."""
+    return weight_1 * np.asarray(columns[metric_column(metric_1)]) + weight_2 * np.asarray(columns[metric_column(metric_2)])
 
 
 def adg_score(D: np.ndarray, I: np.ndarray, lam: float = 0.4) -> np.ndarray:

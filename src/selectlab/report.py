@@ -97,5 +97,7 @@ def selection_report(scores: Scores, subset: list[dict], records_by_id: dict, ru
               "bottom 5 of the pool by score")
     path = Path(run_dir) / "selection_report.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    # the panel names go in the PNG's metadata, so a reader (or a test) can tell what was drawn
+    fig.savefig(path, dpi=100, bbox_inches="tight",
+                metadata={"Description": "panels: " + ", ".join(name for name, _ in panels)})
     return path

@@ -39,9 +39,10 @@ VERSION = 1
 BACKENDS = ("vllm", "hf")
 # Knobs that decide the answers' bytes (engine knobs such as memory share do not; batch_size does
 # for hf, whose random stream is per batch).
-ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_max_tokens",
-                "template", "dtype", "batch_size", "seeding")
+ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "repetition_penalty", "eos", "max_new_tokens",
+                "prompt_max_tokens", "template", "dtype", "batch_size", "seeding")
 SEEDING = ("request", "engine")
+EOS_RULES = ("tokenizer", "generation_config")
 
 
 class SamplerConfigError(ValueError):
@@ -57,7 +58,7 @@ def _check(cfg: Any) -> None:
     if name not in BACKENDS:
         raise SamplerConfigError(f"sampler.name={name!r}; choose one of {BACKENDS}")
     for key in ANSWER_KNOBS:
-        if key not in ("prompt_max_tokens", "seeding") and _get(cfg, key) is None:
+        if key not in ("prompt_max_tokens", "seeding", "repetition_penalty") and _get(cfg, key) is None:
             raise SamplerConfigError(f"sampler.{key} is missing")
     if int(_get(cfg, "k")) < 1:
         raise SamplerConfigError(f"sampler.k={_get(cfg, 'k')} must be >= 1")
@@ -65,6 +66,10 @@ def _check(cfg: Any) -> None:
         raise SamplerConfigError(f"sampler.top_p={_get(cfg, 'top_p')} must be in (0, 1]")
     if float(_get(cfg, "temperature")) <= 0:
         raise SamplerConfigError(f"sampler.temperature={_get(cfg, 'temperature')} must be > 0 (this stage samples)")
+    if _get(cfg, "eos") not in EOS_RULES:
+        raise SamplerConfigError(f"sampler.eos={_get(cfg, 'eos')!r}; choose one of {EOS_RULES}")
+    if int(_get(cfg, "top_k")) < 0:
+        raise SamplerConfigError(f"sampler.top_k={_get(cfg, 'top_k')} must be >= 0 (0 = off)")
     if name == "vllm" and _get(cfg, "seeding") not in SEEDING:
         raise SamplerConfigError(f"sampler.seeding={_get(cfg, 'seeding')!r}; choose one of {SEEDING}")
     pmt = _get(cfg, "prompt_max_tokens")
@@ -122,22 +127,39 @@ class _HFBackend:
 
         tok, k = self.tokenizer, int(_get(self.cfg, "k"))
         batch = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
+        eos = stop_ids(_get(self.cfg, "eos"), self.model.generation_config, tok)
+        penalty = _get(self.cfg, "repetition_penalty")
         torch.manual_seed(batch_seed)
         with torch.inference_mode():
             out = self.model.generate(
                 **batch, do_sample=True, num_return_sequences=k,
                 temperature=float(_get(self.cfg, "temperature")), top_p=float(_get(self.cfg, "top_p")),
-                top_k=int(_get(self.cfg, "top_k")),  # 0 = off; never HF's implicit 50
-                max_new_tokens=int(_get(self.cfg, "max_new_tokens")), pad_token_id=tok.pad_token_id,
+                top_k=int(_get(self.cfg, "top_k")),  # 0 = off
+                **({} if penalty is None else {"repetition_penalty": float(penalty)}),
+                max_new_tokens=int(_get(self.cfg, "max_new_tokens")), eos_token_id=eos,
+                pad_token_id=tok.eos_token_id if _get(self.cfg, "eos") == "tokenizer" else tok.pad_token_id,
             )
         new = out[:, batch["input_ids"].shape[1]:].tolist()
-        eos = set(_eos_ids(self.model.generation_config, tok))
-        return [[_until_eos(new[p * k + j], eos) for j in range(k)] for p in range(len(prompts))]
+        return [[_until_eos(new[p * k + j], set(eos)) for j in range(k)] for p in range(len(prompts))]
 
 
-def _eos_ids(generation_config, tokenizer) -> list[int]:
-    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+def stop_ids(rule: str, generation_config, tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's eos only (``tokenizer``, the release's explicit
+    ``eos_token_id=tokenizer.eos_token_id``) or the model's generation_config eos ids."""
+    eos = tokenizer.eos_token_id
+    if rule == "generation_config" and generation_config.eos_token_id is not None:
+        eos = generation_config.eos_token_id
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def model_repetition_penalty(path: str) -> float:
+    """The repetition penalty HF ``generate`` would apply by default: the model's generation_config value."""
+    from transformers import GenerationConfig
+
+    try:
+        return float(GenerationConfig.from_pretrained(path).repetition_penalty or 1.0)
+    except OSError:  # no generation_config.json: transformers' default
+        return 1.0
 
 
 def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
@@ -173,6 +195,10 @@ class _VLLMBackend:
         # sampler (faster); answers then depend on the batch they were drawn in.
         self.per_request_seeds = _get(cfg, "seeding") == "request"
         engine_kwargs = {k: _get(cfg, k) for k in ENGINE_KNOBS if _get(cfg, k) is not None}
+        if _get(cfg, "eos") == "tokenizer":
+            # Ignore generation_config.json: vLLM then stops at the tokenizer's eos only, as the
+            # release's HF generate(eos_token_id=tokenizer.eos_token_id) does.
+            engine_kwargs["generation_config"] = "vllm"
         engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), "seeding": _get(cfg, "seeding"),
                                    "engine_seed": None if self.per_request_seeds else int(seed), **engine_kwargs})
         if engine_key not in _VLLM_ENGINES:
@@ -189,11 +215,7 @@ class _VLLMBackend:
             _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed),
                                             **engine_kwargs)
         self.llm = _VLLM_ENGINES[engine_key]
-        self.params = dict(
-            n=int(_get(cfg, "k")), temperature=float(_get(cfg, "temperature")), top_p=float(_get(cfg, "top_p")),
-            top_k=int(_get(cfg, "top_k")) or -1, max_tokens=int(_get(cfg, "max_new_tokens")),
-            detokenize=False,  # decoded below with the same tokenizer call as the HF backend
-        )
+        self.params = vllm_request_params(cfg, _get(cfg, "repetition_penalty") or model_repetition_penalty(path))
         self.sampling_params = SamplingParams
 
     def generate(self, prompts: list[list[int]], batch_seed: int, request_seeds: list[int]) -> list[list[list[int]]]:
@@ -204,6 +226,16 @@ class _VLLMBackend:
                   else self.sampling_params(**self.params))
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+def vllm_request_params(cfg: Any, repetition_penalty: float) -> dict:
+    """``SamplingParams`` keywords of every request (the seed is added per request)."""
+    return dict(
+        n=int(_get(cfg, "k")), temperature=float(_get(cfg, "temperature")), top_p=float(_get(cfg, "top_p")),
+        top_k=int(_get(cfg, "top_k")) or -1,  # vLLM's "off" is -1
+        repetition_penalty=float(repetition_penalty), max_tokens=int(_get(cfg, "max_new_tokens")),
+        detokenize=False,  # decoded below with the same tokenizer call as the HF backend
+    )
 
 
 def samples_key(records: Sequence[dict], backbone_path: str, cfg: Any, seed: int, tmpl_hash: str) -> str:

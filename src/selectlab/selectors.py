@@ -51,23 +51,49 @@ def topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     return Selection(_descending(scores.score, valid)[:budget].tolist())
 
 
-def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
-    """ADG's bin-wise proportional top-k (released behaviour).
+def bin_quota(size: int, ratio: float) -> tuple[int, int, int]:
+    """(top, middle, bottom) counts of one bin of ``size`` >= 3 items, as the release computes them.
 
-    k-means of the instruction embeddings into ``n_bins`` bins; with r = budget / N, each
-    bin holding at least ``min_bin_size`` items gives its top max(1, int(|bin| * r)); the
-    union is re-sorted by score and cut to the budget. Returns the order and each example's bin.
+    Each is max(1, int(size * ratio)); when the three exceed the bin, top and bottom are scaled by
+    size / (their sum) (each kept >= 1) and middle takes what is left (ADG_llama.py / ADG_qwen.py).
+    """
+    each = max(1, int(size * ratio))
+    if 3 * each <= size:
+        return each, each, each
+    scale = size / (3 * each)
+    top = bottom = max(1, int(each * scale))
+    return top, max(0, size - top - bottom), bottom
+
+
+def split_bin(ranked: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A bin's members ranked by score (highest first) -> its top, middle (central slice of what
+    lies between top and bottom) and bottom (lowest scores) parts."""
+    top_n, middle_n, bottom_n = bin_quota(len(ranked), ratio)
+    top, rest, bottom = ranked[:top_n], ranked[top_n : len(ranked) - bottom_n], ranked[len(ranked) - bottom_n :]
+    if len(rest) >= middle_n:
+        start = (len(rest) - middle_n) // 2
+        rest = rest[start : start + middle_n]
+    return top, rest, bottom
+
+
+def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
+    """ADG's bin-wise proportional selection, as released (ADG_llama.py ``cluster_based_selection``).
+
+    k-means of the instruction embeddings into ``n_bins`` bins; with r = budget / N, each bin of at
+    least ``min_bin_size`` items gives its top, middle and bottom parts (:func:`bin_quota`); smaller
+    bins go whole to the middle group. Each group is cut to the budget by score (bottom: lowest
+    first). The selection is the top group; ``middle`` and ``bottom`` are extra subsets.
     """
     from sklearn.cluster import MiniBatchKMeans
 
     if scores.features is None:
         raise ValueError("selector=binwise needs instruction embeddings from the scorer (scorer=adg provides them)")
     n = len(scores.ids)
-    n_bins = int(cfg["n_bins"])
-    if n_bins * 2 * int(cfg["min_bin_size"]) > n:
+    n_bins, min_size = int(cfg["n_bins"]), int(cfg["min_bin_size"])
+    if n_bins * 2 * min_size > n:
         # The release's setting (1000 bins for 52K, ~52 per bin) cannot run on a small pool:
         # k-means needs n >= n_bins and bins under min_bin_size are never drawn from.
-        capped = max(1, n // (2 * int(cfg["min_bin_size"])))
+        capped = max(1, n // (2 * min_size))
         log.warning("binwise: selector.n_bins=%d is too many for %d examples; using %d bins "
                     "(N // (2 * min_bin_size)) so that bins can be drawn from", n_bins, n, capped)
         n_bins = capped
@@ -76,19 +102,34 @@ def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
         n_init=int(cfg["n_init"]), max_iter=int(cfg["max_iter"]),
     )
     labels = km.fit_predict(np.asarray(scores.features, dtype=np.float32))
-    ratio = budget / n
-    valid = ~np.isnan(scores.score)
-    chosen: list[int] = []
-    for b in range(n_bins):
+    groups = split_bins(scores.score, labels, budget / n, min_size)
+    order = {name: _descending(scores.score, np.array(g, dtype=np.int64))[:budget] for name, g in groups.items()}
+    order["bottom"] = order_ascending(scores.score, np.array(groups["bottom"], dtype=np.int64))[:budget]
+    log.info("binwise: %d bins; top %d, middle %d, bottom %d candidates; kept %d", n_bins,
+             *(len(groups[g]) for g in ("top", "middle", "bottom")), len(order["top"]))
+    return Selection(order["top"].tolist(), bins=labels.astype(np.int32),
+                     subsets={"middle": order["middle"].tolist(), "bottom": order["bottom"].tolist()},
+                     meta={"n_bins": n_bins, **{f"n_{g}_candidates": len(v) for g, v in groups.items()}})
+
+
+def split_bins(score: np.ndarray, labels: np.ndarray, ratio: float, min_size: int) -> dict[str, list[int]]:
+    """Top, middle and bottom candidates over all bins (bins in order of first appearance, as the
+    release's dict of clusters; NaN scores are never selectable)."""
+    groups: dict[str, list[int]] = {"top": [], "middle": [], "bottom": []}
+    valid = ~np.isnan(score)
+    for b in dict.fromkeys(labels.tolist()):
         members = np.flatnonzero((labels == b) & valid)
-        if len(np.flatnonzero(labels == b)) < int(cfg["min_bin_size"]):
+        if (labels == b).sum() < min_size:
+            groups["middle"] += members.tolist()
             continue
-        take = max(1, int(len(np.flatnonzero(labels == b)) * ratio))
-        chosen += _descending(scores.score, members)[:take].tolist()
-    order = _descending(scores.score, np.array(chosen, dtype=np.int64))[:budget]
-    log.info("binwise: %d bins, %d candidates from bins with >= %d items, kept %d",
-             n_bins, len(chosen), cfg["min_bin_size"], len(order))
-    return Selection(order.tolist(), bins=labels.astype(np.int32), meta={"n_bins": n_bins})
+        for name, part in zip(("top", "middle", "bottom"), split_bin(_descending(score, members), ratio)):
+            groups[name] += part.tolist()
+    return groups
+
+
+def order_ascending(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``idx`` ordered by score, lowest first; ties keep pool order (stable)."""
+    return idx[np.argsort(score[idx], kind="stable")]
 
 
 # Each selector: fn(scores, budget, selector cfg, ctx) -> Selection.

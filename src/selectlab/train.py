@@ -43,6 +43,7 @@ class TrainConfig:
     name: str
     method: str = "full"  # none | full | lora
     template: str = "alpaca"  # alpaca | alpaca_no_input | chat (see prompts.render_prompt)
+    drop_input: bool = False  # train without the records' `input` field, as the ADG release's top.json has none
     lr: float = 1e-5
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs (smoke runs, tests)
@@ -268,6 +269,8 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
         return str(base_model_path)
     if not records:
         raise ValueError("finetune: no records to train on")
+    if tc.drop_input:
+        records = [{**r, "input": ""} for r in records]
     tokenizer = load_tokenizer(base_model_path, padding_side="right")
     key = checkpoint_key(records, base_model_path, tc, tokenizer, store, out_key_inputs or {})
     final = store.path(STAGE, key)

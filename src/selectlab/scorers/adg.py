@@ -1,9 +1,11 @@
 """ADG: sample K answers per instruction, embed them, score how the answer cloud spreads.
 
-s = (1 - λ)·D + λ·I (METHODS.md §1). The instruction embeddings go out as ``features`` for
-``selector=binwise``. The embedding stage is stored per batch of instructions, so a killed
-run resumes; its key covers the answers' content, the backbone, the embedding config and
-this module's version.
+The score is the release's ``weight_1·metric_1 + weight_2·metric_2`` over the seven cloud
+metrics (default 0.6·D + 0.4·I, i.e. s = (1 - λ)·D + λ·I with λ = 0.4; METHODS.md §1, §1b);
+all seven go out as score columns. The instruction embeddings for ``selector=binwise`` go out
+as ``features``: by default the release's own bin recipe (embed.py), an artifact of its own per
+pool × backbone × recipe, so embedding ablations keep the same bins. Both embedding stages are
+stored per batch of instructions, so a killed run resumes.
 """
 from __future__ import annotations
 
@@ -11,15 +13,18 @@ import logging
 
 import numpy as np
 
-from ..adg import (EmbeddingConfig, adg_score, count_truncated, divergence, embed_answer_sets, embedded_text,
-                   token_weight_table)
+from ..adg import (EmbeddingConfig, cloud_metrics, combined_score, count_truncated, embed_answer_sets, embed_texts,
+                   embedded_text, metric_column, token_weight_table)
 from ..store import content_hash
 from . import ScoreContext, Scores, register
 
 log = logging.getLogger(__name__)
 
 STAGE = "adg_embeddings"
-VERSION = 1
+VERSION = 2
+BINS_STAGE = "adg_bins"
+BINS_VERSION = 1
+BIN_SOURCES = ("release", "answer_prefix")
 
 
 def _plain(node) -> dict:
@@ -28,16 +33,68 @@ def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
+def score_weights(scorer_cfg: dict) -> tuple[str, float, str, float]:
+    """(metric_1, weight_1, metric_2, weight_2); null weights follow ``lam`` (1 - lam and lam)."""
+    lam = float(scorer_cfg["lam"])
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"scorer.lam={lam} must lie in [0, 1]")
+    w1, w2 = scorer_cfg.get("weight_1"), scorer_cfg.get("weight_2")
+    m1, m2 = scorer_cfg.get("metric_1", "Sc.cov_trace"), scorer_cfg.get("metric_2", "Sc.SED")
+    for key, name in (("metric_1", m1), ("metric_2", m2)):
+        try:
+            metric_column(name)
+        except ValueError as e:
+            raise ValueError(f"scorer.{key}: {e}") from None
+    return m1, 1.0 - lam if w1 is None else float(w1), m2, lam if w2 is None else float(w2)
+
+
+def bins_config(scorer_cfg: dict) -> dict:
+    bins = dict(scorer_cfg.get("bins") or {"source": "answer_prefix"})
+    if bins["source"] not in BIN_SOURCES:
+        raise ValueError(f"scorer.bins.source={bins['source']!r}; choose one of {BIN_SOURCES}")
+    return bins
+
+
+def bin_embeddings(ctx: ScoreContext, path: str, bins: dict, emb_cfg: EmbeddingConfig, model_for) -> np.ndarray:
+    """The release's bin features (generation/embedding/embed.py): each stripped instruction
+    tokenized WITH special tokens, cut at ``max_length`` (512), mean of ``layers`` (-4, -3, -2)
+    whatever ``embedding.layers`` says, token-weighted with a uniform fallback, unit length.
+    One artifact per pool × backbone × recipe, shared by every embedding/scoring ablation."""
+    from ..sampling import backbone_identity
+
+    records = ctx.pool.records
+    recipe = {k: bins[k] for k in ("layers", "max_length", "add_special_tokens", "unweighted", "dtype")}
+    key = ctx.store.key(BINS_STAGE, BINS_VERSION, backbone=backbone_identity(path), recipe=recipe,
+                        texts=content_hash([[r["id"], r["instruction"]] for r in records]))
+    cfg = EmbeddingConfig(name="bins", layers=tuple(int(x) for x in bins["layers"]), max_length=int(bins["max_length"]),
+                          dtype=bins["dtype"], token_budget=emb_cfg.token_budget, prefix_reuse=False,
+                          device=emb_cfg.device)
+    reused = ctx.store.exists(BINS_STAGE, key)
+
+    def compute(batch: list[int]) -> np.ndarray:
+        model, tokenizer, weights = model_for(cfg.dtype)
+        return embed_texts(model, tokenizer, [records[i]["instruction"].strip() for i in batch], cfg, weights,
+                           add_special_tokens=bool(bins["add_special_tokens"]), unweighted=bins["unweighted"])
+
+    folder = ctx.store.batched(BINS_STAGE, key, list(range(len(records))), int(bins["batch_size"]), compute,
+                               meta={"recipe": recipe})
+    log.info("bin embeddings (release recipe, layers %s): %s artifact %s/%s", list(cfg.layers),
+             "reused" if reused else "computed", BINS_STAGE, key)
+    return np.asarray(np.load(folder / "array.npy", mmap_mode="r"), dtype=np.float32)
+
+
 @register("adg")
 def score_adg(ctx: ScoreContext) -> Scores:
     from ..models import load_causal_lm, load_tokenizer
     from ..sampling import backbone_identity, sample_answers, sampling_counts
 
     cfg = ctx.cfg
-    lam = float(cfg.scorer.lam)
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"scorer.lam={lam} must lie in [0, 1]")
+    scorer_cfg = _plain(cfg.scorer)
+    m1, w1, m2, w2 = score_weights(scorer_cfg)
+    bins = bins_config(scorer_cfg)
     emb_cfg = EmbeddingConfig.from_cfg(_plain(cfg.embedding))
+    if int(cfg.sampler.k) < 2:
+        raise ValueError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction")
     records = ctx.pool.records
     path = ctx.backbone()
     samples = sample_answers(records, path, cfg.sampler, ctx.store, seed=int(cfg.seed))
@@ -52,12 +109,18 @@ def score_adg(ctx: ScoreContext) -> Scores:
     tokenizer = load_tokenizer(path)
     loaded: dict = {}
 
-    def compute(batch: list[int]) -> np.ndarray:
-        if not loaded:  # only when some batch is not stored yet
-            loaded["model"] = load_causal_lm(path, emb_cfg.dtype, emb_cfg.device)
+    def model_for(dtype: str):
+        """The backbone in ``dtype``, loaded once, only when some batch is not stored yet."""
+        if dtype not in loaded:
+            loaded[dtype] = load_causal_lm(path, dtype, emb_cfg.device)
+        if "weights" not in loaded:
             loaded["weights"] = token_weight_table(tokenizer)
-        emb = embed_answer_sets(loaded["model"], tokenizer, [records[i]["instruction"] for i in batch],
-                                [samples[i]["answers"] for i in batch], emb_cfg, loaded["weights"])
+        return loaded[dtype], tokenizer, loaded["weights"]
+
+    def compute(batch: list[int]) -> np.ndarray:
+        model, _, weights = model_for(emb_cfg.dtype)
+        emb = embed_answer_sets(model, tokenizer, [records[i]["instruction"] for i in batch],
+                                [samples[i]["answers"] for i in batch], emb_cfg, weights)
         log.info("adg embedding batch: %s", emb.counts)
         # slot 0: the instruction; slots 1..K: its answers
         return np.concatenate([emb.instructions[:, None, :], emb.answers], axis=1)
@@ -65,25 +128,37 @@ def score_adg(ctx: ScoreContext) -> Scores:
     folder = ctx.store.batched(STAGE, key, list(range(len(records))), int(cfg.scorer.batch_size), compute,
                                meta={"embedding": _plain(cfg.embedding), "k": k})
     stored = np.load(folder / "array.npy", mmap_mode="r")
-    instructions, answers = np.asarray(stored[:, 0]), stored[:, 1:]
+    answers = stored[:, 1:]
+    features = (bin_embeddings(ctx, path, bins, emb_cfg, model_for) if bins["source"] == "release"
+                else np.asarray(stored[:, 0], dtype=np.float32))
     texts = [embedded_text(r["instruction"], a, emb_cfg.text) for r, s in zip(records, samples)
              for a in s["answers"] if a.strip()]
 
-    D, I = divergence(answers)
-    zero = ~answers.any(axis=2)  # (N, K): empty answers and texts with no weighted token
+    columns = cloud_metrics(answers)
+    D = columns["D"]
+    zero = ~answers.any(axis=2)  # (N, K): zero vectors (empty answers under `zero`, texts with no weighted token)
     empty = np.array([[not a.strip() for a in s["answers"]] for s in samples], dtype=bool).reshape(zero.shape)
+    n_empty = int(empty.sum())
+    embeds_empty = emb_cfg.empty_answer == "instruction" and emb_cfg.text == "instruction+answer"
+    empty_paths = {"empty_answers_as_instruction": n_empty if embeds_empty else 0,
+                   "empty_answers_as_zero": 0 if embeds_empty else n_empty}
+    log.info("empty answers: %d embedded as the instruction alone, %d as zero vectors (embedding.empty_answer=%s)",
+             empty_paths["empty_answers_as_instruction"], empty_paths["empty_answers_as_zero"], emb_cfg.empty_answer)
     return Scores(
         ids=[r["id"] for r in records],
-        score=adg_score(D, I, lam),
-        columns={"D": D, "I": I},
-        features=instructions.astype(np.float32),
+        score=combined_score(columns, m1, w1, m2, w2),
+        columns=columns,
+        features=features,
         counts={
             **sampling_counts(samples),
+            **empty_paths,
             "zero_weight_texts": int((zero & ~empty).sum()),
             "zero_spread": int(np.sum(D == 0)),
-            "zero_instruction_vectors": int(np.sum(~instructions.any(axis=1))),
+            "zero_instruction_vectors": int(np.sum(~features.any(axis=1))),
             "truncated_texts": count_truncated(tokenizer, texts, emb_cfg.max_length),
         },
-        meta={"layers": list(emb_cfg.layers), "text_mode": emb_cfg.text, "lambda": lam, "k": k,
-              "embedding": emb_cfg.name, "prefix_reuse": emb_cfg.prefix_reuse, "embedding_key": key},
+        meta={"layers": list(emb_cfg.layers), "text_mode": emb_cfg.text, "pool": emb_cfg.pool,
+              "empty_answer": emb_cfg.empty_answer, "score": f"{w1}*{m1} + {w2}*{m2}", "k": k,
+              "embedding": emb_cfg.name, "prefix_reuse": emb_cfg.prefix_reuse, "embedding_key": key,
+              "bins": bins["source"]},
     )
