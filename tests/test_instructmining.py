@@ -259,10 +259,10 @@ def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model
     from selectlab import pipeline
     from selectlab.store import read_jsonl
 
-    cfg = compose("pool=alpaca", "pool.limit=8", "scorer=length", f"backbone.path={tiny_model_dir}",
-                  "selector=size_grid", "selector.grid=[2,4,50]", "train=cpu_small", "train.max_steps=2",
-                  "train.grad_accum=1", "train.save_steps=100", "heldout.limit=4")  # W&B offline
-    manifest = pipeline.run(cfg)
+    overrides = ["pool=alpaca", "pool.limit=8", "scorer=length", f"backbone.path={tiny_model_dir}",
+                 "selector=size_grid", "selector.grid=[2,4,50]", "train=cpu_small", "train.max_steps=2",
+                 "train.grad_accum=1", "train.save_steps=100", "heldout.limit=4"]  # W&B offline
+    manifest = pipeline.run(compose(*overrides))
     search = json.loads((tmp_path / "run" / "size_search.json").read_text())
     trials = search["trials"]
     assert [t["n"] for t in trials] == [2, 4, 8]  # 50 capped at the 8 scored examples
@@ -279,3 +279,14 @@ def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model
     live = [(h["size_search/n"], h["size_search/loss"]) for h in wandb_run.history if "size_search/n" in h]
     assert live == [(t["n"], t["loss"]) for t in trials]  # each trial logged as it finished
     assert wandb_run.tables["size_search"]["data"] == [[t["n"], t["loss"], t["seconds"]] for t in trials]
+
+    # A cached rerun (a new run folder) still logs the size_search table, from the subset artifact.
+    rerun_dir = tmp_path / "rerun"
+    manifest = pipeline.run(compose(*overrides, f"run_dir={rerun_dir}"))
+    assert [s["reused"] for s in manifest["stages"] if s["stage"] == "subsets"] == [True]
+    (rerun,) = [read_run(d) for d in find_runs(rerun_dir)]
+    assert rerun.tables["size_search"]["data"] == [[t["n"], t["loss"], t["seconds"]] for t in trials]
+    assert json.loads((rerun_dir / "size_search.json").read_text()) == search
+    # Another train.lr is another size search: the subset is recomputed, not reused.
+    manifest = pipeline.run(compose(*overrides, "train.lr=3e-4", f"run_dir={tmp_path / 'lr'}"))
+    assert [s["reused"] for s in manifest["stages"] if s["stage"] == "subsets"] == [False]

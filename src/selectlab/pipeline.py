@@ -18,7 +18,7 @@ from .paths import REPO_ROOT
 from .pools import load_pool
 from .report import selection_report
 from .scorers import ScoreContext, Scores, get_scorer
-from .selectors import resolve_budget, select
+from .selectors import READS, resolve_budget, select
 from .store import ArtifactStore, ShardIncomplete, atomic_write_text, content_hash, read_jsonl, write_jsonl
 from .tracking import Tracker, make_tracker
 
@@ -65,13 +65,15 @@ def selector_config(cfg: DictConfig) -> dict:
     return container(OmegaConf.load(path))
 
 
-def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[dict[str, list[dict]], str, np.ndarray | None]:
+def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[dict[str, list[dict]], str, np.ndarray | None, dict]:
     """The selector's subsets as one artifact: ``main`` (the selection) plus any extra named subsets
-    (ADG's ``middle`` and ``bottom``), each a list of pool records with rank and scores."""
+    (ADG's ``middle`` and ``bottom``), each a list of pool records with rank and scores; also the
+    bin labels (or None) and the selection's meta (e.g. a size search's trials)."""
     cfg = ctx.cfg
     budget = resolve_budget(cfg.selection.budget, len(scores.ids))
     selector = selector_config(cfg)
-    key = ctx.store.key("subsets", SUBSET_VERSION, scores=scores_key, selector=selector, budget=budget)
+    reads = {section: container(cfg.get(section)) for section in READS.get(selector["name"], ())}
+    key = ctx.store.key("subsets", SUBSET_VERSION, scores=scores_key, selector=selector, budget=budget, reads=reads)
     by_id = {r["id"]: r for r in ctx.pool.records}
 
     def rows_of(order: list[int]) -> list[dict]:
@@ -93,7 +95,7 @@ def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[di
     for path in sorted(folder.glob("records_*.jsonl")):
         subsets[path.stem.removeprefix("records_")] = read_jsonl(path)
     bins = np.load(folder / "bins.npy") if (folder / "bins.npy").exists() else None
-    return subsets, key, bins
+    return subsets, key, bins, ctx.store.meta("subsets", key).get("selection_meta", {})
 
 
 def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
@@ -137,7 +139,7 @@ def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
         cfg.selection.budget = budget
     random_ctx = replace(ctx, cfg=cfg)
     scores, key = score_stage(random_ctx)
-    subsets, subset_key, _ = select_stage(random_ctx, scores, key)
+    subsets, subset_key, _, _ = select_stage(random_ctx, scores, key)
     return subsets["main"], subset_key
 
 
@@ -246,7 +248,7 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish()
         return write_manifest(shard_incomplete={"stage": done.stage, "key": done.key, "present": done.present,
                                                 "total": done.total})
-    subsets, subset_key, bins = select_stage(ctx, scores, scores_key)
+    subsets, subset_key, bins, selection_meta = select_stage(ctx, scores, scores_key)
     subset = subsets["main"]
     subset_path = run_dir / "subset.jsonl"
     write_jsonl(subset_path, subset)
@@ -263,9 +265,11 @@ def run(cfg: DictConfig) -> dict:
 
     log_scores(tracker, scores, int(cfg.logger.get("table_rows", 5000)))
     tracker.log_image("selection_report", report)
-    if (run_dir / "size_search.json").exists():
-        trials = json.loads((run_dir / "size_search.json").read_text())["trials"]
-        tracker.log_table("size_search", ["n", "loss", "seconds"], [[t["n"], t["loss"], t["seconds"]] for t in trials])
+    if "size_search" in selection_meta:  # from the subset artifact, whether computed now or reused
+        search = selection_meta["size_search"]
+        atomic_write_text(run_dir / "size_search.json", json.dumps(search, indent=2))
+        tracker.log_table("size_search", ["n", "loss", "seconds"],
+                          [[t["n"], t["loss"], t["seconds"]] for t in search["trials"]])
     columns = ["id", "rank", "score", "instruction", "input", "output"]
     tracker.log_table("subset", columns, [[r[c] for c in columns] for r in subset])
     tracker.log_artifact(f"subset-{subset_key}", "dataset", [subset_path, *extra_paths.values(), run_dir / "manifest.json"],

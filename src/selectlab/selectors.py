@@ -148,6 +148,12 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     return greedy(scores, budget, cfg, ctx)
 
 
+# Config sections a selector reads besides its own; they enter the subset artifact's key (a size
+# search fine-tunes and evaluates: another train.lr must give another subset).
+READS: dict[str, tuple[str, ...]] = {
+    "blendsearch": ("train", "heldout", "backbone"), "size_grid": ("train", "heldout", "backbone"),
+}
+
 SELECTORS: dict[str, Callable[..., Selection]] = {
     "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
     "diverse_topk": diverse_topk,

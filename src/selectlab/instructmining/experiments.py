@@ -4,8 +4,8 @@
   response-token loss on a held-out eval pool (Self-Instruct seed tasks by default, as the
   paper samples its eval set from Self-Instruct). Cached per (subset, train cfg, eval set).
 - ``size_search`` (``selector=blendsearch`` / ``selector=size_grid``): the loss of the top-n
-  by score for each n tried, the best n selected; the trials go to ``size_search.json`` for
-  the double-descent figure.
+  by score for each n tried, the best n selected; the trials go in the subset artifact's meta
+  (the pipeline writes them to ``size_search.json`` for the double-descent figure).
 - ``fit_rule_task`` (``task=fit_rule``, ``experiment=im_fit_cpu``): M random subsets, each
   fine-tuned and evaluated, then least squares of log loss on subset-mean indicators; the
   fitted rule is saved as ``conf/scorer/rule/fitted_<name>.yaml``.
@@ -96,11 +96,11 @@ def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
         raise ValueError(f"selector.method={cfg['method']!r}; choose blendsearch or grid")
     out = {"trials": [{"n": t["n"], "loss": t["loss"], "seconds": t.get("time")} for t in trials],
            "best_n": best_n, "source": cfg["method"], "n_candidates": len(order), "n_heldout": len(heldout)}
-    atomic_write_text(Path(ctx.cfg.run_dir) / "size_search.json", json.dumps(out, indent=2))
     log.info("size search (%s): best n = %d of %d tried sizes", cfg["method"], best_n, len(trials))
     from ..selectors import Selection
 
-    return Selection(order[:best_n].tolist(), meta={"best_n": best_n, "n_trials": len(trials)})
+    # The trials travel in the subset artifact's meta: a cached rerun logs them the same way.
+    return Selection(order[:best_n].tolist(), meta={"size_search": out})
 
 
 def fit_rule_task(ctx, tracker) -> dict:
