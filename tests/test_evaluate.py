@@ -49,6 +49,7 @@ def test_configs_compose(compose):
 OURS_VS_HARNESS = {  # our YAML -> lm-eval 0.4.13's own YAML it copies
     "gsm8k.yaml": "gsm8k/gsm8k.yaml",
     "truthfulqa_mc2.yaml": "truthfulqa/truthfulqa_mc2.yaml",
+    "arc_easy.yaml": "arc/arc_easy.yaml",
     "arc_challenge.yaml": "arc/arc_challenge.yaml",
     "mbpp.yaml": "mbpp/mbpp.yaml",
     "humaneval.yaml": "humaneval/humaneval.yaml",
@@ -57,24 +58,79 @@ OURS_VS_HARNESS = {  # our YAML -> lm-eval 0.4.13's own YAML it copies
     "bbh/sports_understanding.yaml": "bbh/cot_fewshot/sports_understanding.yaml",
     "mmlu/anatomy.yaml": "mmlu/default/mmlu_anatomy.yaml",
 }
-CODE_TASKS = {"mbpp.yaml", "humaneval.yaml"}
-# keys that locate data, name the task or hold a function (compared by behaviour elsewhere)
-NOT_COMPARED = {"task", "task_alias", "tag", "dataset_path", "dataset_name", "dataset_kwargs", "custom_dataset",
-                "training_split", "validation_split", "test_split", "process_results", "metric_list", "filter_list",
-                "fewshot_config"}
+# The harness's functions (folder/module.name under lm_eval/tasks) and ours in their place.
+CODE_EVAL_WHY = ("code_eval's semantics in our sandbox: the harness's utils module calls "
+                 "evaluate.load('code_eval'), which needs the Hub, when it is imported")
+SAME_FUNCTION = {
+    "humaneval/utils.pass_at_k": ("selectlab.lm_eval_tasks.utils.pass_at_k", CODE_EVAL_WHY),
+    "mbpp/utils.pass_at_1": ("selectlab.lm_eval_tasks.utils.pass_at_1", CODE_EVAL_WHY),
+    "humaneval/utils.build_predictions": ("selectlab.lm_eval_tasks.utils.humaneval_predictions",
+                                          "the same prompt + completion; importing the harness's module needs the Hub"),
+    "mbpp/utils.list_fewshot_samples": ("selectlab.lm_eval_tasks.utils.mbpp_fewshot_samples",
+                                        "task ids 2-4 read from the local file; equal (test_mbpp_exemplars_equal_the_harness)"),
+    "truthfulqa/utils.process_results_mc2": ("lm_eval.tasks.truthfulqa.utils.process_results_mc2",
+                                             "the harness's own function, imported by its module path"),
+}
+NAME_WHY = "our task and tag names (selectlab_*), so that ours and the harness's load side by side"
+DATA_WHY = "data: the harness names a Hub dataset, ours a loader (and its argument) reading data_dir() in that dataset's schema"
+HUB = {"dataset_path": DATA_WHY, "dataset_name": DATA_WHY, "custom_dataset": DATA_WHY}
+DIFFERENT_KEYS = {  # every key whose value differs, with its reason; all other keys (splits included) are equal
+    "gsm8k.yaml": {"task": NAME_WHY, "tag": NAME_WHY, **HUB},
+    "truthfulqa_mc2.yaml": {"task": NAME_WHY, "tag": NAME_WHY, **HUB},
+    "arc_easy.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB},
+    "arc_challenge.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB},
+    "mbpp.yaml": {"task": NAME_WHY, **HUB},
+    "humaneval.yaml": {"task": NAME_WHY, "dataset_path": DATA_WHY, "custom_dataset": DATA_WHY},
+    **{f"bbh/{t}.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "task_alias": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB}
+       for t in ("date_understanding", "snarks", "sports_understanding")},
+    "mmlu/anatomy.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB},
+}
+
+
+def _functions_named(value, base: Path):
+    """A YAML read with resolve_func=False holds each !function as base_dir/spec: name it by
+    its path under ``base`` (the harness's folder/module.fn, or our dotted import path)."""
+    if isinstance(value, dict):
+        return {k: _functions_named(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_functions_named(v, base) for v in value]
+    if isinstance(value, str) and value.startswith(str(base) + "/"):
+        spec = str(Path(value).relative_to(base))
+        return spec.rsplit("/", 1)[-1] if base == TASKS_DIR.resolve() else spec
+    return value
+
+
+def _ours_in_place(value):
+    if isinstance(value, dict):
+        return {k: _ours_in_place(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ours_in_place(v) for v in value]
+    return SAME_FUNCTION[value][0] if isinstance(value, str) and value in SAME_FUNCTION else value
 
 
 @pytest.mark.parametrize("ours,theirs", sorted(OURS_VS_HARNESS.items()))
 def test_task_yaml_copies_the_harness(ours, theirs):
+    """Every key after resolving includes, split keys included: equal, except the keys listed
+    in DIFFERENT_KEYS, and the harness's functions replaced by those SAME_FUNCTION names."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    mine = load_yaml(TASKS_DIR / ours, resolve_func=False)
-    harness = load_yaml(LM_EVAL_TASKS / theirs, resolve_func=False)
-    for key in (set(mine) | set(harness)) - NOT_COMPARED:
-        assert mine.get(key) == harness.get(key), key
-    if ours not in CODE_TASKS:  # those swap the Hub-loaded code_eval for utils.pass_at_1
-        for key in ("metric_list", "filter_list", "fewshot_config"):
-            assert mine.get(key) == harness.get(key), key
+    mine = _functions_named(load_yaml(TASKS_DIR / ours, resolve_func=False), TASKS_DIR.resolve())
+    harness = _ours_in_place(_functions_named(load_yaml(LM_EVAL_TASKS / theirs, resolve_func=False), LM_EVAL_TASKS.resolve()))
+    differing = {key for key in set(mine) | set(harness) if mine.get(key) != harness.get(key)}
+    assert differing == set(DIFFERENT_KEYS[ours]), {k: (mine.get(k), harness.get(k)) for k in differing ^ set(DIFFERENT_KEYS[ours])}
+    assert "dataset_path" not in mine and harness["dataset_path"] and mine["custom_dataset"].startswith("selectlab.lm_eval_tasks.utils.load_")
+
+
+def test_arc_few_shot_comes_from_train(task_manager):
+    """As the harness's arc_* (training_split: train): exemplars drawn from the 1,119 / 2,251 train rows."""
+    for name, n_train in (("selectlab_arc_challenge", 1119), ("selectlab_arc_easy", 2251)):
+        task = task_manager.load([name])["tasks"][name]
+        assert len(task.training_docs()) == n_train
+        train_questions = {d["question"] for d in task.training_docs()}
+        task.set_config(key="num_fewshot", value=3)
+        task.set_fewshot_seed(1234)
+        shots = task.sampler.sample(3, eval_doc=task.eval_docs[0])
+        assert len(shots) == 3 and all(s["question"] in train_questions for s in shots)
 
 
 def test_bbh_exemplars_equal_the_harness_for_all_27_tasks():
@@ -103,7 +159,7 @@ def test_mbpp_exemplars_equal_the_harness():
 
 
 OFFLINE_TASKS = {  # name -> number of test documents in the shipped data
-    "selectlab_gsm8k": 1319, "selectlab_truthfulqa_mc2": 817, "selectlab_arc_challenge": 1172,
+    "selectlab_gsm8k": 1319, "selectlab_truthfulqa_mc2": 817, "selectlab_arc_challenge": 1172, "selectlab_arc_easy": 2376,
     "selectlab_mbpp": 500, "selectlab_humaneval": 164,
     "selectlab_bbh_cot_fewshot_penguins_in_a_table": 146, "selectlab_mmlu_anatomy": 135,
 }
@@ -164,19 +220,6 @@ def test_code_task_requires_the_flag(tmp_path):
                     "tasks": {"mbpp": {"lm_eval": "selectlab_mbpp", "num_fewshot": 1, "metric": "pass_at_1", "filter": "none"}}}}
     with pytest.raises(EvalError, match="eval.allow_code_execution"):
         evaluate("model-never-loaded", cfg, tmp_path)
-
-
-def test_pass_at_1_runs_programs_in_a_subprocess_with_a_time_limit(monkeypatch):
-    from selectlab.lm_eval_tasks import utils
-
-    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
-    with pytest.raises(PermissionError, match="eval.allow_code_execution"):
-        utils.pass_at_1(["assert f() == 1"], ["def f(): return 1"])
-    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
-    assert utils.pass_at_1(["assert f() == 1"], ["def f(): return 1"]) == 1.0
-    assert utils.pass_at_1(["assert f() == 1"], [["def f(): return 2"]]) == 0.0
-    monkeypatch.setattr(utils, "CODE_TIMEOUT_S", 0.5)
-    assert utils.run_program("while True: pass", timeout_s=0.5) is False
 
 
 # --- a real lm-eval run on the tiny model ----------------------------------------------------
