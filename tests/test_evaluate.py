@@ -42,6 +42,19 @@ def test_configs_compose(compose):
     assert shots == {"bbh": 3, "gsm8k": 8, "mmlu": 4, "truthfulqa_mc2": 0, "mbpp": 1, "humaneval": 0}
     assert compose("eval=openllm").eval.tasks.mmlu.num_fewshot == 5
     assert compose("eval=none").eval.name == "none"
+    adg = compose("eval=adg_six").eval
+    assert (adg.tasks.gsm8k.filter, adg.tasks.humaneval.metric, adg.tasks.mbpp.metric) == ("strict-match", "pass@1", "pass_at_1")
+    assert compose("eval=adg_six", "eval.gsm8k_filter=flexible-extract").eval.tasks.gsm8k.filter == "flexible-extract"
+
+
+def test_unknown_gsm8k_filter_fails_before_the_model_loads(compose, tmp_path):
+    from omegaconf import OmegaConf
+
+    ev = OmegaConf.to_container(compose("eval=adg_six", "eval.gsm8k_filter=last-number").eval, resolve=True)
+    ev["tasks"] = {"gsm8k": ev["tasks"]["gsm8k"]}
+    with pytest.raises(EvalError, match=r"eval.tasks.gsm8k.filter='last-number' \(set by eval.gsm8k_filter\): "
+                                        r"selectlab_gsm8k has the filters \['strict-match', 'flexible-extract'\]"):
+        evaluate("model-never-loaded", {"eval": ev}, tmp_path)
 
 
 # --- the shipped task configs ------------------------------------------------------------
@@ -321,7 +334,7 @@ def test_pipeline_results_rows_with_baselines(tiny_model_dir, compose, tmp_path)
 # --- parity with the harness's own tasks -----------------------------------------------------
 
 PARITY = {  # eval entry key -> (our task, the harness's YAML, shots, metric, filter as our config names them)
-    "arc_challenge": ("selectlab_arc_challenge", "arc/arc_challenge.yaml", 25, "acc_norm", "none"),
+    "arc_challenge": ("selectlab_arc_challenge", "arc/arc_challenge.yaml", 5, "acc_norm", "none"),
     "gsm8k": ("selectlab_gsm8k", "gsm8k/gsm8k.yaml", 8, "exact_match", "strict-match"),
     "humaneval": ("selectlab_humaneval", "humaneval/humaneval.yaml", 0, "pass@1", "create_test"),
     "mbpp": ("selectlab_mbpp", "mbpp/mbpp.yaml", 1, "pass_at_1", "none"),
