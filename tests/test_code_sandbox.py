@@ -172,6 +172,18 @@ def test_setsid_grandchild_is_killed_at_the_timeout(level):
     assert _sandbox_processes() == []
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_evaluator_deadline_kills_the_whole_tree(level, monkeypatch):
+    """If the supervisor itself overruns, the evaluator kills it, and its program dies with it
+    (parent-death signal; in a pid namespace the program's own children die with it too)."""
+    monkeypatch.setattr(sandbox, "SETUP_GRACE_S", -1.5)  # the evaluator's deadline comes first
+    grandchild = "import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n    time.sleep(60)\n" if level != "rlimits" else ""
+    outcome = sandbox.run(grandchild + "while True:\n    pass", TIMEOUT_S, **HOW[level])
+    assert outcome.result == "timed out"
+    time.sleep(0.3)
+    assert _sandbox_processes() == []
+
+
 @pytest.mark.parametrize("level", CONTAINED)
 def test_parent_survives_kill(level):
     program = ("import os, posix\n"

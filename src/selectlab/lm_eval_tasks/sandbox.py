@@ -106,7 +106,7 @@ def run(program: str, timeout_s: float = 3.0, isolation: str = "auto", user_name
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (
     0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 24, 36, 38
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -240,7 +240,7 @@ def _limits(timeout_s: float, nproc: int) -> None:
 
 
 def _confine(root: str | None, workdir: str | None, uid: int | None, timeout_s: float, nproc: int,
-             in_user_namespace: bool) -> None:
+             in_user_namespace: bool, supervisor: int) -> None:
     """In the child, before the program: its own session, root or folder, limits, uid or no
     capabilities, no environment."""
     import tempfile
@@ -260,6 +260,11 @@ def _confine(root: str | None, workdir: str | None, uid: int | None, timeout_s: 
         os.setuid(uid)
     elif in_user_namespace:
         _drop_capabilities()
+    # if the supervisor is killed (the evaluator's own deadline), so are we, and as pid 1 our
+    # whole namespace; set after the uid change, which clears it
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if root is None and os.getppid() != supervisor:  # it died before the line above (in a pid namespace getppid() is 0)
+        os._exit(1)
     os.environ.clear()
     os.environ.update(ENV)
     null = os.open("/dev/null", os.O_RDWR)
@@ -397,12 +402,14 @@ def supervise(program: str, timeout_s: float, isolation: str, user_namespace: bo
         if uid is not None:
             os.chown(workdir, uid, uid)
     read_fd, write_fd = os.pipe()
+    supervisor = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
         me = os.getpid()
         try:
-            _confine(root, workdir, uid, timeout_s, nproc, in_user_namespace=bool(root) and user_namespace)
+            _confine(root, workdir, uid, timeout_s, nproc, in_user_namespace=bool(root) and user_namespace,
+                     supervisor=supervisor)
             result = _execute(program, timeout_s)
         except BaseException as e:  # noqa: BLE001 - a child must never return into the supervisor
             result = f"failed: {type(e).__name__}: {e}"
