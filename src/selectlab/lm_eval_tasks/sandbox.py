@@ -94,8 +94,8 @@ def run(program: str, timeout_s: float = 3.0, isolation: str = "auto", user_name
         _namespaces_failed.append(err.decode(errors="replace"))
         return run(program, timeout_s, "rlimits")
     if proc.returncode != 0:
-        if proc.returncode < 0:  # killed from inside (possible only at the rlimits level)
-            return Outcome(False, f"failed: the supervisor was killed by signal {-proc.returncode}", "rlimits")
+        if proc.returncode < 0:  # killed by the program (possible only at the rlimits level, under our uid)
+            return Outcome(False, f"failed: the supervisor was killed by signal {-proc.returncode}", isolation)
         raise RuntimeError(f"code sandbox failed (exit {proc.returncode}): {err.decode(errors='replace')[-2000:]}")
     reply = json.loads(out)
     return Outcome(reply["result"] == "passed", reply["result"], reply["isolation"])

@@ -140,7 +140,7 @@ def run_program(program: str, timeout_s: float = CODE_TIMEOUT_S) -> bool:
     outcome = sandbox.run(program, timeout_s)
     if outcome.isolation != "namespaces" and not _warned_isolation:
         _warned_isolation.append(outcome.isolation)
-        log.warning("code tasks: Linux namespaces are not available here (needs root), so programs run at the "
+        log.warning("code tasks: Linux namespaces are refused here, so programs run at the "
                     "%r level: private folder, no environment, process/file/CPU/memory limits, but the filesystem "
                     "and network stay reachable (see selectlab/lm_eval_tasks/sandbox.py)", outcome.isolation)
     return outcome.passed
@@ -154,9 +154,10 @@ def _passed(references: list[str], predictions: list[list[str]]) -> list[list[bo
             "this task executes model-generated code; enable it with eval.allow_code_execution=true "
             "(selectlab.evaluate then sets HF_ALLOW_CODE_EVAL=1)"
         )
-    programs = [[candidate + "\n" + test for candidate in candidates] for candidates, test in zip(predictions, references)]
+    programs = [candidate + "\n" + test for candidates, test in zip(predictions, references) for candidate in candidates]
     with ThreadPoolExecutor(max_workers=CODE_WORKERS) as pool:
-        return [list(pool.map(run_program, task)) for task in programs]
+        passed = iter(pool.map(run_program, programs))
+    return [[next(passed) for _ in candidates] for candidates in predictions]
 
 
 def _estimate_pass_at_k(n: int, c: int, k: int) -> float:
