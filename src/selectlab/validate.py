@@ -48,6 +48,8 @@ def validate(cfg: DictConfig) -> None:
         resolve_model(container(cfg.backbone), "backbone")  # a folder with config.json; nothing loads
     scorer = cfg.scorer.name
     get_scorer(scorer)
+    if cfg.scorer.get("batch_size") is not None and _integer(cfg.scorer.batch_size, "scorer.batch_size") < 1:
+        raise SelectlabError(f"scorer.batch_size={cfg.scorer.batch_size} must be >= 1")
     if scorer == "adg":
         check_sampler_config(cfg.sampler)
         if int(cfg.sampler.k) < 2:
