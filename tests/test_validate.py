@@ -40,7 +40,9 @@ def _artifacts(tmp_path: Path) -> list[Path]:
     (["pool=json", "pool.path=/nonexistent/pool.jsonl"], r"pool.path=/nonexistent/pool.jsonl does not exist"),
     (["backbone.path=/nonexistent/model"], r"backbone.path=/nonexistent/model is not a Hugging Face model folder"),
     (["selector=size_grid"], r"selector=size_grid fine-tunes on subsets; choose a train config"),
-    (["task=fit_rule", "train=cpu_small", "fit.subsets=3"], r"fit.subsets=3 cannot fit 3 coefficients"),
+    (["task=fit_rule", "train=cpu_small"], r"task=fit_rule fits InstructMining's rule .* not scorer=random"),
+    (["task=fit_rule", "scorer=instructmining", "train=cpu_small", "fit.subsets=3"],
+     r"fit.subsets=3 cannot fit 3 coefficients"),
     (["shard.index=2", "shard.count=2"], r"shard.index=2 must be in 0..1"),
     (["compare.baselines=[untrained,best]"], r"compare.baselines: unknown \['best'\]"),
 ])

@@ -68,6 +68,9 @@ def validate(cfg: DictConfig) -> None:
                                  f"not train=none")
         check_pool_config(container(cfg.heldout), "heldout")
     if cfg.task == "fit_rule":
+        if scorer != "instructmining":
+            raise SelectlabError(f"task=fit_rule fits InstructMining's rule on its indicators; use "
+                                 f"scorer=instructmining, not scorer={scorer}")
         check_fit(cfg.fit)
     unknown = sorted(set(cfg.compare.baselines) - set(BASELINES))
     if unknown:
