@@ -34,18 +34,38 @@ BASELINES = ("untrained", "random")
 
 def validate(cfg: DictConfig) -> None:
     """Every config value that can be checked without a model; the first bad one is raised."""
+    from .pipeline import container, selector_config  # pipeline imports this module
+
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
-    from .pipeline import container, selector_config  # pipeline imports this module
-
-    if cfg.task not in TASKS:
-        raise SelectlabError(f"task={cfg.task!r}; choose one of {TASKS}")
-    _integer(cfg.seed, "seed")
-    resolve_budget(cfg.selection.budget, 1)  # type and range only; the pool's size comes later
+    check_run_values(cfg)
     check_pool_config(container(cfg.pool), "pool")
     if cfg.backbone.get("path"):
         resolve_model(container(cfg.backbone), "backbone")  # a folder with config.json; nothing loads
+    check_scorer(cfg)
+    selector = selector_config(cfg)
+    check_selector(selector, cfg.scorer.name)
+    check_fine_tuning(cfg, selector["name"], container)
+
+
+def check_run_values(cfg: DictConfig) -> None:
+    """The run's own keys: task, seed, budget (type and range; the pool's size comes later),
+    baselines, logger, shard."""
+    if cfg.task not in TASKS:
+        raise SelectlabError(f"task={cfg.task!r}; choose one of {TASKS}")
+    _integer(cfg.seed, "seed")
+    resolve_budget(cfg.selection.budget, 1)
+    unknown = sorted(set(cfg.compare.baselines) - set(BASELINES))
+    if unknown:
+        raise SelectlabError(f"compare.baselines: unknown {unknown}; choose from {BASELINES}")
+    if cfg.logger.name not in ("wandb", "none"):
+        raise SelectlabError(f"logger.name={cfg.logger.name!r}; choose wandb or none")
+    check_shard(cfg.shard)
+
+
+def check_scorer(cfg: DictConfig) -> None:
+    """The scorer exists; ADG's sampler gives it at least two answers to compare."""
     scorer = cfg.scorer.name
     get_scorer(scorer)
     if cfg.scorer.get("batch_size") is not None and _integer(cfg.scorer.batch_size, "scorer.batch_size") < 1:
@@ -55,29 +75,25 @@ def validate(cfg: DictConfig) -> None:
         if int(cfg.sampler.k) < 2:
             raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction "
                                  f"(with 1 answer dispersion and anisotropy are 0 for every example)")
-    selector = selector_config(cfg)
-    check_selector(selector, scorer)
-    fine_tunes = (cfg.task == "fit_rule" or selector["name"] in SIZE_SEARCH_SELECTORS
-                  or (cfg.task == "select" and cfg.eval.name != "none"))
-    if fine_tunes and cfg.train.name != "none":
+
+
+def check_fine_tuning(cfg: DictConfig, selector: str, container) -> None:
+    """Runs that fine-tune (size search, rule fitting, eval after selection) get a train config
+    that parses, and the held-out set that the size search and the fit score against."""
+    searches = selector in SIZE_SEARCH_SELECTORS
+    if (cfg.task == "fit_rule" or searches or cfg.eval.name != "none") and cfg.train.name != "none":
         TrainConfig.from_cfg(container(cfg.train)).grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
-    if cfg.task == "fit_rule" or selector["name"] in SIZE_SEARCH_SELECTORS:
-        what = "task=fit_rule" if cfg.task == "fit_rule" else f"selector={selector['name']}"
+    if cfg.task == "fit_rule" or searches:
+        what = "task=fit_rule" if cfg.task == "fit_rule" else f"selector={selector}"
         if cfg.train.name == "none":
             raise SelectlabError(f"{what} fine-tunes on subsets; choose a train config (e.g. train=cpu_small), "
                                  f"not train=none")
         check_pool_config(container(cfg.heldout), "heldout")
     if cfg.task == "fit_rule":
-        if scorer != "instructmining":
+        if cfg.scorer.name != "instructmining":
             raise SelectlabError(f"task=fit_rule fits InstructMining's rule on its indicators; use "
-                                 f"scorer=instructmining, not scorer={scorer}")
+                                 f"scorer=instructmining, not scorer={cfg.scorer.name}")
         check_fit(cfg.fit)
-    unknown = sorted(set(cfg.compare.baselines) - set(BASELINES))
-    if unknown:
-        raise SelectlabError(f"compare.baselines: unknown {unknown}; choose from {BASELINES}")
-    if cfg.logger.name not in ("wandb", "none"):
-        raise SelectlabError(f"logger.name={cfg.logger.name!r}; choose wandb or none")
-    check_shard(cfg.shard)
 
 
 def check_pool_config(pool: dict, key: str) -> None:
