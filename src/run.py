@@ -1,5 +1,6 @@
 """Entry point: ``python src/run.py scorer=adg pool=alpaca`` (see conf/config.yaml)."""
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,13 +13,23 @@ configure_environment()  # offline defaults before datasets/transformers are imp
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from selectlab.errors import USER_ERROR_EXIT_CODE, SelectlabError, one_line  # noqa: E402
 from selectlab.pipeline import run  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("selectlab").setLevel(logging.INFO)
-    run(cfg)
+    try:
+        run(cfg)
+    except SelectlabError as error:
+        # A user error (bad value, bad file, missing model): what and where in one line, no traceback.
+        # Caught here because Hydra would print a traceback for it; any other exception reaches
+        # Hydra and keeps its traceback (all of it with HYDRA_FULL_ERROR=1).
+        if os.environ.get("SELECTLAB_TRACEBACK") == "1":
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
 
 
 if __name__ == "__main__":

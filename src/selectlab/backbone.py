@@ -11,6 +11,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from .errors import SelectlabError
 from .store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,8 @@ log = logging.getLogger(__name__)
 CONVERT_VERSION = 1
 
 
-class BackboneError(RuntimeError):
-    pass
+class BackboneError(SelectlabError):
+    """A model that cannot be found or read; the message names the config key to set."""
 
 
 def _package_dir(package: str, key: str, error: type[Exception]) -> Path:

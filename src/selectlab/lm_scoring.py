@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import SelectlabError
 from .prompts import render_prompt, template_hash
 from .store import content_hash
 
@@ -46,7 +47,7 @@ def bos_ids(tokenizer, add_bos: bool) -> list[int]:
     if not add_bos:
         return []
     if tokenizer.bos_token_id is None:
-        raise ValueError(f"scorer.add_bos=true but the tokenizer {tokenizer.name_or_path!r} has no bos_token; "
+        raise SelectlabError(f"scorer.add_bos=true but the tokenizer {tokenizer.name_or_path!r} has no bos_token; "
                          "set scorer.add_bos=false")
     return [tokenizer.bos_token_id]
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from .errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -13,7 +15,7 @@ def torch_dtype(name: str):
     import torch
 
     if name not in DTYPES:
-        raise ValueError(f"dtype={name!r}; choose one of {sorted(DTYPES)}")
+        raise SelectlabError(f"dtype={name!r}; choose one of {sorted(DTYPES)}")
     return "auto" if DTYPES[name] == "auto" else getattr(torch, DTYPES[name])
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbone import resolve_backbone
+from .errors import SelectlabError
 from .paths import REPO_ROOT
 from .pools import load_pool
 from .report import selection_report
@@ -21,6 +22,7 @@ from .scorers import ScoreContext, Scores, get_scorer
 from .selectors import READS, resolve_budget, select
 from .store import ArtifactStore, ShardIncomplete, atomic_write_text, content_hash, read_jsonl, write_jsonl
 from .tracking import Tracker, make_tracker
+from .validate import check_against_pool, validate
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def selector_config(cfg: DictConfig) -> dict:
     name = cfg.scorer.get("selector") or "topk"
     path = REPO_ROOT / "conf" / "selector" / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"scorer.selector={name!r} names no file in conf/selector/")
+        raise SelectlabError(f"scorer.selector={name!r} names no file in conf/selector/")
     return container(OmegaConf.load(path))
 
 
@@ -148,7 +150,7 @@ def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list
     baselines = list(ctx.cfg.compare.baselines)
     unknown = set(baselines) - {"untrained", "random"}
     if unknown:
-        raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
+        raise SelectlabError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
     rows = []
     if "untrained" in baselines or ctx.cfg.train.name == "none":
         rows.append(train_and_evaluate(ctx, [], None, "untrained", "none"))
@@ -194,6 +196,7 @@ def log_scores(tracker: Tracker, scores: Scores, table_rows: int) -> None:
 def run(cfg: DictConfig) -> dict:
     """Run the configured stages; returns the manifest (also written to ``<run_dir>/manifest.json``)."""
     started = time.perf_counter()
+    validate(cfg)  # every value checkable without a model, named by its key, before any work
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     shard = (int(cfg.shard.index), int(cfg.shard.count)) if cfg.shard.index is not None else None
@@ -203,6 +206,7 @@ def run(cfg: DictConfig) -> dict:
     tracker = make_tracker(container(cfg.logger), resolved, run_dir, name)
 
     pool = load_pool(container(cfg.pool), seed=int(cfg.seed))
+    check_against_pool(cfg, pool)
     pool_key = pool_content_key(pool.records)
     log.info("pool %s: %d records (of %d; %d with empty instruction left out)", pool.name, len(pool.records),
              pool.n_total, len(pool.empty_instruction_ids))
@@ -239,7 +243,7 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish()
         return write_manifest(fit=fit)
     if cfg.task != "select":
-        raise ValueError(f"task={cfg.task!r}; choose select or fit_rule")
+        raise SelectlabError(f"task={cfg.task!r}; choose select or fit_rule")
     try:
         scores, scores_key = score_stage(ctx)
     except ShardIncomplete as done:

@@ -8,6 +8,7 @@ reported by count and id, never dropped silently.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 
-class PoolError(ValueError):
+class PoolError(SelectlabError):
     """A pool file that cannot be read as a pool; the message names the file and line."""
 
 
@@ -39,17 +42,32 @@ def _record(rid: str, instruction, inp, output, source: str, where: str) -> dict
             "output": (output or "").strip(), "source": source}
 
 
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text (a BOM is dropped); a byte that is not UTF-8 is reported with its line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise PoolError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); "
+                        f"re-encode the file as UTF-8") from None
+
+
 def _json_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) pairs from a JSON array or a JSONL file."""
-    text = path.read_text(encoding="utf-8-sig")
+    """(line number, object) pairs from a JSON array of records or a JSONL file (one record a line)."""
+    text = read_text(path)
+    if not text.strip():
+        raise PoolError(f"{path}:1: the file is empty; a pool needs at least one record")
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise PoolError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
-        line_of = _object_start_lines(text)
-        pairs = [(line_of[i] if i < len(line_of) else 0, r) for i, r in enumerate(rows)]
+        line_of = _element_start_lines(text)
+        pairs = [(line_of[i] if i < len(line_of) else 1, r) for i, r in enumerate(rows)]
     else:
+        _reject_single_document(path, text)
         pairs = []
         for line_no, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -60,13 +78,27 @@ def _json_rows(path: Path) -> list[tuple[int, dict]]:
                 raise PoolError(f"{path}:{line_no}: malformed JSON line ({e.msg}, column {e.colno})") from None
     for line_no, row in pairs:
         if not isinstance(row, dict):
-            raise PoolError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            raise PoolError(f"{path}:{line_no}: expected a JSON object (one record), got {type(row).__name__}")
     return pairs
 
 
-def _object_start_lines(text: str) -> list[int]:
-    """Line numbers where each top-level object of a JSON array starts (for error messages)."""
-    lines, depth, line, in_str, escape = [], 0, 1, False, False
+def _reject_single_document(path: Path, text: str) -> None:
+    """A file that is one valid JSON document over several lines (a pretty-printed object, e.g.
+    ``{"data": [...]}``) is the wrong shape, not malformed JSONL: say so."""
+    if sum(1 for line in text.splitlines() if line.strip()) < 2:
+        return  # one line: a one-record JSONL file
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return  # not one document: JSONL, checked line by line
+    what = f"an object with keys {sorted(doc)[:8]}" if isinstance(doc, dict) else f"a {type(doc).__name__}"
+    raise PoolError(f"{path}:1: the file is one JSON document ({what}) spread over several lines; a pool is "
+                    f"a JSON array of records ([{{...}}, ...]) or JSONL (one record per line)")
+
+
+def _element_start_lines(text: str) -> list[int]:
+    """Line numbers where each element of a top-level JSON array starts (for error messages)."""
+    lines, depth, line, in_str, escape, expect = [], 0, 1, False, False, False
     for ch in text:
         if ch == "\n":
             line += 1
@@ -75,20 +107,24 @@ def _object_start_lines(text: str) -> list[int]:
             if ch == '"' and not escape:
                 in_str = False
             continue
+        if depth == 1 and expect and not ch.isspace() and ch not in ",]":
+            lines.append(line)
+            expect = False
         if ch == '"':
             in_str, escape = True, False
         elif ch in "[{":
-            if depth == 1 and ch == "{":
-                lines.append(line)
             depth += 1
+            expect = depth == 1
         elif ch in "]}":
             depth -= 1
+        elif ch == "," and depth == 1:
+            expect = True
     return lines
 
 
 def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0) -> list[dict]:
     """Alpaca shape (instruction/input/output) or Dolly shape (instruction/context/response)."""
-    out = []
+    out, line_of_id = [], {}
     for i, (line_no, row) in enumerate(_json_rows(path)):
         where = f"{path}:{line_no}"
         if "instruction" not in row:
@@ -100,6 +136,9 @@ def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0
         else:
             raise PoolError(f"{where}: record has neither 'output' (Alpaca) nor 'response' (Dolly)")
         rid = str(row["id"]) if "id" in row and prefix == "user" else f"{prefix}-{offset + i:05d}"
+        if rid in line_of_id:
+            raise PoolError(f"{where}: id {rid!r} is already used at line {line_of_id[rid]}; ids must be unique")
+        line_of_id[rid] = line_no
         out.append(_record(rid, row["instruction"], inp, output, row.get("category", source), where))
     return out
 
@@ -122,14 +161,14 @@ def load_flan_cot(root: Path, answer_format: str = "{rationale} So the answer is
         raise PoolError(f"{root}: no *_train.tsv files")
     for path in files:
         task = path.name.removesuffix("_train.tsv")
-        with open(path, encoding="utf-8", newline="") as f:
-            for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-                if len(row) != 3:
-                    raise PoolError(f"{path}:{line_no}: expected 3 tab-separated fields, got {len(row)}")
-                question, answer, rationale = (c.replace("\\n", "\n").strip() for c in row)
-                output = answer_format.format(rationale=rationale, answer=answer)
-                records.append(_record(f"cot-{task}-{line_no - 1:05d}", question, "", output, f"flan_cot/{task}",
-                                       f"{path}:{line_no}"))
+        rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        for line_no, row in enumerate(rows, 1):
+            if len(row) != 3:
+                raise PoolError(f"{path}:{line_no}: expected 3 tab-separated fields, got {len(row)}")
+            question, answer, rationale = (c.replace("\\n", "\n").strip() for c in row)
+            output = answer_format.format(rationale=rationale, answer=answer)
+            records.append(_record(f"cot-{task}-{line_no - 1:05d}", question, "", output, f"flan_cot/{task}",
+                                   f"{path}:{line_no}"))
     return records
 
 
@@ -181,6 +220,9 @@ def load_pool(cfg: dict, seed: int) -> Pool:
     if loader != "hub" and not Path(cfg["path"]).exists():
         raise PoolError(f"pool {cfg['name']!r}: pool.path={cfg['path']} does not exist")
     records = LOADERS[loader](cfg)
+    where = cfg.get("path") or cfg.get("hub_id")
+    if not records:
+        raise PoolError(f"pool {cfg['name']!r}: {where} holds no records; a pool needs at least one")
     n_total = len(records)
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
@@ -193,6 +235,8 @@ def load_pool(cfg: dict, seed: int) -> Pool:
         log.warning("%s%s; they are left out of selection and counted in the run's log", msg,
                     " ..." if len(empty) > 20 else "")
         records = [r for r in records if r["instruction"]]
+        if not records:
+            raise PoolError(f"pool {cfg['name']!r}: every record of {where} has an empty instruction")
     limit = cfg.get("limit")
     if limit is not None and limit < len(records):
         if cfg.get("sample", "random") == "random":

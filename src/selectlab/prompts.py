@@ -5,6 +5,7 @@ IFD, ADG answers and fine-tuned models all change with the prompt.
 """
 from __future__ import annotations
 
+from .errors import SelectlabError
 from .store import content_hash
 
 ALPACA_NO_INPUT = (
@@ -29,7 +30,7 @@ def render_prompt(record: dict, template: str = "alpaca", tokenizer=None, use_in
     instruction, inp = record["instruction"], (record.get("input") or "").strip()
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("template=chat needs a tokenizer that has a chat template")
+            raise SelectlabError("template=chat needs a tokenizer that has a chat template")
         user = f"{instruction}\n\n{inp}" if (use_input and inp) else instruction
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
@@ -38,7 +39,7 @@ def render_prompt(record: dict, template: str = "alpaca", tokenizer=None, use_in
         return ALPACA_NO_INPUT.format(instruction=instruction)
     if template == "alpaca":
         return ALPACA_WITH_INPUT.format(instruction=instruction, input=inp)
-    raise ValueError(f"unknown prompt template {template!r} (alpaca, alpaca_no_input, chat)")
+    raise SelectlabError(f"unknown prompt template {template!r} (alpaca, alpaca_no_input, chat)")
 
 
 def template_hash(template: str, tokenizer=None) -> str:

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import SelectlabError
 from .prompts import render_prompt, template_hash
 from .store import ArtifactStore, content_hash, read_jsonl
 
@@ -45,7 +47,7 @@ SEEDING = ("request", "engine")
 EOS_RULES = ("tokenizer", "generation_config")
 
 
-class SamplerConfigError(ValueError):
+class SamplerConfigError(SelectlabError):
     pass
 
 
@@ -53,18 +55,31 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
-def _check(cfg: Any) -> None:
+def _number(cfg: Any, key: str, kind: type) -> int | float:
+    """``sampler.<key>`` as an int or float; anything else (a string, a bool, 2.5 for an int) names the key."""
+    value = _get(cfg, key)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (kind is float or float(value).is_integer()))
+    if not ok:
+        raise SamplerConfigError(f"sampler.{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
+    return kind(value)
+
+
+def check_sampler_config(cfg: Any) -> None:
+    """Every ``sampler.*`` value checked before a model loads (the pipeline's validate calls it too)."""
     name = _get(cfg, "name")
     if name not in BACKENDS:
         raise SamplerConfigError(f"sampler.name={name!r}; choose one of {BACKENDS}")
     for key in ANSWER_KNOBS:
         if key not in ("prompt_max_tokens", "seeding", "repetition_penalty") and _get(cfg, key) is None:
             raise SamplerConfigError(f"sampler.{key} is missing")
-    if int(_get(cfg, "k")) < 1:
+    for key in ("top_k", "max_new_tokens", "batch_size"):
+        _number(cfg, key, int)
+    if _number(cfg, "k", int) < 1:
         raise SamplerConfigError(f"sampler.k={_get(cfg, 'k')} must be >= 1")
-    if not 0 < float(_get(cfg, "top_p")) <= 1:
+    if not 0 < _number(cfg, "top_p", float) <= 1:
         raise SamplerConfigError(f"sampler.top_p={_get(cfg, 'top_p')} must be in (0, 1]")
-    if float(_get(cfg, "temperature")) <= 0:
+    if _number(cfg, "temperature", float) <= 0:
         raise SamplerConfigError(f"sampler.temperature={_get(cfg, 'temperature')} must be > 0 (this stage samples)")
     if _get(cfg, "eos") not in EOS_RULES:
         raise SamplerConfigError(f"sampler.eos={_get(cfg, 'eos')!r}; choose one of {EOS_RULES}")
@@ -73,7 +88,7 @@ def _check(cfg: Any) -> None:
     if name == "vllm" and _get(cfg, "seeding") not in SEEDING:
         raise SamplerConfigError(f"sampler.seeding={_get(cfg, 'seeding')!r}; choose one of {SEEDING}")
     pmt = _get(cfg, "prompt_max_tokens")
-    if pmt is not None and int(pmt) < 1:
+    if pmt is not None and _number(cfg, "prompt_max_tokens", int) < 1:
         raise SamplerConfigError(f"sampler.prompt_max_tokens={pmt} must be >= 1 or null (no cut)")
     if name == "vllm" and int(_get(cfg, "data_parallel_size", 1) or 1) > 1:
         raise SamplerConfigError(
@@ -260,7 +275,7 @@ def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store:
     """
     from .models import load_tokenizer
 
-    _check(cfg)
+    check_sampler_config(cfg)
     template = _get(cfg, "template")
     tokenizer = load_tokenizer(backbone_path, padding_side="left")
     tmpl_hash = template_hash(template, tokenizer)

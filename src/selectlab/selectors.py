@@ -5,11 +5,13 @@ Examples whose score is NaN (a scorer's "not selectable", e.g. IFD >= 1) are nev
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from .errors import SelectlabError
 from .scorers import Scores
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ def resolve_budget(budget: int | float, n: int) -> int:
     """``selection.budget`` is a count (int >= 1) or a fraction of the pool (0 < float < 1)."""
     if isinstance(budget, float) and 0 < budget < 1:
         return max(1, int(round(budget * n)))
-    if budget is None or int(budget) != budget or budget < 1:
-        raise ValueError(f"selection.budget={budget!r}: give a count >= 1 or a fraction in (0, 1)")
+    is_number = isinstance(budget, (int, float)) and not isinstance(budget, bool) and math.isfinite(budget)
+    if not is_number or not float(budget).is_integer() or budget < 1:
+        raise SelectlabError(f"selection.budget={budget!r}: give a count >= 1 or a fraction in (0, 1)")
     return min(int(budget), n)
 
 
@@ -163,7 +166,7 @@ SELECTORS: dict[str, Callable[..., Selection]] = {
 def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     name = cfg["name"]
     if name not in SELECTORS:
-        raise KeyError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
+        raise SelectlabError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
     out = SELECTORS[name](scores, budget, cfg, ctx)
     if not isinstance(out, Selection):
         raise TypeError(f"selector {name!r} returned {type(out).__name__}, not a Selection")

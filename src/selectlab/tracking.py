@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 
@@ -76,4 +78,4 @@ def make_tracker(cfg: dict, run_config: dict, run_dir: Path, name: str) -> Track
         return Tracker()
     if cfg["name"] == "wandb":
         return WandbTracker(cfg, run_config, run_dir, name)
-    raise ValueError(f"logger.name={cfg['name']!r}; choose wandb or none")
+    raise SelectlabError(f"logger.name={cfg['name']!r}; choose wandb or none")

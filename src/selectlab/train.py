@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import SelectlabError
 from .prompts import render_prompt, template_hash
 from .store import ArtifactStore, content_hash
 
@@ -77,12 +78,12 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"unknown train config key(s) {['train.' + k for k in unknown]}; known: {sorted(known)}")
+            raise SelectlabError(f"unknown train config key(s) {['train.' + k for k in unknown]}; known: {sorted(known)}")
         tc = cls(**cfg)
         if tc.method not in ("none", "full", "lora"):
-            raise ValueError(f"train.method={tc.method!r}; choose none, full or lora")
+            raise SelectlabError(f"train.method={tc.method!r}; choose none, full or lora")
         if tc.template not in ("alpaca", "alpaca_no_input", "chat"):
-            raise ValueError(f"train.template={tc.template!r}; choose alpaca, alpaca_no_input or chat")
+            raise SelectlabError(f"train.template={tc.template!r}; choose alpaca, alpaca_no_input or chat")
         return tc
 
     def key_fields(self) -> dict:
@@ -95,17 +96,17 @@ class TrainConfig:
         """Accumulation steps that give ``effective_batch_size`` on ``world_size`` processes."""
         if self.effective_batch_size is None:
             if self.grad_accum is None:
-                raise ValueError("set train.grad_accum or train.effective_batch_size")
+                raise SelectlabError("set train.grad_accum or train.effective_batch_size")
             return self.grad_accum
         per_step = self.per_device_batch_size * world_size
         if self.effective_batch_size % per_step:
-            raise ValueError(
+            raise SelectlabError(
                 f"train.effective_batch_size={self.effective_batch_size} is not a multiple of "
                 f"train.per_device_batch_size * world size = {self.per_device_batch_size} * {world_size}"
             )
         accum = self.effective_batch_size // per_step
         if self.grad_accum is not None and self.grad_accum != accum:
-            raise ValueError(
+            raise SelectlabError(
                 f"train.grad_accum={self.grad_accum} contradicts train.effective_batch_size="
                 f"{self.effective_batch_size} on {world_size} process(es) (needs {accum}); set one of them to null"
             )
@@ -124,7 +125,7 @@ def _chat_response_text(record: dict, tokenizer, prompt: str) -> str:
         [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}], tokenize=False
     )
     if not full.startswith(prompt):
-        raise ValueError(
+        raise SelectlabError(
             f"record {record.get('id')!r}: the chat template's full conversation does not start with its "
             f"generation prompt, so the response boundary is undefined; use train.template=alpaca"
         )
@@ -205,7 +206,7 @@ def eval_loss(model_path: str, records: Sequence[dict], template: str = "alpaca"
     model = load_causal_lm(model_path, dtype, device)
     examples, counts = encode_records(records, tokenizer, template, max_length)
     if not examples:
-        raise ValueError(f"eval_loss: none of the {len(records)} records has a response token within max_length={max_length}")
+        raise SelectlabError(f"eval_loss: none of the {len(records)} records has a response token within max_length={max_length}")
     collate = ResponseOnlyCollator(tokenizer.pad_token_id)
     total, n_tokens = 0.0, 0
     with torch.no_grad():
@@ -283,7 +284,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     started = time.perf_counter()
     examples, counts = encode_records(records, tokenizer, tc.template, tc.max_length)
     if not examples:
-        raise ValueError(f"finetune: none of the {len(records)} records has a response token within "
+        raise SelectlabError(f"finetune: none of the {len(records)} records has a response token within "
                          f"train.max_length={tc.max_length}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     grad_accum = tc.grad_accum_for(world_size)

@@ -8,7 +8,7 @@
   (the pipeline writes them to ``size_search.json`` for the double-descent figure).
 - ``fit_rule_task`` (``task=fit_rule``, ``experiment=im_fit_cpu``): M random subsets, each
   fine-tuned and evaluated, then least squares of log loss on subset-mean indicators; the
-  fitted rule is saved as ``conf/scorer/rule/fitted_<name>.yaml``.
+  fitted rule is saved as ``<run_dir>/fitted_<name>.yaml`` (copy it into conf/scorer/rule/ to use it).
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import REPO_ROOT
+from ..errors import SelectlabError
+from ..paths import safe_component
 from ..pools import load_pool
 from ..store import atomic_write_text, content_hash, write_jsonl
 from .fit import fit_experiment, save_rule_yaml
@@ -93,7 +94,7 @@ def size_search(scores, budget: int, cfg: dict, ctx) -> list[int]:
         trials = tried
         best_n = min(trials, key=lambda t: t["loss"])["n"]
     else:
-        raise ValueError(f"selector.method={cfg['method']!r}; choose blendsearch or grid")
+        raise SelectlabError(f"selector.method={cfg['method']!r}; choose blendsearch or grid")
     out = {"trials": [{"n": t["n"], "loss": t["loss"], "seconds": t.get("time")} for t in trials],
            "best_n": best_n, "source": cfg["method"], "n_candidates": len(order), "n_heldout": len(heldout)}
     log.info("size search (%s): best n = %d of %d tried sizes", cfg["method"], best_n, len(trials))
@@ -120,13 +121,16 @@ def fit_rule_task(ctx, tracker) -> dict:
                   f"lr={train.lr}, epochs={train.epochs}) on random {fit_cfg['subset_size']}-example subsets of "
                   f"{ctx.pool.name}; eval loss on {len(heldout)} held-out {ctx.cfg.heldout.name} examples; "
                   f"R2={result['r2']:.3f}, adjusted R2={result['adj_r2']:.3f}")
-    target = REPO_ROOT / "conf" / "scorer" / "rule" / f"fitted_{fit_cfg['name']}.yaml"
-    for path in (run_dir / target.name, target):
-        save_rule_yaml(result, result["names"], path, provenance)
+    # Into the run folder only: a run never edits conf/. Promoting a rule is a deliberate copy
+    # (README, InstructMining); fit.name is made one safe file name first.
+    target = save_rule_yaml(result, result["names"], run_dir / f"fitted_{safe_component(fit_cfg['name'])}.yaml",
+                            provenance)
     tracker.log_table("fit_data", list(table[0]), [list(r.values()) for r in table])
     tracker.summary({"fit/r2": result["r2"], "fit/adj_r2": result["adj_r2"], "fit/intercept": result["intercept"],
                      **{f"fit/{n}": c for n, c in zip(result["names"], result["coefficients"])}})
     log.info("fitted rule (R2 %.3f, adjusted %.3f): %.4f %s -> %s", result["r2"], result["adj_r2"], result["intercept"],
              " ".join(f"{c:+.4g}(±{e:.2g})*{n}" for n, c, e in zip(result["names"], result["coefficients"],
                                                               result["std_errors"])), target)
+    log.info("to use it: cp %s conf/scorer/rule/ && python src/run.py scorer=instructmining scorer/rule=%s",
+             target, target.stem)
     return {**result, "rule_config": str(target), "fit_data": str(run_dir / "fit_data.jsonl")}

@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import yaml
 
+from ..errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ def fit_rule(X: np.ndarray, loss: np.ndarray) -> dict:
         raise ValueError("fit_rule: every eval loss must be > 0 (the target is log(loss))")
     n, p = X.shape
     if n <= p + 1:
-        raise ValueError(f"fit_rule: {n} fine-tunes cannot fit {p} coefficients and an intercept; need more than {p + 1}")
+        raise SelectlabError(f"fit_rule: {n} fine-tunes cannot fit {p} coefficients and an intercept; need more than {p + 1} (fit.subsets)")
     y = np.log(loss)
     design = np.column_stack([np.ones(n), X])
     beta, *_ = np.linalg.lstsq(design, y, rcond=None)
@@ -51,7 +53,7 @@ def fit_rule(X: np.ndarray, loss: np.ndarray) -> dict:
 
 
 def save_rule_yaml(result: Mapping, names: Sequence[str], path: str | Path, provenance: str) -> Path:
-    """Write a fitted rule as ``conf/scorer/rule/<name>.yaml`` (use it with ``scorer/rule=<name>``)."""
+    """Write a fitted rule as ``<name>.yaml``; copied into conf/scorer/rule/ it is ``scorer/rule=<name>``."""
     path = Path(path)
     if len(names) != len(result["coefficients"]):
         raise ValueError(f"save_rule_yaml: {len(names)} names for {len(result['coefficients'])} coefficients")
@@ -69,6 +71,7 @@ def save_rule_yaml(result: Mapping, names: Sequence[str], path: str | Path, prov
     }
     header = (f"# Fitted InstructMining rule ({result['n']} fine-tunes, R^2 {result['r2']:.3f}, "
               f"adjusted R^2 {result['adj_r2']:.3f}).\n"
+              f"# Copy this file into conf/scorer/rule/, then:\n"
               f"#   python src/run.py scorer=instructmining scorer/rule={path.stem}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + yaml.safe_dump(rule, sort_keys=False))
@@ -87,7 +90,7 @@ def fit_experiment(records: Sequence[dict], columns: Mapping[str, np.ndarray], M
     if len(values) != len(records):
         raise ValueError(f"fit_experiment: {len(records)} records but indicator columns of length {len(values)}")
     if not 0 < subset_size <= len(records):
-        raise ValueError(f"fit_experiment: subset_size={subset_size} must be in 1..{len(records)}")
+        raise SelectlabError(f"fit.subset_size={subset_size} must be in 1..{len(records)} (the pool's size)")
     rng = random.Random(seed)
     table = []
     for m in range(M):

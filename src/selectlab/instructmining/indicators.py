@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import SelectlabError
+
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
@@ -68,9 +70,9 @@ def knn_distances(embeddings: np.ndarray, k: int = 6, block_rows: int = 1024, me
     x = np.asarray(embeddings, dtype=np.float64)
     n = len(x)
     if n <= k:
-        raise ValueError(f"KNN-{k} needs more than {k} examples; the pool has {n}")
+        raise SelectlabError(f"KNN-{k} needs more than {k} examples; the pool has {n}")
     if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"knn metric={metric!r}; choose euclidean or cosine")
+        raise SelectlabError(f"knn metric={metric!r}; choose euclidean or cosine")
     if metric == "cosine":
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     sq = np.einsum("ij,ij->i", x, x)
@@ -119,7 +121,7 @@ def digit_token_ids(tokenizer, scale: int = 6) -> list[int]:
     for d in range(1, scale + 1):
         tok = tokenizer(str(d), add_special_tokens=False)["input_ids"]
         if len(tok) != 1:
-            raise ValueError(f"the judge needs '{d}' to be one token in this tokenizer; it is {tok}")
+            raise SelectlabError(f"the judge needs '{d}' to be one token in this tokenizer; it is {tok}")
         ids.append(tok[0])
     return ids
 
@@ -139,7 +141,7 @@ def judge_prompt(record: dict, question_template: str, tokenizer, use_chat_templ
     if not use_chat_template:
         return text
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("scorer.reward.use_chat_template=true but the backbone tokenizer has no chat template")
+        raise SelectlabError("scorer.reward.use_chat_template=true but the backbone tokenizer has no chat template")
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                          add_generation_prompt=True)
 
@@ -178,7 +180,7 @@ def unieval_scores(model, tokenizer, dimension: str, histories: Sequence[str], o
     import torch
 
     if dimension not in UNIEVAL_QUESTIONS:
-        raise ValueError(f"UniEval dimension={dimension!r}; choose one of {sorted(UNIEVAL_QUESTIONS)}")
+        raise SelectlabError(f"UniEval dimension={dimension!r}; choose one of {sorted(UNIEVAL_QUESTIONS)}")
     texts = [UNIEVAL_QUESTIONS[dimension].format(output=o, history=h) for h, o in zip(histories, outputs)]
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     enc = {k: v.to(model.device) for k, v in enc.items()}

@@ -11,8 +11,10 @@ from typing import Mapping
 
 import numpy as np
 
+from ..errors import SelectlabError
 
-class RuleError(ValueError):
+
+class RuleError(SelectlabError):
     pass
 
 

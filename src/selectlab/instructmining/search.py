@@ -11,6 +11,8 @@ import math
 import time
 from typing import Callable
 
+from ..errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def search_subset_size(objective: Callable[[int], float], low: int, high: int, n
     from flaml.tune.searcher.blendsearch import BlendSearch
 
     if not 1 <= low < high:
-        raise ValueError(f"search_subset_size: need 1 <= low < high, got low={low}, high={high}")
+        raise SelectlabError(f"selector.low={low}, selector.high={high} (capped at the pool): need 1 <= low < high")
     trials: list[dict] = []
 
     def evaluate(config: dict) -> dict:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import SelectlabError
 from ..pools import Pool
 from ..store import ArtifactStore
 
@@ -90,5 +91,5 @@ def get_scorer(name: str) -> Callable[[ScoreContext], Scores]:
             if e.name != f"{__name__}.{name}":
                 raise
     if name not in SCORERS:
-        raise KeyError(f"scorer.name={name!r} is not registered; known: {sorted(SCORERS)}")
+        raise SelectlabError(f"scorer.name={name!r} is not registered; known: {sorted(SCORERS)}")
     return SCORERS[name]

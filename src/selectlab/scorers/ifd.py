@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import SelectlabError
 from ..lm_scoring import degenerate_mask, pool_answer_losses
 from . import ScoreContext, Scores, register
 
@@ -25,7 +26,7 @@ def ifd_from_losses(records: list[dict], loss_cond: np.ndarray, loss_uncond: np.
                     n_answer_tokens: np.ndarray, ratio: str = "loss") -> tuple[np.ndarray, np.ndarray, dict]:
     """(ifd, score, counts): score = IFD where it is finite and < 1, NaN elsewhere."""
     if ratio not in RATIOS:
-        raise ValueError(f"scorer.ratio={ratio!r}; choose one of {RATIOS}")
+        raise SelectlabError(f"scorer.ratio={ratio!r}; choose one of {RATIOS}")
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ifd = loss_cond / loss_uncond if ratio == "loss" else np.exp(loss_cond - loss_uncond)
     usable, counts = degenerate_mask(records, n_answer_tokens, ifd)

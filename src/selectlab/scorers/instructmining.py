@@ -14,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ..backbone import resolve_model
+from ..errors import SelectlabError
 from ..instructmining import indicators as ind
 from ..instructmining.rules import predicted_loss, validate_rule
 from ..models import default_device, load_causal_lm, load_tokenizer
@@ -27,7 +28,7 @@ STAGE = "im_indicator"
 RESUME_EVERY = 256  # examples per resumable store batch; models run in spec.batch_size chunks inside it
 
 
-class IndicatorConfigError(ValueError):
+class IndicatorConfigError(SelectlabError):
     pass
 
 

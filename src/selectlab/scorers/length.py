@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import SelectlabError
 from ..models import load_tokenizer
 from . import ScoreContext, Scores, register
 
@@ -16,7 +17,7 @@ from . import ScoreContext, Scores, register
 def order_sign(order: str) -> float:
     """+1 for ``desc`` (higher value first), -1 for ``asc`` (lower value first)."""
     if order not in ("asc", "desc"):
-        raise ValueError(f"scorer.order={order!r}; choose asc or desc")
+        raise SelectlabError(f"scorer.order={order!r}; choose asc or desc")
     return 1.0 if order == "desc" else -1.0
 
 

@@ -1,0 +1,171 @@
+"""Checks that need no model, run when a run starts (``pipeline.run``) before any pool is scored
+or model loaded: each failure is a :class:`SelectlabError` naming the config key.
+
+``validate(cfg)`` checks the config alone; ``check_against_pool(cfg, pool)`` the values that
+depend on the loaded pool's size (a budget above the pool warns, as it is then clamped).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .backbone import resolve_model
+from .errors import SelectlabError
+from .pools import LOADERS, Pool
+from .sampling import check_sampler_config
+from .scorers import get_scorer
+from .selectors import SELECTORS, resolve_budget
+from .train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Scorers whose Scores carry per-example features (instruction embeddings) for selectors that
+# cluster or compare examples (selector=binwise, selector=diverse_topk selector.embeddings=features).
+SCORERS_WITH_FEATURES = ("adg",)
+# Selectors that fine-tune to choose the subset size (selection.budget is unused).
+SIZE_SEARCH_SELECTORS = ("blendsearch", "size_grid")
+TASKS = ("select", "fit_rule")
+BASELINES = ("untrained", "random")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every config value that can be checked without a model; the first bad one is raised."""
+    from .pipeline import container, selector_config  # pipeline imports this module
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
+    check_run_values(cfg)
+    check_pool_config(container(cfg.pool), "pool")
+    if cfg.backbone.get("path"):
+        resolve_model(container(cfg.backbone), "backbone")  # a folder with config.json; nothing loads
+    check_scorer(cfg)
+    selector = selector_config(cfg)
+    check_selector(selector, cfg.scorer.name)
+    check_fine_tuning(cfg, selector["name"], container)
+
+
+def check_run_values(cfg: DictConfig) -> None:
+    """The run's own keys: task, seed, budget (type and range; the pool's size comes later),
+    baselines, logger, shard."""
+    if cfg.task not in TASKS:
+        raise SelectlabError(f"task={cfg.task!r}; choose one of {TASKS}")
+    _integer(cfg.seed, "seed")
+    resolve_budget(cfg.selection.budget, 1)
+    unknown = sorted(set(cfg.compare.baselines) - set(BASELINES))
+    if unknown:
+        raise SelectlabError(f"compare.baselines: unknown {unknown}; choose from {BASELINES}")
+    if cfg.logger.name not in ("wandb", "none"):
+        raise SelectlabError(f"logger.name={cfg.logger.name!r}; choose wandb or none")
+    check_shard(cfg.shard)
+
+
+def check_scorer(cfg: DictConfig) -> None:
+    """The scorer exists; ADG's sampler gives it at least two answers to compare."""
+    scorer = cfg.scorer.name
+    get_scorer(scorer)
+    if cfg.scorer.get("batch_size") is not None and _integer(cfg.scorer.batch_size, "scorer.batch_size") < 1:
+        raise SelectlabError(f"scorer.batch_size={cfg.scorer.batch_size} must be >= 1")
+    if scorer == "adg":
+        check_sampler_config(cfg.sampler)
+        if int(cfg.sampler.k) < 2:
+            raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction "
+                                 f"(with 1 answer dispersion and anisotropy are 0 for every example)")
+
+
+def check_fine_tuning(cfg: DictConfig, selector: str, container) -> None:
+    """Runs that fine-tune (size search, rule fitting, eval after selection) get a train config
+    that parses, and the held-out set that the size search and the fit score against."""
+    searches = selector in SIZE_SEARCH_SELECTORS
+    if (cfg.task == "fit_rule" or searches or cfg.eval.name != "none") and cfg.train.name != "none":
+        TrainConfig.from_cfg(container(cfg.train)).grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
+    if cfg.task == "fit_rule" or searches:
+        what = "task=fit_rule" if cfg.task == "fit_rule" else f"selector={selector}"
+        if cfg.train.name == "none":
+            raise SelectlabError(f"{what} fine-tunes on subsets; choose a train config (e.g. train=cpu_small), "
+                                 f"not train=none")
+        check_pool_config(container(cfg.heldout), "heldout")
+    if cfg.task == "fit_rule":
+        if cfg.scorer.name != "instructmining":
+            raise SelectlabError(f"task=fit_rule fits InstructMining's rule on its indicators; use "
+                                 f"scorer=instructmining, not scorer={cfg.scorer.name}")
+        check_fit(cfg.fit)
+
+
+def check_pool_config(pool: dict, key: str) -> None:
+    """A pool (or the held-out set) that can be read: known loader, existing path, sane limit."""
+    if pool.get("loader") not in LOADERS:
+        raise SelectlabError(f"{key}.loader={pool.get('loader')!r}; choose one of {sorted(LOADERS)}")
+    if pool["loader"] == "hub":
+        if not pool.get("hub_id"):
+            raise SelectlabError(f"{key}.hub_id is not set (loader=hub)")
+    elif not pool.get("path") or not Path(pool["path"]).exists():
+        raise SelectlabError(f"{key}.path={pool.get('path')} does not exist")
+    limit = pool.get("limit")
+    if limit is not None and _integer(limit, f"{key}.limit") < 1:
+        raise SelectlabError(f"{key}.limit={limit}: give a count >= 1, or null for the whole pool")
+    if pool.get("sample", "random") not in ("random", "head"):
+        raise SelectlabError(f"{key}.sample={pool.get('sample')!r}; choose random or head")
+    if pool.get("empty_instruction", "drop") not in ("drop", "error"):
+        raise SelectlabError(f"{key}.empty_instruction={pool.get('empty_instruction')!r}; choose drop or error")
+
+
+def check_selector(selector: dict, scorer: str) -> None:
+    """The selector exists and gets what it needs from the scorer."""
+    name = selector["name"]
+    if name not in SELECTORS:
+        raise SelectlabError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
+    needs_features = name == "binwise" or (name == "diverse_topk" and selector.get("embeddings") == "features")
+    if needs_features and scorer not in SCORERS_WITH_FEATURES:
+        what = "selector=binwise" if name == "binwise" else "selector.embeddings=features"
+        raise SelectlabError(f"{what} needs per-example features, which scorer={scorer} does not give; "
+                             f"use a scorer that does ({', '.join(SCORERS_WITH_FEATURES)}) or selector=topk")
+
+
+def check_fit(fit: DictConfig) -> None:
+    """task=fit_rule: enough fine-tunes for the rule's coefficients."""
+    n_coefficients = len(fit.indicators)
+    if n_coefficients < 1:
+        raise SelectlabError("fit.indicators is empty; name at least one indicator")
+    if _integer(fit.subsets, "fit.subsets") <= n_coefficients + 1:
+        raise SelectlabError(f"fit.subsets={fit.subsets} cannot fit {n_coefficients} coefficients and an intercept; "
+                             f"need more than {n_coefficients + 1}")
+    if _integer(fit.subset_size, "fit.subset_size") < 1:
+        raise SelectlabError(f"fit.subset_size={fit.subset_size} must be >= 1")
+
+
+def check_shard(shard: DictConfig) -> None:
+    count = _integer(shard.count, "shard.count")
+    if count < 1:
+        raise SelectlabError(f"shard.count={count} must be >= 1")
+    if shard.index is not None and not 0 <= _integer(shard.index, "shard.index") < count:
+        raise SelectlabError(f"shard.index={shard.index} must be in 0..{count - 1} (shard.count={count})")
+
+
+def check_against_pool(cfg: DictConfig, pool: Pool) -> None:
+    """Values that depend on the loaded pool: a budget above it warns (it is clamped to the pool);
+    a fit subset larger than the pool fails."""
+    from .pipeline import selector_config
+
+    n = len(pool.records)
+    budget = cfg.selection.budget
+    uses_budget = cfg.task == "select" and selector_config(cfg)["name"] not in SIZE_SEARCH_SELECTORS
+    if uses_budget and budget >= 1 and budget > n:
+        log.warning("selection.budget=%s is more than the %d examples of pool %s; all %d are selected",
+                    budget, n, pool.name, n)
+    if cfg.task == "fit_rule" and int(cfg.fit.subset_size) > n:
+        raise SelectlabError(f"fit.subset_size={cfg.fit.subset_size} is more than the {n} examples of pool "
+                             f"{pool.name}")
+
+
+def _integer(value, key: str) -> int:
+    """``value`` as an int, or an error naming ``key`` (a string, a bool or 2.5 is not an integer)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and float(value).is_integer())
+    if not ok:
+        raise SelectlabError(f"{key}={value!r} must be an integer")
+    return int(value)
