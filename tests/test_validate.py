@@ -239,3 +239,16 @@ def test_fitted_rule_goes_to_the_run_folder_only(compose, tiny_model_dir, tmp_pa
     assert "Copy this file into conf/scorer/rule/" in rule_path.read_text()
     assert sorted((REPO / "conf").rglob("*")) == rules_before
     assert not list(tmp_path.rglob("evil.yaml"))
+
+
+def test_adg_score_and_bin_keys_are_checked_before_any_work(compose):
+    from selectlab.errors import SelectlabError
+    from selectlab.validate import validate
+
+    for override, message in (("scorer.metric_1=cov", "scorer.metric_1: unknown ADG metric 'cov'"),
+                              ("scorer.lam=1.5", "scorer.lam=1.5 must lie in"),
+                              ("scorer.bins.source=kmeans", "scorer.bins.source='kmeans'"),
+                              ("embedding.pool=tokens", "embedding.pool='tokens'"),
+                              ("embedding.empty_answer=skip", "embedding.empty_answer='skip'")):
+        with pytest.raises(SelectlabError, match=message):
+            validate(compose("scorer=adg", override))

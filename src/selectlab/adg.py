@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .errors import SelectlabError
+
 PUNCTUATION = set(",.;:!?()[]{}\"'`~-_/\\")
 NUMERIC_MARKS = set("%℃°")
 NUMERIC_WEIGHT = 1.3
@@ -67,15 +69,15 @@ class EmbeddingConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"embedding.{unknown[0]}: unknown key (known: {sorted(known)})")
+            raise SelectlabError(f"embedding.{unknown[0]}: unknown key (known: {sorted(known)})")
         out = cls(**{**cfg, "layers": tuple(int(x) for x in cfg.get("layers", cls.layers))})
         for key, allowed in (("text", TEXT_MODES), ("empty_answer", EMPTY_ANSWER_RULES), ("pool", POOLING)):
             if getattr(out, key) not in allowed:
-                raise ValueError(f"embedding.{key}={getattr(out, key)!r}; choose one of {allowed}")
+                raise SelectlabError(f"embedding.{key}={getattr(out, key)!r}; choose one of {allowed}")
         if not out.layers:
-            raise ValueError("embedding.layers is empty")
+            raise SelectlabError("embedding.layers is empty")
         if out.max_length < 1 or out.token_budget < 1:
-            raise ValueError(f"embedding.max_length={out.max_length} and embedding.token_budget={out.token_budget} "
+            raise SelectlabError(f"embedding.max_length={out.max_length} and embedding.token_budget={out.token_budget} "
                              f"must be >= 1 (a text longer than the budget runs alone)")
         return out
 
@@ -107,7 +109,7 @@ def _layer_modules(model, layers: Sequence[int]) -> dict[int, Any]:
     modules = {}
     for i in layers:
         if not -(n + 1) <= i <= n:
-            raise ValueError(f"embedding.layers: {i} is out of range for a {n}-layer model (hidden_states has {n + 1})")
+            raise SelectlabError(f"embedding.layers: {i} is out of range for a {n}-layer model (hidden_states has {n + 1})")
         j = i % (n + 1)
         modules[j] = base.embed_tokens if j == 0 else base.norm if j == n else base.layers[j - 1]
     return modules
@@ -382,7 +384,7 @@ def metric_column(name: str) -> str:
         return name
     if name in METRIC_COLUMNS:
         return METRIC_COLUMNS[name]
-    raise ValueError(f"unknown ADG metric {name!r}; choose one of {sorted(METRIC_COLUMNS)} "
+    raise SelectlabError(f"unknown ADG metric {name!r}; choose one of {sorted(METRIC_COLUMNS)} "
                      f"(or their short names {sorted(METRIC_COLUMNS.values())})")
 
 
@@ -412,7 +414,7 @@ def cloud_metrics(V: np.ndarray, eps: float = 1e-12, chunk: int = 4096) -> dict[
         raise ValueError(f"cloud metrics expect (N, K, d), got shape {np.shape(V)}")
     n, k = V.shape[:2]
     if k < 2:
-        raise ValueError(f"ADG needs at least 2 answers per instruction (sampler.k={k})")
+        raise SelectlabError(f"ADG needs at least 2 answers per instruction (sampler.k={k})")
     out = {c: np.zeros(n) for c in METRIC_COLUMNS.values()}
     H = np.eye(k) - 1.0 / k
     upper = np.triu_indices(k, 1)

@@ -90,7 +90,7 @@ def binwise(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     from sklearn.cluster import MiniBatchKMeans
 
     if scores.features is None:
-        raise ValueError("selector=binwise needs instruction embeddings from the scorer (scorer=adg provides them)")
+        raise SelectlabError("selector=binwise needs instruction embeddings from the scorer (scorer=adg provides them)")
     n = len(scores.ids)
     n_bins, min_size = int(cfg["n_bins"]), int(cfg["min_bin_size"])
     if n_bins * 2 * min_size > n:

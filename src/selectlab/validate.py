@@ -75,6 +75,13 @@ def check_scorer(cfg: DictConfig) -> None:
         if int(cfg.sampler.k) < 2:
             raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction "
                                  f"(with 1 answer dispersion and anisotropy are 0 for every example)")
+        from .adg import EmbeddingConfig
+        from .scorers.adg import bins_config, score_weights
+
+        scorer_cfg = OmegaConf.to_container(cfg.scorer, resolve=True)
+        score_weights(scorer_cfg)
+        bins_config(scorer_cfg)
+        EmbeddingConfig.from_cfg(OmegaConf.to_container(cfg.embedding, resolve=True))
 
 
 def check_fine_tuning(cfg: DictConfig, selector: str, container) -> None:

@@ -13,6 +13,8 @@ import logging
 
 import numpy as np
 
+from ..errors import SelectlabError
+
 from ..adg import (EmbeddingConfig, cloud_metrics, combined_score, count_truncated, embed_answer_sets, embed_texts,
                    embedded_text, metric_column, token_weight_table)
 from ..store import content_hash
@@ -37,21 +39,21 @@ def score_weights(scorer_cfg: dict) -> tuple[str, float, str, float]:
     """(metric_1, weight_1, metric_2, weight_2); null weights follow ``lam`` (1 - lam and lam)."""
     lam = float(scorer_cfg["lam"])
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"scorer.lam={lam} must lie in [0, 1]")
+        raise SelectlabError(f"scorer.lam={lam} must lie in [0, 1]")
     w1, w2 = scorer_cfg.get("weight_1"), scorer_cfg.get("weight_2")
     m1, m2 = scorer_cfg.get("metric_1", "Sc.cov_trace"), scorer_cfg.get("metric_2", "Sc.SED")
     for key, name in (("metric_1", m1), ("metric_2", m2)):
         try:
             metric_column(name)
         except ValueError as e:
-            raise ValueError(f"scorer.{key}: {e}") from None
+            raise SelectlabError(f"scorer.{key}: {e}") from None
     return m1, 1.0 - lam if w1 is None else float(w1), m2, lam if w2 is None else float(w2)
 
 
 def bins_config(scorer_cfg: dict) -> dict:
     bins = dict(scorer_cfg.get("bins") or {"source": "answer_prefix"})
     if bins["source"] not in BIN_SOURCES:
-        raise ValueError(f"scorer.bins.source={bins['source']!r}; choose one of {BIN_SOURCES}")
+        raise SelectlabError(f"scorer.bins.source={bins['source']!r}; choose one of {BIN_SOURCES}")
     return bins
 
 
@@ -94,7 +96,7 @@ def score_adg(ctx: ScoreContext) -> Scores:
     bins = bins_config(scorer_cfg)
     emb_cfg = EmbeddingConfig.from_cfg(_plain(cfg.embedding))
     if int(cfg.sampler.k) < 2:
-        raise ValueError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction")
+        raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction")
     records = ctx.pool.records
     path = ctx.backbone()
     samples = sample_answers(records, path, cfg.sampler, ctx.store, seed=int(cfg.seed))
