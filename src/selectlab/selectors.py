@@ -107,9 +107,26 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     return greedy(scores, budget, cfg, ctx)
 
 
+def zip_greedy(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
+    """ZIP's three-stage greedy over scorer=zip's texts and single ratios (see zip_selection)."""
+    from .zip_selection import FORMS, example_text, zip_select
+
+    text = scores.meta.get("text")
+    if text not in FORMS or "compression_ratio" not in scores.columns or ctx is None:
+        raise ValueError("selector=zip needs scorer=zip (its text form and per-example compression ratios)")
+    by_id = {r["id"]: r for r in ctx.pool.records}
+    texts = [example_text(by_id[i], text) for i in scores.ids]
+    result = zip_select(texts, FORMS[text], scores.columns["compression_ratio"], budget, int(cfg["k1"]),
+                        int(cfg["k2"]), int(cfg["k3"]), int(cfg["n_jobs"]), selectable=~np.isnan(scores.score))
+    log.info("zip: %d selected in %d rounds (%d stage-2 survivors discarded, %d compressions, %s s)",
+             len(result.order), result.rounds, result.discarded, result.compressions, result.seconds)
+    return Selection(result.order, meta={"rounds": result.rounds, "discarded": result.discarded,
+                                         "compressions": result.compressions, "seconds": result.seconds})
+
+
 SELECTORS: dict[str, Callable[..., Selection]] = {
     "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
-    "diverse_topk": diverse_topk,
+    "diverse_topk": diverse_topk, "zip": zip_greedy,
 }
 
 
