@@ -86,8 +86,13 @@ def _object_start_lines(text: str) -> list[int]:
     return lines
 
 
-def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0) -> list[dict]:
-    """Alpaca shape (instruction/input/output) or Dolly shape (instruction/context/response)."""
+SHAPE_FIELDS = {"id", "instruction", "input", "output", "context", "response", "category", "source"}
+
+
+def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0, keep_extra: bool = False) -> list[dict]:
+    """Alpaca shape (instruction/input/output) or Dolly shape (instruction/context/response).
+    ``keep_extra``: other top-level fields (e.g. MIG's ``annotation`` with InsTag tags and DEITA
+    scores) stay on the record, so scorers and selectors can read them."""
     out = []
     for i, (line_no, row) in enumerate(_json_rows(path)):
         where = f"{path}:{line_no}"
@@ -100,7 +105,10 @@ def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0
         else:
             raise PoolError(f"{where}: record has neither 'output' (Alpaca) nor 'response' (Dolly)")
         rid = str(row["id"]) if "id" in row and prefix == "user" else f"{prefix}-{offset + i:05d}"
-        out.append(_record(rid, row["instruction"], inp, output, row.get("category", source), where))
+        record = _record(rid, row["instruction"], inp, output, row.get("category", source), where)
+        if keep_extra:
+            record.update({k: v for k, v in row.items() if k not in SHAPE_FIELDS})
+        out.append(record)
     return out
 
 
@@ -167,7 +175,7 @@ LOADERS: dict[str, Callable[[dict], list[dict]]] = {
     "lima": lambda c: _from_instruction_rows(Path(c["path"]), "lima", "lima"),
     "code_alpaca": lambda c: _from_instruction_rows(Path(c["path"]), "code_alpaca", "code_alpaca_2k"),
     "self_instruct_seed": lambda c: load_self_instruct_seed(Path(c["path"])),
-    "json": lambda c: _from_instruction_rows(Path(c["path"]), "user", Path(c["path"]).stem),
+    "json": lambda c: _from_instruction_rows(Path(c["path"]), "user", Path(c["path"]).stem, keep_extra=True),
     "hub": lambda c: load_hub(c["hub_id"], c.get("split", "train"), c["name"]),
 }
 

@@ -124,9 +124,33 @@ def zip_greedy(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
                                          "compressions": result.compressions, "seconds": result.seconds})
 
 
+def mig(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
+    """MIG's information-gain greedy; the scorer's score is each example's quality (see mig.py)."""
+    from .mig import example_label_matrix, label_graph, mig_greedy, propagation_matrix
+    from .mig_labels import mig_inputs
+
+    if ctx is None:
+        raise ValueError("selector=mig needs the run context (pool records, store)")
+    quality = np.asarray(scores.score, dtype=np.float64)
+    if np.any(quality[~np.isnan(quality)] < 0):
+        raise ValueError(f"selector=mig: quality (scorer {ctx.cfg.scorer.name!r}'s score) must be >= 0; "
+                         "MIG spreads it over labels as information")
+    by_id = {r["id"]: r for r in ctx.pool.records}
+    label_ids, label_emb, labelled, facts = mig_inputs([by_id[i] for i in scores.ids], ctx.store, cfg, int(ctx.cfg.seed))
+    selectable = labelled & ~np.isnan(quality)
+    prop = propagation_matrix(label_graph(label_emb, float(cfg["sim_threshold"])), float(cfg["prop_weight"]))
+    vec = example_label_matrix(label_ids, np.nan_to_num(quality), len(label_emb), bool(cfg["norm"]))
+    picks, gains = mig_greedy(vec @ prop, budget, str(cfg["phi_type"]), float(cfg["phi_a"]), float(cfg["phi_b"]),
+                              float(cfg["phi_alpha"]), selectable)
+    facts.update(graph_edges=int(prop.nnz - prop.shape[0]), not_selectable=int((~selectable).sum()),
+                 first_gain=gains[0] if gains else None, last_gain=gains[-1] if gains else None)
+    log.info("mig: %d picked; %s", len(picks), facts)
+    return Selection(picks, meta=facts)
+
+
 SELECTORS: dict[str, Callable[..., Selection]] = {
     "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
-    "diverse_topk": diverse_topk, "zip": zip_greedy,
+    "diverse_topk": diverse_topk, "zip": zip_greedy, "mig": mig,
 }
 
 
