@@ -148,9 +148,29 @@ def mig(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     return Selection(picks, meta=facts)
 
 
+def fla(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
+    """SuperFiltering.D: the ``ifd_num`` best-scored examples, then facility location over their
+    sentence embeddings (see facility_location.py)."""
+    from .diverse import sbert_embeddings
+    from .facility_location import euclidean_similarity, facility_location, ifd_prefilter, release_text
+
+    if ctx is None:
+        raise ValueError("selector=fla needs the run context (pool records, store)")
+    ifd_num = int(cfg["ifd_num"]) if cfg.get("ifd_num") is not None else int(cfg["ifd_factor"]) * budget
+    kept = ifd_prefilter(scores.score, ifd_num)
+    by_id = {r["id"]: r for r in ctx.pool.records}
+    texts = [release_text(by_id[scores.ids[i]]) for i in kept]
+    emb = sbert_embeddings(texts, ctx.store, int(cfg["batch_size"]), cfg.get("device"), cfg.get("max_seq_length"))
+    picks, gains = facility_location(euclidean_similarity(emb), budget)
+    log.info("fla: %d kept by score (ifd_num %d), %d picked by facility location", len(kept), ifd_num, len(picks))
+    return Selection(kept[picks].tolist(), meta={"ifd_num": ifd_num, "n_filtered": len(kept),
+                                                 "first_gain": gains[0] if gains else None})
+
+
 SELECTORS: dict[str, Callable[..., Selection]] = {
     "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
     "diverse_topk": diverse_topk, "zip": zip_greedy, "mig": mig,
+    "fla": fla,
 }
 
 
