@@ -128,6 +128,17 @@ def test_agrees_with_a_literal_port_of_the_release():
     assert ours.rounds == 3 and ours.discarded == 12
 
 
+def test_resuming_from_a_round_snapshot_gives_the_same_selection():
+    texts = [example_text(r, "repr") for r in records(60, seed=4)]
+    state = PrefixCompressor(FORMS["repr"]).ratios(range(60), texts)
+    snapshots: list[dict] = []
+    full = zip_select(texts, FORMS["repr"], state, budget=9, k1=15, k2=6, k3=3,
+                      on_round=lambda snap: snapshots.append({k: np.copy(v) for k, v in snap.items()}))
+    assert len(snapshots) == 3 and snapshots[0]["order"].tolist() == full.order[:3]
+    resumed = zip_select(texts, FORMS["repr"], state, budget=9, k1=15, k2=6, k3=3, resume=snapshots[0])
+    assert resumed.order == full.order and resumed.rounds == 3 and resumed.discarded == full.discarded
+
+
 def test_zip_runs_through_the_pipeline_without_a_model(compose, tmp_path):
     from selectlab.pipeline import run
 

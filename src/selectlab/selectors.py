@@ -5,6 +5,7 @@ Examples whose score is NaN (a scorer's "not selectable", e.g. IFD >= 1) are nev
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -109,6 +110,7 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
 
 def zip_greedy(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     """ZIP's three-stage greedy over scorer=zip's texts and single ratios (see zip_selection)."""
+    from .store import content_hash
     from .zip_selection import FORMS, example_text, zip_select
 
     text = scores.meta.get("text")
@@ -116,8 +118,25 @@ def zip_greedy(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
         raise ValueError("selector=zip needs scorer=zip (its text form and per-example compression ratios)")
     by_id = {r["id"]: r for r in ctx.pool.records}
     texts = [example_text(by_id[i], text) for i in scores.ids]
-    result = zip_select(texts, FORMS[text], scores.columns["compression_ratio"], budget, int(cfg["k1"]),
-                        int(cfg["k2"]), int(cfg["k3"]), int(cfg["n_jobs"]), selectable=~np.isnan(scores.score))
+    ks = {k: int(cfg[k]) for k in ("k1", "k2", "k3")}
+    # Rounds are checkpointed so that a killed run resumes at its last round (the selection on
+    # 52K examples takes minutes); the key covers every input of the loop.
+    key = ctx.store.key("zip_rounds", 1, texts=content_hash([t.decode("utf-8") for t in texts]), budget=budget,
+                        ratios=content_hash(scores.columns["compression_ratio"].tolist()),
+                        selectable=content_hash(np.isnan(scores.score).tolist()), **ks)
+    checkpoint = ctx.store.root / "zip_rounds" / f"{key}.npz"
+    resume = dict(np.load(checkpoint)) if checkpoint.exists() else None
+
+    def save(snapshot: dict) -> None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint.with_name(f".{key}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **snapshot)
+        os.replace(tmp, checkpoint)
+
+    result = zip_select(texts, FORMS[text], scores.columns["compression_ratio"], budget, ks["k1"], ks["k2"],
+                        ks["k3"], int(cfg["n_jobs"]), selectable=~np.isnan(scores.score), resume=resume,
+                        on_round=save)
+    checkpoint.unlink(missing_ok=True)  # the subsets artifact now holds the result
     log.info("zip: %d selected in %d rounds (%d stage-2 survivors discarded, %d compressions, %s s)",
              len(result.order), result.rounds, result.discarded, result.compressions, result.seconds)
     return Selection(result.order, meta={"rounds": result.rounds, "discarded": result.discarded,

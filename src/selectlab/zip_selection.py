@@ -32,6 +32,7 @@ import multiprocessing
 import time
 import zlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -168,14 +169,23 @@ def _lowest(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def zip_select(texts: list[bytes], form: TextForm, state: np.ndarray, budget: int, k1: int, k2: int, k3: int,
-               n_jobs: int = 1, selectable: np.ndarray | None = None) -> ZipResult:
+               n_jobs: int = 1, selectable: np.ndarray | None = None, resume: dict | None = None,
+               on_round: Callable[[dict], None] | None = None) -> ZipResult:
     """The release's three-stage greedy. ``state``: each example's single ratio (copied, then
-    overwritten by stage 2 as the release does). ``selectable``: a mask of allowed examples."""
+    overwritten by stage 2 as the release does). ``selectable``: a mask of allowed examples.
+    ``on_round(snapshot)`` is called after every round with everything the loop carries
+    (state, available, order, rounds, discarded); passing such a snapshot as ``resume``
+    continues exactly where it was taken."""
     if not (k1 >= k2 >= k3 >= 1):
         raise ValueError(f"selector: need k1 >= k2 >= k3 >= 1, got k1={k1}, k2={k2}, k3={k3}")
     state = np.array(state, dtype=np.float64)
     available = np.ones(len(texts), dtype=bool) if selectable is None else np.array(selectable, dtype=bool)
     result = ZipResult(order=[])
+    if resume is not None:
+        state, available = np.array(resume["state"], dtype=np.float64), np.array(resume["available"], dtype=bool)
+        result.order = [int(i) for i in resume["order"]]
+        result.rounds, result.discarded = int(resume["rounds"]), int(resume["discarded"])
+        log.info("zip: resuming after round %d (%d selected)", result.rounds, len(result.order))
     engine = RatioEngine(texts, form, n_jobs)
     t_joint = t_round = 0.0
     try:
@@ -199,6 +209,9 @@ def zip_select(texts: list[bytes], form: TextForm, state: np.ndarray, budget: in
             result.order += picks
             result.discarded += len(remaining)
             result.rounds += 1
+            if on_round is not None:
+                on_round({"state": state, "available": available, "order": np.array(result.order, dtype=np.int64),
+                          "rounds": result.rounds, "discarded": result.discarded})
             if result.rounds % 10 == 0:
                 log.info("zip: round %d, %d selected (stage 1+2 %.0fs, stage 3 %.0fs so far)",
                          result.rounds, len(result.order), t_joint, t_round)
