@@ -87,6 +87,22 @@ def test_pool_json_keeps_annotation_fields_and_they_change_the_pool_key(tmp_path
     assert pool_content_key(pool.records) != key
 
 
+def test_pool_json_reads_migs_chat_shape(tmp_path):
+    from selectlab.pools import load_pool
+    from selectlab.scorers.mig import deita_score
+
+    row = {"dialogs": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                       {"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}],
+           "source": ["synthetic"], "_id": "abc",
+           "annotation": {"instag": {"content": ["arithmetic"]},
+                          "deita": {"quality_scores": [3.0, 4.0], "complexity_scores": [2.0, 1.5]}}}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(row) + "\n")
+    rec = load_pool({"name": "json", "loader": "json", "path": str(tmp_path / "chat.jsonl"), "limit": None}, 0).records[0]
+    assert (rec["instruction"], rec["output"], rec["_id"]) == ("Add 2 and 3.", "5", "abc")
+    assert "dialogs" not in rec and rec["source"] == "chat"
+    assert deita_score(rec) == (3.0 * 2.0 + 4.0 * 1.5) / 2  # mean over rounds of quality x complexity
+
+
 def test_mig_on_an_annotated_pool_through_the_pipeline(compose, tmp_path):
     from selectlab.pipeline import run
     from selectlab.scorers.mig import deita_score
