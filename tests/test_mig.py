@@ -60,6 +60,17 @@ def test_greedy_information_gain_worked_by_hand():
     assert mig_greedy(vec @ prop, 4, selectable=np.array([True, True, False, True]))[0] == [0, 1, 3]
 
 
+def test_incremental_gains_pick_what_the_full_product_picks():
+    """The column-wise gain update equals recomputing v_prop . phi'(x) at every step."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(30, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    vec = example_label_matrix([list(rng.choice(30, 3, replace=False)) for _ in range(300)],
+                               rng.uniform(1, 5, 300), 30, norm=False) @ propagation_matrix(label_graph(emb, 0.5))
+    every_step, _ = mig_greedy(vec, 120, resync_every=1)
+    assert mig_greedy(vec, 120, resync_every=10**9)[0] == every_step
+
+
 def annotated_pool(path, n: int = 12):
     """MIG-style records: InsTag tags and DEITA quality/complexity under ``annotation``."""
     tags = [["python programming", "code"], ["python programming"], ["poetry", "creative writing"],

@@ -71,22 +71,35 @@ def d_phi(x: np.ndarray, phi_type: str, a: float, b: float, alpha: float) -> np.
     raise ValueError(f"selector.phi_type={phi_type!r}; choose one of {PHI_TYPES}")
 
 
-def mig_greedy(vec_prop: sp.csr_matrix, budget: int, phi_type: str = "pow", a: float = 1e-6, b: float = 0.8,
-               alpha: float = 1.0, selectable: np.ndarray | None = None) -> tuple[list[int], list[float]]:
-    """(picked example indices in order, the gain of each pick)."""
-    vec_prop = sp.csr_matrix(vec_prop)
-    n, n_labels = vec_prop.shape
+def mig_greedy(vec_prop: sp.spmatrix, budget: int, phi_type: str = "pow", a: float = 1e-6, b: float = 0.8,
+               alpha: float = 1.0, selectable: np.ndarray | None = None, resync_every: int = 512
+               ) -> tuple[list[int], list[float]]:
+    """(picked example indices in order, the gain of each pick).
+
+    A pick changes phi' only on the labels its propagated vector touches, so the gains are
+    updated through those columns alone (gain += V[:, J] @ delta phi'[J]) instead of a full
+    product per step; every ``resync_every`` picks the full product is taken again so that
+    rounding cannot drift."""
+    csr, csc = sp.csr_matrix(vec_prop), sp.csc_matrix(vec_prop)
+    n, n_labels = csr.shape
     open_ = np.ones(n, dtype=bool) if selectable is None else np.array(selectable, dtype=bool)
     x_sel = np.zeros(n_labels, dtype=np.float64)
+    grad = d_phi(x_sel, phi_type, a, b, alpha)
     picks: list[int] = []
     gains: list[float] = []
-    for _ in range(min(budget, int(open_.sum()))):
-        gain = vec_prop @ d_phi(x_sel, phi_type, a, b, alpha)
-        gain[~open_] = -np.inf
+    gain = np.empty(n)
+    for step in range(min(budget, int(open_.sum()))):
+        if step % resync_every == 0:
+            gain = csr @ grad
+            gain[~open_] = -np.inf
         pick = int(np.argmax(gain))
         picks.append(pick)
         gains.append(float(gain[pick]))
         open_[pick] = False
-        row = vec_prop.getrow(pick)
-        x_sel[row.indices] += row.data
+        gain[pick] = -np.inf
+        touched = csr.indices[csr.indptr[pick] : csr.indptr[pick + 1]]
+        x_sel[touched] += csr.data[csr.indptr[pick] : csr.indptr[pick + 1]]
+        new_grad = d_phi(x_sel[touched], phi_type, a, b, alpha)
+        gain += csc[:, touched] @ (new_grad - grad[touched])
+        grad[touched] = new_grad
     return picks, gains
