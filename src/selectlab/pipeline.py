@@ -40,7 +40,14 @@ def container(node) -> dict | None:
 
 
 def pool_content_key(records: list[dict]) -> str:
-    return content_hash([[r["id"], r["instruction"], r["input"], r["output"]] for r in records])
+    """Hash of the pool's texts, plus any extra fields a record carries (pool=json keeps them,
+    e.g. annotations a scorer reads), so changed annotations give new artifacts."""
+    core = ("id", "instruction", "input", "output", "source")
+    rows = []
+    for r in records:
+        extra = {k: v for k, v in r.items() if k not in core}
+        rows.append([r["id"], r["instruction"], r["input"], r["output"], *([extra] if extra else [])])
+    return content_hash(rows)
 
 
 def score_stage(ctx: ScoreContext) -> tuple[Scores, str]:

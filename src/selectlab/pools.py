@@ -122,11 +122,32 @@ def _element_start_lines(text: str) -> list[int]:
     return lines
 
 
-def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0) -> list[dict]:
-    """Alpaca shape (instruction/input/output) or Dolly shape (instruction/context/response)."""
+SHAPE_FIELDS = {"id", "instruction", "input", "output", "context", "response", "category", "source", "dialogs"}
+USER_ROLES, ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt"}
+
+
+def _last_exchange(turns, where: str) -> tuple[str, str]:
+    """(last user message, the assistant reply after it) of a chat record: ``dialogs`` (MIG's
+    annotated pools) as role/content or from/value turns; earlier turns are not kept."""
+    if not isinstance(turns, list):
+        raise PoolError(f"{where}: 'dialogs' must be a list of turns")
+    roles = [(t.get("role", t.get("from")), t.get("content", t.get("value"))) for t in turns if isinstance(t, dict)]
+    for k in range(len(roles) - 2, -1, -1):
+        if roles[k][0] in USER_ROLES and roles[k + 1][0] in ASSISTANT_ROLES:
+            return roles[k][1], roles[k + 1][1]
+    raise PoolError(f"{where}: 'dialogs' has no user turn followed by an assistant turn")
+
+
+def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0, keep_extra: bool = False) -> list[dict]:
+    """Alpaca shape (instruction/input/output), Dolly shape (instruction/context/response) or,
+    with ``keep_extra``, MIG's chat shape (``dialogs``: the last user/assistant exchange).
+    ``keep_extra``: other top-level fields (e.g. MIG's ``annotation`` with InsTag tags and DEITA
+    scores) stay on the record, so scorers and selectors can read them."""
     out, line_of_id = [], {}
     for i, (line_no, row) in enumerate(_json_rows(path)):
         where = f"{path}:{line_no}"
+        if keep_extra and "instruction" not in row and "dialogs" in row:
+            row = {**row, **dict(zip(("instruction", "output"), _last_exchange(row["dialogs"], where)))}
         if "instruction" not in row:
             raise PoolError(f"{where}: record has no 'instruction' field (keys: {sorted(row)})")
         if "output" in row:
@@ -139,7 +160,10 @@ def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0
         if rid in line_of_id:
             raise PoolError(f"{where}: id {rid!r} is already used at line {line_of_id[rid]}; ids must be unique")
         line_of_id[rid] = line_no
-        out.append(_record(rid, row["instruction"], inp, output, row.get("category", source), where))
+        record = _record(rid, row["instruction"], inp, output, row.get("category", source), where)
+        if keep_extra:
+            record.update({k: v for k, v in row.items() if k not in SHAPE_FIELDS})
+        out.append(record)
     return out
 
 
@@ -206,7 +230,7 @@ LOADERS: dict[str, Callable[[dict], list[dict]]] = {
     "lima": lambda c: _from_instruction_rows(Path(c["path"]), "lima", "lima"),
     "code_alpaca": lambda c: _from_instruction_rows(Path(c["path"]), "code_alpaca", "code_alpaca_2k"),
     "self_instruct_seed": lambda c: load_self_instruct_seed(Path(c["path"])),
-    "json": lambda c: _from_instruction_rows(Path(c["path"]), "user", Path(c["path"]).stem),
+    "json": lambda c: _from_instruction_rows(Path(c["path"]), "user", Path(c["path"]).stem, keep_extra=True),
     "hub": lambda c: load_hub(c["hub_id"], c.get("split", "train"), c["name"]),
 }
 

@@ -157,9 +157,20 @@ READS: dict[str, tuple[str, ...]] = {
     "blendsearch": ("train", "heldout", "backbone"), "size_grid": ("train", "heldout", "backbone"),
 }
 
+
+def rival(name: str) -> Callable[..., Selection]:
+    """A selector of rival_selectors.py (ZIP, MIG, SuperFiltering.D), imported when used."""
+    def run(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
+        from . import rival_selectors
+
+        return getattr(rival_selectors, name)(scores, budget, cfg, ctx)
+
+    return run
+
+
 SELECTORS: dict[str, Callable[..., Selection]] = {
     "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
-    "diverse_topk": diverse_topk,
+    "diverse_topk": diverse_topk, "zip": rival("zip_greedy"), "mig": rival("mig"), "fla": rival("fla"),
 }
 
 

@@ -21,13 +21,18 @@ def order_sign(order: str) -> float:
     return 1.0 if order == "desc" else -1.0
 
 
+def answer_token_counts(ctx: ScoreContext) -> np.ndarray:
+    """Each pool answer's length in tokens of the backbone's tokenizer."""
+    tokenizer = load_tokenizer(ctx.backbone())
+    answers = [r["output"] for r in ctx.pool.records]
+    return np.array([len(ids) for ids in tokenizer(answers, add_special_tokens=False).input_ids], dtype=np.float64)
+
+
 @register("length")
 def score_length(ctx: ScoreContext) -> Scores:
     sign = order_sign(str(ctx.cfg.scorer.order))
-    tokenizer = load_tokenizer(ctx.backbone())
     answers = [r["output"] for r in ctx.pool.records]
-    n_tokens = np.array([len(ids) for ids in tokenizer(answers, add_special_tokens=False).input_ids],
-                        dtype=np.float64)
+    n_tokens = answer_token_counts(ctx)
     empty = np.array([not a.strip() for a in answers], dtype=bool)
     return Scores(
         ids=[r["id"] for r in ctx.pool.records], score=np.where(empty, np.nan, sign * n_tokens),
