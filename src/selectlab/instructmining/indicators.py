@@ -119,7 +119,12 @@ def digit_token_ids(tokenizer, scale: int = 6) -> list[int]:
     for d in range(1, scale + 1):
         tok = tokenizer(str(d), add_special_tokens=False)["input_ids"]
         if len(tok) != 1:
-            raise ValueError(f"the judge needs '{d}' to be one token in this tokenizer; it is {tok}")
+            # SentencePiece tokenizers (LLaMA, Mistral) write "1" as a word-start piece + the digit; the
+            # bare digit piece is what the judge emits after "Quality: " (DEITA's released ids, e.g. 29896).
+            bare = tokenizer.convert_tokens_to_ids(str(d))
+            if bare is None or bare == tokenizer.unk_token_id:
+                raise ValueError(f"the judge needs '{d}' to be one token in this tokenizer; it is {tok}")
+            tok = [bare]
         ids.append(tok[0])
     return ids
 

@@ -173,20 +173,27 @@ def knn_indicator(ctx, name, spec, shared):
     return values, {f"{name}_nan": int(np.isnan(values).sum()), f"{name}_zero_distance": int((values == 0).sum())}
 
 
-def judge_indicator(ctx, name, spec, shared):
-    log.warning("indicator %r: the backbone as a JUDGE (expected 1-%d rating, DEITA style) SUBSTITUTES for the "
-                "paper's reward model; published rule coefficients were fitted on a reward model's scale",
-                name, spec["scale"])
+def judge_ratings(ctx, name, spec, load: Callable, model_id) -> tuple[np.ndarray, dict]:
+    """Expected 1..``spec.scale`` rating of every pool record by the causal LM ``load()`` returns
+    (model, tokenizer), prompted with ``spec.question_template``; cached per (pool, name, spec, model).
+    Shared by InstructMining's judge and DEITA's complexity and quality scorers."""
     use_chat = bool(spec["use_chat_template"])
 
     def compute(records):
-        model, tok = shared["backbone"]()
+        model, tok = load()
         digits = ind.digit_token_ids(tok, int(spec["scale"]))
         return _chunked(records, int(spec["batch_size"]), lambda rs: ind.expected_rating(ind.last_token_logits(
             model, tok, [ind.judge_prompt(r, spec["question_template"], tok, use_chat) for r in rs], not use_chat),
             digits))
 
-    return _per_example(ctx, name, spec, _plain(ctx.cfg.backbone), None, compute)
+    return _per_example(ctx, name, spec, model_id, None, compute)
+
+
+def judge_indicator(ctx, name, spec, shared):
+    log.warning("indicator %r: the backbone as a JUDGE (expected 1-%d rating, DEITA style) SUBSTITUTES for the "
+                "paper's reward model; published rule coefficients were fitted on a reward model's scale",
+                name, spec["scale"])
+    return judge_ratings(ctx, name, spec, shared["backbone"], _plain(ctx.cfg.backbone))
 
 
 def reward_model_indicator(ctx, name, spec, shared):
