@@ -250,3 +250,18 @@ def test_scar_end_to_end_on_the_tiny_ranker(compose, tiny_ranker_dir):
     assert [r["score"] for r in subset] == sorted((r["score"] for r in subset), reverse=True)
     assert all(r["score"] == r["ranker"] for r in subset)
     assert {"duplicate_pair", "non_english", "ranker_nan"} <= set(manifest["counts"])
+
+
+def test_digit_ids_of_a_sentencepiece_style_tokenizer_are_the_bare_digits():
+    """LLaMA/Mistral tokenizers write "1" as ["▁", "1"]; the judge reads the bare "1" (DEITA's ids)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from selectlab.instructmining.indicators import digit_token_ids
+
+    vocab = {"<unk>": 0, "▁": 1, **{str(d): 1 + d for d in range(1, 7)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    assert fast("1", add_special_tokens=False).input_ids == [1, 2]
+    assert digit_token_ids(fast, 6) == [2, 3, 4, 5, 6, 7]

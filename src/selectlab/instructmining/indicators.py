@@ -106,12 +106,14 @@ def last_token_logits(model, tokenizer, prompts: Sequence[str], add_special_toke
 
     enc = tokenizer(list(prompts), padding=True, add_special_tokens=add_special_tokens, return_tensors="pt")
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    with torch.no_grad():
-        logits = model(**enc).logits.float()
     last = enc["attention_mask"].sum(1) - 1
     if tokenizer.padding_side == "left":
         last = torch.full_like(last, enc["input_ids"].shape[1] - 1)
-    return logits[torch.arange(len(prompts)), last]
+    # Vocabulary logits only at the positions read below (logits_to_keep), not batch x length x vocab.
+    keep = torch.unique(last)
+    with torch.no_grad():
+        logits = model(**enc, logits_to_keep=keep).logits.float()
+    return logits[torch.arange(len(prompts)), torch.searchsorted(keep, last)]
 
 
 def digit_token_ids(tokenizer, scale: int = 6) -> list[int]:
