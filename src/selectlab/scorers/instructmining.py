@@ -72,7 +72,7 @@ def _per_example(ctx: ScoreContext, name: str, spec: dict, model_id, flag: str |
     return values, counts
 
 
-def _chunked(records: list[dict], size: int, score: Callable[[list[dict]], np.ndarray]):
+def _chunked(records: list, size: int, score: Callable[[list], np.ndarray]):
     """Run ``score`` over model-sized chunks; these indicators have no degenerate flag (stored as 0)."""
     values = np.concatenate([score(records[i:i + size]) for i in range(0, len(records), size)])
     return values, np.zeros(len(records))
@@ -182,9 +182,13 @@ def judge_ratings(ctx, name, spec, load: Callable, model_id) -> tuple[np.ndarray
     def compute(records):
         model, tok = load()
         digits = ind.digit_token_ids(tok, int(spec["scale"]))
-        return _chunked(records, int(spec["batch_size"]), lambda rs: ind.expected_rating(ind.last_token_logits(
-            model, tok, [ind.judge_prompt(r, spec["question_template"], tok, use_chat) for r in rs], not use_chat),
-            digits))
+        prompts = [ind.judge_prompt(r, spec["question_template"], tok, use_chat) for r in records]
+        by_length = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths share a padded batch
+        ratings, flags = _chunked([prompts[i] for i in by_length], int(spec["batch_size"]), lambda ps: (
+            ind.expected_rating(ind.last_token_logits(model, tok, ps, not use_chat), digits)))
+        out = np.empty_like(ratings)
+        out[by_length] = ratings
+        return out, flags
 
     return _per_example(ctx, name, spec, model_id, None, compute)
 
