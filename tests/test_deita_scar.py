@@ -41,8 +41,10 @@ def test_deita_product_and_threshold_skip_hand_worked(compose):
     score = combined_score(COMPLEXITY, QUALITY)
     np.testing.assert_array_equal(score[:5], [6.0, 7.5, 5.0, 7.0, 8.25])
     assert np.isnan(score[5])
-    selector = selector_config(compose("scorer=deita_judge"))  # selector=auto -> conf/selector/deita.yaml
+    selector = selector_config(compose("scorer=deita"))  # selector=auto -> conf/selector/deita.yaml
     assert (selector["name"], selector["threshold"], selector["embeddings"]) == ("diverse_topk", 0.9, "last_token")
+    offline = selector_config(compose("scorer=deita_judge"))  # -> conf/selector/deita_minilm.yaml
+    assert (offline["name"], offline["threshold"], offline["embeddings"]) == ("diverse_topk", 0.9, "sbert")
     scores = Scores(ids=[str(i) for i in range(6)], score=score, features=EMBEDDINGS)
     cfg = {**selector, "embeddings": "features"}
     assert diverse_topk(scores, 3, cfg).order == [4, 1, 0]
@@ -110,7 +112,7 @@ def test_deita_judge_end_to_end_with_last_token_embeddings(compose, tiny_model_d
     from selectlab import pipeline
 
     cfg = compose("pool=self_instruct_seed", "pool.limit=8", "scorer=deita_judge", f"backbone.path={tiny_model_dir}",
-                  "selection.budget=4", "logger=none")
+                  "selector=deita", "selection.budget=4", "logger=none")
     manifest = pipeline.run(cfg)
     subset = read_jsonl(Path(manifest["subset_path"]))
     assert manifest["selector"]["threshold"] == 0.9 and manifest["selector"]["embeddings"] == "last_token"
