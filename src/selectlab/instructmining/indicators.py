@@ -108,12 +108,14 @@ def last_token_logits(model, tokenizer, prompts: Sequence[str], add_special_toke
 
     enc = tokenizer(list(prompts), padding=True, add_special_tokens=add_special_tokens, return_tensors="pt")
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    with torch.no_grad():
-        logits = model(**enc).logits.float()
     last = enc["attention_mask"].sum(1) - 1
     if tokenizer.padding_side == "left":
         last = torch.full_like(last, enc["input_ids"].shape[1] - 1)
-    return logits[torch.arange(len(prompts)), last]
+    # Vocabulary logits only at the positions read below (logits_to_keep), not batch x length x vocab.
+    keep = torch.unique(last)
+    with torch.no_grad():
+        logits = model(**enc, logits_to_keep=keep).logits.float()
+    return logits[torch.arange(len(prompts)), torch.searchsorted(keep, last)]
 
 
 def digit_token_ids(tokenizer, scale: int = 6) -> list[int]:
@@ -121,7 +123,12 @@ def digit_token_ids(tokenizer, scale: int = 6) -> list[int]:
     for d in range(1, scale + 1):
         tok = tokenizer(str(d), add_special_tokens=False)["input_ids"]
         if len(tok) != 1:
-            raise SelectlabError(f"the judge needs '{d}' to be one token in this tokenizer; it is {tok}")
+            # SentencePiece tokenizers (LLaMA, Mistral) write "1" as a word-start piece + the digit; the
+            # bare digit piece is what the judge emits after "Quality: " (DEITA's released ids, e.g. 29896).
+            bare = tokenizer.convert_tokens_to_ids(str(d))
+            if bare is None or bare == tokenizer.unk_token_id:
+                raise SelectlabError(f"the judge needs '{d}' to be one token in this tokenizer; it is {tok}")
+            tok = [bare]
         ids.append(tok[0])
     return ids
 

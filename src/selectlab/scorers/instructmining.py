@@ -73,7 +73,7 @@ def _per_example(ctx: ScoreContext, name: str, spec: dict, model_id, flag: str |
     return values, counts
 
 
-def _chunked(records: list[dict], size: int, score: Callable[[list[dict]], np.ndarray]):
+def _chunked(records: list, size: int, score: Callable[[list], np.ndarray]):
     """Run ``score`` over model-sized chunks; these indicators have no degenerate flag (stored as 0)."""
     values = np.concatenate([score(records[i:i + size]) for i in range(0, len(records), size)])
     return values, np.zeros(len(records))
@@ -174,20 +174,31 @@ def knn_indicator(ctx, name, spec, shared):
     return values, {f"{name}_nan": int(np.isnan(values).sum()), f"{name}_zero_distance": int((values == 0).sum())}
 
 
+def judge_ratings(ctx, name, spec, load: Callable, model_id) -> tuple[np.ndarray, dict]:
+    """Expected 1..``spec.scale`` rating of every pool record by the causal LM ``load()`` returns
+    (model, tokenizer), prompted with ``spec.question_template``; cached per (pool, name, spec, model).
+    Shared by InstructMining's judge and DEITA's complexity and quality scorers."""
+    use_chat = bool(spec["use_chat_template"])
+
+    def compute(records):
+        model, tok = load()
+        digits = ind.digit_token_ids(tok, int(spec["scale"]))
+        prompts = [ind.judge_prompt(r, spec["question_template"], tok, use_chat) for r in records]
+        by_length = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths share a padded batch
+        ratings, flags = _chunked([prompts[i] for i in by_length], int(spec["batch_size"]), lambda ps: (
+            ind.expected_rating(ind.last_token_logits(model, tok, ps, not use_chat), digits)))
+        out = np.empty_like(ratings)
+        out[by_length] = ratings
+        return out, flags
+
+    return _per_example(ctx, name, spec, model_id, None, compute)
+
+
 def judge_indicator(ctx, name, spec, shared):
     log.warning("indicator %r: the backbone as a JUDGE (expected 1-%d rating, DEITA style) SUBSTITUTES for the "
                 "paper's reward model; published rule coefficients were fitted on a reward model's scale",
                 name, spec["scale"])
-    use_chat = bool(spec["use_chat_template"])
-
-    def compute(records):
-        model, tok = shared["backbone"]()
-        digits = ind.digit_token_ids(tok, int(spec["scale"]))
-        return _chunked(records, int(spec["batch_size"]), lambda rs: ind.expected_rating(ind.last_token_logits(
-            model, tok, [ind.judge_prompt(r, spec["question_template"], tok, use_chat) for r in rs], not use_chat),
-            digits))
-
-    return _per_example(ctx, name, spec, _plain(ctx.cfg.backbone), None, compute)
+    return judge_ratings(ctx, name, spec, shared["backbone"], _plain(ctx.cfg.backbone))
 
 
 def reward_model_indicator(ctx, name, spec, shared):

@@ -1,0 +1,89 @@
+"""DEITA (Liu et al. 2024, hkust-nlp/deita): score = complexity x quality, each an expected 1-6 rating.
+
+A judge LM reads a fixed prompt (the release's templates) and the rating is the expectation of
+1..6 under the softmax of its next-token logits restricted to the six digit tokens (the
+release's ``Scorer.infer_score``). Complexity rates the instruction (+ input) alone, quality
+the (instruction, response) pair. Selection is DEITA's own: ``selector=auto`` resolves to
+conf/selector/deita.yaml (score-first, skip cosine > 0.9, see :mod:`selectlab.diverse`).
+
+Judges: ``scorer.complexity_model`` / ``scorer.quality_model`` name the released scorers on the
+hub (``hkust-nlp/deita-complexity-scorer``, ``hkust-nlp/deita-quality-scorer``); offline they must
+already be in the local Hugging Face cache or at ``path``. With ``use_backbone: true`` the run's
+backbone judges instead, with the same templates: a SUBSTITUTE (``scorer=deita_judge``), logged
+as such and recorded in the scores' meta, because a model not trained to rate gives ratings on
+another scale. Each axis is its own cached, batch-resumable artifact (shared with InstructMining's
+judge code).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from ..backbone import resolve_model
+from ..models import load_causal_lm, load_tokenizer
+from . import ScoreContext, Scores, register
+from .instructmining import _backbone_loaders, judge_ratings
+
+log = logging.getLogger(__name__)
+
+AXES = ("complexity", "quality")
+
+
+class DeitaConfigError(ValueError):
+    pass
+
+
+def _judge(ctx: ScoreContext, axis: str, entry: dict, shared: dict) -> tuple[object, object, str]:
+    """(loader of (model, tokenizer), model identity for the cache key, description) for one axis.
+
+    Resolves the model folder now, so a missing model fails before any rating is computed."""
+    key = f"scorer.{axis}_model"
+    if entry.get("use_backbone"):
+        tokenizer = load_tokenizer(ctx.backbone(), "right")
+        described = f"the backbone {ctx.cfg.backbone.name} (SUBSTITUTE for {entry.get('hub_id')})"
+        loader, ident = shared["backbone"], OmegaConf.to_container(ctx.cfg.backbone, resolve=True)
+    else:
+        path = resolve_model(entry, key, ctx.store, error=DeitaConfigError)
+        tokenizer = load_tokenizer(path, "right")
+        described = entry.get("hub_id") or path
+        loader = functools.cache(lambda: (load_causal_lm(path, str(entry["dtype"])), load_tokenizer(path, "right")))
+        ident = {k: v for k, v in entry.items() if k not in ("allow_download",)}
+    if entry["use_chat_template"] and not getattr(tokenizer, "chat_template", None):
+        raise DeitaConfigError(f"{key}.use_chat_template=true but the tokenizer of {described} has no chat template")
+    return loader, ident, described
+
+
+def combined_score(complexity: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """The release's final score (Combined_Filter._sort): complexity x quality, summed over turns
+    (one turn per record here). NaN when either rating is NaN."""
+    return np.asarray(complexity, np.float64) * np.asarray(quality, np.float64)
+
+
+@register("deita")
+def score_deita(ctx: ScoreContext) -> Scores:
+    scfg = OmegaConf.to_container(ctx.cfg.scorer, resolve=True)
+    shared = _backbone_loaders(ctx)
+    judges = {axis: _judge(ctx, axis, scfg[f"{axis}_model"], shared) for axis in AXES}
+    substitutes = [axis for axis in AXES if scfg[f"{axis}_model"].get("use_backbone")]
+    for axis in substitutes:
+        log.warning("DEITA %s: %s judges with the release's template; ratings are not the trained scorer's",
+                    axis, judges[axis][2])
+    columns, counts = {}, {}
+    for axis in AXES:
+        loader, ident, _ = judges[axis]
+        spec = {"kind": "judge", "question_template": scfg[f"{axis}_template"], "scale": int(scfg["scale"]),
+                "use_chat_template": bool(scfg[f"{axis}_model"]["use_chat_template"]),
+                "batch_size": int(scfg["batch_size"])}
+        columns[axis], c = judge_ratings(ctx, f"deita_{axis}", spec, loader, ident)
+        counts.update(c)
+    score = combined_score(columns["complexity"], columns["quality"])
+    counts["empty_answer"] = sum(not r["output"].strip() for r in ctx.pool.records)  # rated anyway, as released
+    log.info("DEITA: complexity mean %.3f, quality mean %.3f (scale 1-%d)", np.nanmean(columns["complexity"]),
+             np.nanmean(columns["quality"]), scfg["scale"])
+    return Scores(
+        ids=[r["id"] for r in ctx.pool.records], score=score, columns=columns, counts=counts,
+        meta={"judges": {axis: judges[axis][2] for axis in AXES}, "substitute": substitutes},
+    )
