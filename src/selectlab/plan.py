@@ -185,21 +185,28 @@ def artifact_status(store: ArtifactStore, stage: str, key: str | None, why_unkno
     return f"partial: {done} batches stored, the rest to compute" if done else "to compute"
 
 
+@lru_cache(maxsize=8)
+def _loaded_pool(pool_json: str, seed: int) -> tuple[list[dict], str]:
+    """The pool's records and content key, loaded once per process (sweeps and tests plan many runs)."""
+    records = load_pool(json.loads(pool_json), seed=seed).records
+    return records, pool_content_key(records)
+
+
 def pool_plan(cfg: DictConfig, problems: list[str]) -> tuple[list[dict], str | None, int, str]:
     """(records to plan with, pool key or None, pool size, note). A pool that cannot load here
     (hub-backed, offline) is planned at its known size with Alpaca 52K's texts as a stand-in."""
     pool_cfg = container(cfg.pool)
     try:
-        pool = load_pool(pool_cfg, seed=int(cfg.seed))
-        return pool.records, pool_content_key(pool.records), len(pool.records), f"{len(pool.records):,} records"
+        records, key = _loaded_pool(json.dumps(pool_cfg, sort_keys=True), int(cfg.seed))
+        return records, key, len(records), f"{len(records):,} records"
     except PoolError as err:
         problems.append(f"pool: {err}")
     rows = HUB_POOL_ROWS.get(pool_cfg.get("hub_id"))
     if rows is None:
         raise PoolError(f"pool {pool_cfg['name']!r} cannot be loaded here and its size is unknown to the plan")
     n = min(rows, int(pool_cfg["limit"])) if pool_cfg.get("limit") is not None else rows
-    stand_in = load_pool({"name": "alpaca", "loader": "alpaca", "path": str(data_dir() / "pools" / "alpaca_52k"),
-                          "limit": None}, seed=int(cfg.seed)).records
+    stand_in, _ = _loaded_pool(json.dumps({"name": "alpaca", "loader": "alpaca", "limit": None,
+                                           "path": str(data_dir() / "pools" / "alpaca_52k")}), 0)
     return (stand_in, None, n, f"{n:,} records (size of {pool_cfg.get('hub_id')}; not loadable here, so token "
                                f"counts use Alpaca 52K's texts as a stand-in)")
 
