@@ -129,6 +129,8 @@ def rate_flops_per_s(device: dict, kind: str) -> tuple[float, dict] | None:
         return None
     if rate["kind"] == "assumed":
         return rate["mfu"] * device["peak_flops"], rate
+    if "flops_per_token" in rate:  # written by the bench that measured it (bench/gpu_check.py)
+        return rate["tokens_per_s"] * rate["flops_per_token"], rate
     arch = _rate_arch(rate["model"])
     context = float(rate.get("context", 0))
     if kind.startswith("train_"):
