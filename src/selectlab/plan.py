@@ -599,7 +599,7 @@ def render(plan: dict, cfg: DictConfig) -> str:
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.3g} h" if seconds >= 360 else f"{seconds:.0f} s"
+    return f"{seconds / 3600:.3g} h" if seconds >= 360 else f"{seconds:.3g} s"
 
 
 def sweep_note() -> str | None:
