@@ -63,6 +63,7 @@ class ModelLocation:
     source: str  # the config key that decides: path | gguf_package | package | hub_id
     folder: str | None  # the Hugging Face folder, when it exists now
     note: str  # for people: what a run would do to get the model
+    fails: bool = False  # a run would stop here (the model cannot be had)
 
 
 def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None = None) -> ModelLocation:
@@ -71,15 +72,16 @@ def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None =
         path = Path(cfg["path"]).expanduser()
         ok = (path / "config.json").is_file()
         return ModelLocation("path", str(path) if ok else None,
-                             f"{key}.path={path}" + ("" if ok else " is not a Hugging Face model folder (a run fails here)"))
+                             f"{key}.path={path}" + ("" if ok else " is not a Hugging Face model folder (a run fails here)"),
+                             fails=not ok)
     if cfg.get("gguf_package"):
         spec = importlib.util.find_spec(cfg["gguf_package"])
         if spec is None or not spec.submodule_search_locations:
             return ModelLocation("gguf_package", None, f"{key}.gguf_package={cfg['gguf_package']} is not installed "
-                                                       f"(a run fails here)")
+                                                       f"(a run fails here)", fails=True)
         gguf = Path(spec.submodule_search_locations[0]) / cfg["gguf_file"]
         if not gguf.is_file():
-            return ModelLocation("gguf_package", None, f"{gguf} not found (a run fails here)")
+            return ModelLocation("gguf_package", None, f"{gguf} not found (a run fails here)", fails=True)
         conv = conversion_key(gguf)
         if store is not None and store.exists("backbone", conv):
             return ModelLocation("gguf_package", str(store.path("backbone", conv)), f"converted GGUF, stored backbone/{conv}")
@@ -88,12 +90,14 @@ def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None =
     if cfg.get("package"):
         spec = importlib.util.find_spec(cfg["package"])
         if spec is None or not spec.submodule_search_locations:
-            return ModelLocation("package", None, f"{key}.package={cfg['package']} is not installed (a run fails here)")
+            return ModelLocation("package", None, f"{key}.package={cfg['package']} is not installed (a run fails here)",
+                                 fails=True)
         folder = Path(spec.submodule_search_locations[0]) / cfg.get("subdir", "")
         return ModelLocation("package", str(folder), f"shipped in package {cfg['package']}")
     hub_id = cfg.get("hub_id")
     if not hub_id:
-        return ModelLocation("none", None, f"{key} names no path, gguf_package, package or hub_id (a run fails here)")
+        return ModelLocation("none", None, f"{key} names no path, gguf_package, package or hub_id (a run fails here)",
+                             fails=True)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -104,7 +108,7 @@ def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None =
         action = ("downloaded at run time (allow_download=true)" if cfg.get("allow_download")
                   else f"not in the local Hugging Face cache: a run fails here unless {key}.path or "
                        f"{key}.allow_download=true is given")
-        return ModelLocation("hub_id", None, f"{hub_id}: {action}")
+        return ModelLocation("hub_id", None, f"{hub_id}: {action}", fails=not cfg.get("allow_download"))
 
 
 def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None = None,

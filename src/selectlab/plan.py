@@ -159,7 +159,7 @@ def plan_model(role: str, cfg: dict, key: str, store: ArtifactStore, problems: l
     from .models import load_tokenizer
 
     loc = locate_model(cfg, key, store)
-    if loc.folder is None and ("fails" in loc.note):
+    if loc.fails:
         problems.append(f"{role}: {loc.note}")
     if loc.folder:
         tokenizer = None
