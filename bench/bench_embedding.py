@@ -5,6 +5,7 @@ prints examples/s, tokens/s, peak memory, the speed ratio and the largest score 
 
     python bench/bench_embedding.py                       # embedded SmolLM2-135M, 24 Alpaca instructions, K=5
     python bench/bench_embedding.py --n 64 --model /path/to/hf_model --dtype float32
+    python bench/bench_embedding.py --n 16 --threads 2 --attn eager    # thread count, attention kernel
 
 Texts: real Alpaca 52K instructions (seeded sample). No sampled answers ship with the repo,
 so each instruction's K "answers" are real pool outputs: its own output and the outputs of
@@ -79,6 +80,8 @@ def run_one(args) -> dict:
     instructions, answers = texts(args.n, args.k, args.seed, args.samples)
     tok = load_tokenizer(args.model_path)
     model = load_causal_lm(args.model_path, args.dtype, args.device)
+    if args.attn:
+        model.set_attn_implementation(args.attn)
     device = str(next(model.parameters()).device)
     layers = tuple(args.layers)
     n_tokens = sum(len(tok(a and f"{i} {a}", add_special_tokens=False)["input_ids"][: args.max_length])
@@ -102,7 +105,8 @@ def run_one(args) -> dict:
     result = {"method": args.method, "device": device, "seconds": seconds, "examples": len(instructions),
               "texts": len(instructions) * args.k, "tokens": n_tokens, "peak_mb": peak_memory_mb(device),
               "model_loaded_mb": base_mb, "score": np.asarray(s).tolist(), "D": np.asarray(D).tolist(),
-              "I": np.asarray(I).tolist(), "threads": torch.get_num_threads()}
+              "I": np.asarray(I).tolist(), "threads": torch.get_num_threads(),
+              "attn": model.config._attn_implementation}
     Path(args.out).write_text(json.dumps(result))
     return result
 
@@ -120,6 +124,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--token-budget", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--attn", default="", help="attention implementation (sdpa | eager; empty = transformers' default)")
     ap.add_argument("--methods", nargs="+", default=["reference", "ours", "ours_prefix_reuse"])
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -135,7 +140,7 @@ def main() -> None:
         for method in args.methods:
             out = Path(tmp) / f"{method}.json"
             cmd = [sys.executable, __file__, "--method", method, "--model-path", path, "--out", str(out)]
-            for flag in ("n", "k", "seed", "dtype", "max_length", "token_budget", "threads"):
+            for flag in ("n", "k", "seed", "dtype", "max_length", "token_budget", "threads", "attn"):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             cmd += ["--layers", *map(str, args.layers)]
             if args.device:
@@ -148,7 +153,7 @@ def main() -> None:
     import numpy as np
 
     first = next(iter(results.values()))
-    print(f"model {path}  device {first['device']}  threads {first['threads']}  dtype {args.dtype}  "
+    print(f"model {path}  device {first['device']}  threads {first['threads']}  attention {first['attn']}  dtype {args.dtype}  "
           f"layers {args.layers}  {first['examples']} instructions x K={args.k}  {first['tokens']} text tokens")
     print(f"{'method':<20}{'seconds':>9}{'examples/s':>12}{'texts/s':>9}{'tokens/s':>10}{'peak MB':>9}"
           f"{'after load':>11}")

@@ -13,12 +13,25 @@ It prints generated tokens/s, examples/s, the peak memory of this process and it
     python bench/bench_sampling.py --prompts 8 --max-new-tokens 64 --bs1-prompts 2
 The bs1 loop runs on ``--bs1-prompts`` of the prompts only (its rate per token does not
 depend on how many prompts it runs, and the full set takes long on CPU).
+
+Engine start-up knobs (``--startup``), each in a fresh process so nothing is warm that a
+new run would not have: ``compiled_cold`` (vLLM's default torch.compile/inductor path with
+an empty compile cache, as on a fresh machine), ``compiled_warm`` (the same cache again: a
+second run on one machine), ``eager`` (``sampler.enforce_eager=true``: no compilation).
+Each prints engine start apart from sampling, and whether its answers are byte-identical
+to the first variant's:
+
+    python bench/bench_sampling.py --prompts 8 --max-new-tokens 128 --skip vllm hf_bs1 \
+        --startup compiled_cold compiled_warm eager
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -89,6 +102,61 @@ def measure(label: str, run, rows: list) -> dict:
     return result
 
 
+# name -> (sampler overrides, compile cache: "fresh" | "reuse" the previous variant's)
+STARTUP_VARIANTS = {"compiled_cold": ({"enforce_eager": False}, "fresh"),
+                    "compiled_warm": ({"enforce_eager": False}, "reuse"),
+                    "eager": ({"enforce_eager": True}, "fresh")}
+
+
+def startup_child(args) -> None:
+    """One variant in this (fresh) process: engine start with one prompt, then the timed sampling."""
+    overrides, _ = STARTUP_VARIANTS[args.startup[0]]
+    backbone = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "backbone" / "smollm2_135m.yaml"))
+    path = resolve_backbone(backbone, ArtifactStore(cache_dir()))
+    records = load_pool({"name": "alpaca", "loader": "alpaca", "path": str(data_dir() / "pools" / "alpaca_52k"),
+                         "limit": args.prompts, "sample": "random"}, seed=args.seed).records
+    cfg = sampler_cfg("vllm", args, batch_size=len(records), dtype=args.vllm_dtype[0], **overrides)
+    fresh = lambda: ArtifactStore(tempfile.mkdtemp(prefix="bench_sampling_"))
+    start = time.perf_counter()
+    sampling.sample_answers(records[:1], path, cfg, fresh(), args.seed, keep_engine=True)
+    startup = time.perf_counter() - start
+    start = time.perf_counter()
+    samples = sampling.sample_answers(records, path, cfg, fresh(), args.seed, keep_engine=True)
+    seconds = time.perf_counter() - start
+    sampling.shutdown_engines()
+    tokens = sum(sum(r["answer_tokens"]) for r in samples)
+    Path(args.variant_out).write_text(json.dumps({
+        "startup_s": startup, "seconds": seconds, "tokens": tokens, "prompts": len(samples),
+        "answers": [r["answers"] for r in samples]}))
+
+
+def startup_variants(args) -> list[dict]:
+    """Run each --startup variant in its own process; print start-up, rate and answer identity."""
+    rows, first = [], None
+    cache_root = None
+    with tempfile.TemporaryDirectory(prefix="bench_vllm_cache_") as caches:
+        for n, name in enumerate(args.startup):
+            _, cache = STARTUP_VARIANTS[name]
+            if cache == "fresh" or cache_root is None:
+                cache_root = str(Path(caches) / f"cache{n}")
+            out = Path(caches) / f"{name}.json"
+            cmd = [sys.executable, __file__, "--variant-out", str(out), "--startup", name, "--prompts", str(args.prompts),
+                   "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed),
+                   "--vllm-dtype", args.vllm_dtype[0]]
+            subprocess.run(cmd, check=True, env={**os.environ, "VLLM_CACHE_ROOT": cache_root})
+            r = json.loads(out.read_text())
+            first = first or r
+            same = r["answers"] == first["answers"]
+            row = {"label": f"vllm_{name}", "seconds": r["seconds"], "prompts": r["prompts"], "tokens": r["tokens"],
+                   "tokens_per_s": r["tokens"] / r["seconds"], "startup_s": r["startup_s"], "same_answers": same}
+            print(f"{row['label']:>20}: engine start + 1 prompt {r['startup_s']:.1f}s; {r['tokens']} tokens in "
+                  f"{r['seconds']:.1f}s = {row['tokens_per_s']:.1f} tok/s; start + sampling "
+                  f"{r['startup_s'] + r['seconds']:.1f}s; answers {'byte-identical to' if same else 'DIFFER from'} "
+                  f"{args.startup[0]}", flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=32)
@@ -105,8 +173,14 @@ def main() -> None:
     ap.add_argument("--vllm-seeding", nargs="+", default=["request"], choices=["request", "engine"],
                     help="one vLLM run per sampler.seeding (request = the default)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["vllm", "hf_bs1", "hf_batched"])
+    ap.add_argument("--startup", nargs="*", default=[], choices=list(STARTUP_VARIANTS),
+                    help="engine start-up variants, each in a fresh process (see the module doc)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant-out", help=argparse.SUPPRESS)  # child process: one start-up variant
     args = ap.parse_args()
+    if args.variant_out:
+        startup_child(args)
+        return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     backbone = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "backbone" / "smollm2_135m.yaml"))
@@ -141,6 +215,9 @@ def main() -> None:
                                                                    keep_engine=True), rows)
                 finally:
                     sampling.shutdown_engines()
+
+    if args.startup:
+        rows += startup_variants(args)
 
     by = {r["label"]: r for r in rows}
     for a in [label for label in by if label.startswith("vllm")] + ["hf_batched"]:

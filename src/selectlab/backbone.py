@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SelectlabError
@@ -51,6 +52,66 @@ def _convert_gguf(gguf: Path, out: Path) -> dict:
     return {"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size}
 
 
+def conversion_key(gguf: Path) -> str:
+    """Key of the ``backbone`` artifact converted from a GGUF file."""
+    return ArtifactStore.key("backbone", CONVERT_VERSION, gguf=gguf.name, size=gguf.stat().st_size)
+
+
+@dataclass
+class ModelLocation:
+    """Where a model would load from, found without converting or downloading anything."""
+
+    source: str  # the config key that decides: path | gguf_package | package | hub_id
+    folder: str | None  # the Hugging Face folder, when it exists now
+    note: str  # for people: what a run would do to get the model
+    fails: bool = False  # a run would stop here (the model cannot be had)
+
+
+def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None = None) -> ModelLocation:
+    """What :func:`resolve_model` would do for ``cfg``, tried in the same order, as a report (task=plan)."""
+    if cfg.get("path"):
+        path = Path(cfg["path"]).expanduser()
+        ok = (path / "config.json").is_file()
+        return ModelLocation("path", str(path) if ok else None,
+                             f"{key}.path={path}" + ("" if ok else " is not a Hugging Face model folder (a run fails here)"),
+                             fails=not ok)
+    if cfg.get("gguf_package"):
+        spec = importlib.util.find_spec(cfg["gguf_package"])
+        if spec is None or not spec.submodule_search_locations:
+            return ModelLocation("gguf_package", None, f"{key}.gguf_package={cfg['gguf_package']} is not installed "
+                                                       f"(a run fails here)", fails=True)
+        gguf = Path(spec.submodule_search_locations[0]) / cfg["gguf_file"]
+        if not gguf.is_file():
+            return ModelLocation("gguf_package", None, f"{gguf} not found (a run fails here)", fails=True)
+        conv = conversion_key(gguf)
+        if store is not None and store.exists("backbone", conv):
+            return ModelLocation("gguf_package", str(store.path("backbone", conv)), f"converted GGUF, stored backbone/{conv}")
+        return ModelLocation("gguf_package", None, f"{gguf.name} from package {cfg['gguf_package']}, converted once "
+                                                   f"into backbone/{conv} (about 30 s)")
+    if cfg.get("package"):
+        spec = importlib.util.find_spec(cfg["package"])
+        if spec is None or not spec.submodule_search_locations:
+            return ModelLocation("package", None, f"{key}.package={cfg['package']} is not installed (a run fails here)",
+                                 fails=True)
+        folder = Path(spec.submodule_search_locations[0]) / cfg.get("subdir", "")
+        return ModelLocation("package", str(folder), f"shipped in package {cfg['package']}")
+    hub_id = cfg.get("hub_id")
+    if not hub_id:
+        return ModelLocation("none", None, f"{key} names no path, gguf_package, package or hub_id (a run fails here)",
+                             fails=True)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(hub_id, revision=cfg.get("revision"), local_files_only=True)
+        return ModelLocation("hub_id", folder, f"{hub_id} from the local Hugging Face cache")
+    except LocalEntryNotFoundError:
+        action = ("downloaded at run time (allow_download=true)" if cfg.get("allow_download")
+                  else f"not in the local Hugging Face cache: a run fails here unless {key}.path or "
+                       f"{key}.allow_download=true is given")
+        return ModelLocation("hub_id", None, f"{hub_id}: {action}", fails=not cfg.get("allow_download"))
+
+
 def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None = None,
                   error: type[Exception] = BackboneError) -> str:
     """Local Hugging Face folder of the model that config entry ``key`` describes (the backbone, an
@@ -69,7 +130,7 @@ def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None 
         gguf = _package_dir(cfg["gguf_package"], key, error) / cfg["gguf_file"]
         if not gguf.is_file():
             raise error(f"{gguf} not found ({key}.gguf_file={cfg['gguf_file']!r}); set {key}.path=/local/hf/dir")
-        conv = store.key("backbone", CONVERT_VERSION, gguf=gguf.name, size=gguf.stat().st_size)
+        conv = conversion_key(gguf)
         return str(store.build("backbone", conv, lambda tmp: _convert_gguf(gguf, tmp), {"name": cfg.get("name")}))
     if cfg.get("package"):
         return str(_package_dir(cfg["package"], key, error) / cfg.get("subdir", ""))

@@ -50,14 +50,19 @@ def pool_content_key(records: list[dict]) -> str:
     return content_hash(rows)
 
 
-def score_stage(ctx: ScoreContext) -> tuple[Scores, str]:
-    """The scorer's output as an artifact; its key covers every config section a scorer may read."""
-    cfg = ctx.cfg
-    key = ctx.store.key(
-        "scores", SCORES_VERSION, scorer=container(cfg.scorer), pool=ctx.pool_key, seed=int(cfg.seed),
+def scores_key(cfg: DictConfig, pool_key: str) -> str:
+    """Key of the scores artifact: every config section a scorer may read (also used by task=plan)."""
+    return ArtifactStore.key(
+        "scores", SCORES_VERSION, scorer=container(cfg.scorer), pool=pool_key, seed=int(cfg.seed),
         backbone=container(cfg.backbone), sampler=container(cfg.get("sampler")),
         embedding=container(cfg.get("embedding")),
     )
+
+
+def score_stage(ctx: ScoreContext) -> tuple[Scores, str]:
+    """The scorer's output as an artifact."""
+    cfg = ctx.cfg
+    key = scores_key(cfg, ctx.pool_key)
     scorer = get_scorer(cfg.scorer.name)
     folder = ctx.store.build("scores", key, lambda tmp: scorer(ctx).save(tmp), {"scorer": cfg.scorer.name})
     return Scores.load(folder), key
@@ -74,15 +79,22 @@ def selector_config(cfg: DictConfig) -> dict:
     return container(OmegaConf.load(path))
 
 
+def subsets_key(cfg: DictConfig, scores_key: str, n_scored: int) -> tuple[str, int, dict]:
+    """(key, budget, selector config) of the subsets artifact (also used by task=plan); the key also
+    covers the config sections the selector reads besides its own (``selectors.READS``)."""
+    budget = resolve_budget(cfg.selection.budget, n_scored)
+    selector = selector_config(cfg)
+    reads = {section: container(cfg.get(section)) for section in READS.get(selector["name"], ())}
+    key = ArtifactStore.key("subsets", SUBSET_VERSION, scores=scores_key, selector=selector, budget=budget, reads=reads)
+    return key, budget, selector
+
+
 def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[dict[str, list[dict]], str, np.ndarray | None, dict]:
     """The selector's subsets as one artifact: ``main`` (the selection) plus any extra named subsets
     (ADG's ``middle`` and ``bottom``), each a list of pool records with rank and scores; also the
     bin labels (or None) and the selection's meta (e.g. a size search's trials)."""
     cfg = ctx.cfg
-    budget = resolve_budget(cfg.selection.budget, len(scores.ids))
-    selector = selector_config(cfg)
-    reads = {section: container(cfg.get(section)) for section in READS.get(selector["name"], ())}
-    key = ctx.store.key("subsets", SUBSET_VERSION, scores=scores_key, selector=selector, budget=budget, reads=reads)
+    key, budget, selector = subsets_key(cfg, scores_key, len(scores.ids))
     by_id = {r["id"]: r for r in ctx.pool.records}
 
     def rows_of(order: list[int]) -> list[dict]:
@@ -107,12 +119,16 @@ def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[di
     return subsets, key, bins, ctx.store.meta("subsets", key).get("selection_meta", {})
 
 
+def eval_key(store: ArtifactStore, model_path: str, eval_cfg: dict) -> str:
+    return store.key("evals", EVAL_VERSION, model=store.identity(model_path), eval=eval_cfg)
+
+
 def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
     """lm-eval results of one model, cached per (model, eval config)."""
     from .evaluate import evaluate
 
     eval_cfg = container(ctx.cfg.eval)
-    key = ctx.store.key("evals", EVAL_VERSION, model=ctx.store.identity(model_path), eval=eval_cfg)
+    key = eval_key(ctx.store, model_path, eval_cfg)
 
     def make(tmp: Path) -> dict:
         result = evaluate(model_path, {"eval": eval_cfg}, tmp)
@@ -139,14 +155,19 @@ def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | 
             "groups": result["groups"], "avg": result["avg"], "complete": result["complete"]}
 
 
-def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
-    """The random baseline at the same budget, through the same stages (same pool, same seed)."""
-    cfg = ctx.cfg.copy()
+def random_baseline_cfg(cfg: DictConfig, budget: int) -> DictConfig:
+    """The run's config with the random scorer and top-k at ``budget`` (the random baseline row)."""
+    cfg = cfg.copy()
     with open_dict(cfg):
         cfg.scorer = OmegaConf.load(REPO_ROOT / "conf" / "scorer" / "random.yaml")
         cfg.selector = {"name": "topk"}
         cfg.selection.budget = budget
-    random_ctx = replace(ctx, cfg=cfg)
+    return cfg
+
+
+def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
+    """The random baseline at the same budget, through the same stages (same pool, same seed)."""
+    random_ctx = replace(ctx, cfg=random_baseline_cfg(ctx.cfg, budget))
     scores, key = score_stage(random_ctx)
     subsets, subset_key, _, _ = select_stage(random_ctx, scores, key)
     return subsets["main"], subset_key
@@ -202,6 +223,10 @@ def log_scores(tracker: Tracker, scores: Scores, table_rows: int) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Run the configured stages; returns the manifest (also written to ``<run_dir>/manifest.json``)."""
+    if cfg.task == "plan":  # a dry run: nothing is loaded, computed or logged
+        from .plan import plan_run
+
+        return plan_run(cfg)
     started = time.perf_counter()
     validate(cfg)  # every value checkable without a model, named by its key, before any work
     run_dir = Path(cfg.run_dir)
@@ -250,7 +275,7 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish()
         return write_manifest(fit=fit)
     if cfg.task != "select":
-        raise SelectlabError(f"task={cfg.task!r}; choose select or fit_rule")
+        raise SelectlabError(f"task={cfg.task!r}; choose select, fit_rule or plan")
     try:
         scores, scores_key = score_stage(ctx)
     except ShardIncomplete as done:
