@@ -176,13 +176,13 @@ def test_summary_shares_means_and_bootstrap_intervals():
     assert complexity.summary(frame, cfg).equals(table)
 
 
-def test_comparison_subsets_from_run_folders(tmp_path):
-    """The newest ADG run gives its top subset, its bottom subset (subset_bottom.jsonl, else the
-    lowest scores in its scores artifact) and a uniform sample of its pool of the same size."""
+def _adg_run_with_pool(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """An ADG run folder (top 3 of a 10-example JSONL pool) whose scores artifact is in the store."""
     from selectlab.scorers import Scores
     from selectlab.store import ArtifactStore
 
-    pool = [{"id": f"p{i}", "instruction": f"task {i}", "input": "", "output": "o"} for i in range(10)]
+    pool = [{"id": f"p{i}", "instruction": f"Task number {i}: add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
+            for i in range(10)]
     pool_path = tmp_path / "pool.jsonl"
     pool_path.write_text("".join(json.dumps(r) + "\n" for r in pool))
     cache = tmp_path / "cache"
@@ -193,7 +193,13 @@ def test_comparison_subsets_from_run_folders(tmp_path):
     run = _run(tmp_path / "outputs", "2026-01-01/adg", config, subset=[pool[2], pool[7], pool[5]])
     manifest = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps({**manifest, "artifacts": {"scores": "k1", "subset": "t"}}))
+    return run, pool
 
+
+def test_comparison_subsets_from_run_folders(tmp_path):
+    """The newest ADG run gives its top subset, its bottom subset (subset_bottom.jsonl, else the
+    lowest scores in its scores artifact) and a uniform sample of its pool of the same size."""
+    run, pool = _adg_run_with_pool(tmp_path)
     subsets = complexity.comparison_subsets([str(tmp_path / "outputs")], ["adg", "instructmining"], None, 0)
     assert list(subsets) == ["adg: top 3", "adg: lowest 3 by score", "uniform 3 of the pool"]
     assert [r["id"] for r in subsets["adg: top 3"]] == ["p2", "p7", "p5"]
@@ -203,6 +209,20 @@ def test_comparison_subsets_from_run_folders(tmp_path):
     (run / "subset_bottom.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [pool[0], pool[1], pool[4]]))
     subsets = complexity.comparison_subsets([str(tmp_path / "outputs")], ["adg"], 2, 0)
     assert [r["id"] for r in subsets["adg: bottom 2"]] == ["p0", "p1"] and len(subsets["adg: top 2"]) == 2
+
+
+def test_complexity_notebook_executes_with_the_tiny_judge(tmp_path, tiny_model_dir, monkeypatch):
+    """make figures' path: the notebook judges the run's subsets with judge=local on the tiny model
+    (SELECTLAB_JUDGE) and writes the figure."""
+    _adg_run_with_pool(tmp_path)
+    monkeypatch.setenv("SELECTLAB_JUDGE", f"judge=local judge.model.path={tiny_model_dir} judge.model.name=tiny")
+    monkeypatch.setenv("SELECTLAB_CACHE", str(tmp_path / "cache"))
+    fig_dir = tmp_path / "figures"
+    executed = figures.execute_notebook(figures.NOTEBOOKS / "cognitive_complexity.ipynb", [str(tmp_path / "outputs")],
+                                        fig_dir, output=tmp_path / "cc.ipynb")
+    assert _is_png(fig_dir / "cognitive_complexity.png")
+    text = executed.read_text()
+    assert "judge: tiny (local)" in text and "'adg: lowest 3 by score': 3" in text
 
 
 def test_selection_report_png(tmp_path):
