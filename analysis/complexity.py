@@ -50,8 +50,11 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> dict:
 
 
 def judge_name(cfg: dict) -> str:
+    """The judge as figures name it: its name and how it answers."""
     judge = cfg["judge"]
-    return str(judge.get("name") or (judge["model"] if judge["kind"] == "openai" else judge["model"].get("name")))
+    if judge["kind"] == "openai":
+        return f"{judge.get('name') or judge['model']} (OpenAI-compatible API)"
+    return f"{judge.get('name') or judge['model'].get('name')} (local, likelihood of the allowed answers)"
 
 
 def _cut(text: str, max_chars: int | None) -> str:

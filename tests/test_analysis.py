@@ -222,7 +222,7 @@ def test_complexity_notebook_executes_with_the_tiny_judge(tmp_path, tiny_model_d
                                         fig_dir, output=tmp_path / "cc.ipynb")
     assert _is_png(fig_dir / "cognitive_complexity.png")
     text = executed.read_text()
-    assert "judge: tiny (local)" in text and "'adg: lowest 3 by score': 3" in text
+    assert "judge: tiny (local, likelihood of the allowed answers)" in text and "'adg: lowest 3 by score': 3" in text
 
 
 def test_selection_report_png(tmp_path):
