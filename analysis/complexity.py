@@ -199,4 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except JudgeError as e:  # a user error: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
