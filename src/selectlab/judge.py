@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -123,7 +124,8 @@ class OpenAIJudge:
         # The client's own retries are off: ours count and log them, with the backoff configured here.
         self.client = openai.OpenAI(base_url=self.base_url, api_key=_api_key(cfg.get("api_key_env")),
                                     max_retries=0, timeout=float(cfg.get("timeout_s", 120)))
-        self.retries = 0
+        self.retries = 0  # retries sent by this judge (all threads)
+        self._count = threading.Lock()
 
     def identity(self) -> dict:
         return {"kind": "openai", "base_url": self.base_url, "model": self.model, "seed": self.seed}
@@ -142,7 +144,8 @@ class OpenAIJudge:
                                      f"{self.max_retries} retries ({type(e).__name__}: {e}); the answers so far "
                                      "are cached, run again to resume") from e
                 wait = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
-                self.retries += 1
+                with self._count:
+                    self.retries += 1
                 log.warning("judge %s: %s, retry %d/%d in %.2fs", self.model, type(e).__name__, attempt + 1,
                             self.max_retries, wait)
                 time.sleep(wait)
