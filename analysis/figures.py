@@ -153,40 +153,47 @@ def ablations_figure(runs: pd.DataFrame | None, path: Path, metric: str = METRIC
     return _save(fig, path)
 
 
-def complexity_figure(ratings: pd.DataFrame, path: Path) -> Path:
-    """Left: mean judge rating (± standard error) per dimension and subset. Right: task-type mix."""
-    from .complexity import DIMENSIONS, TASK_TYPES
-
-    fig = Figure(figsize=(12, 4.5))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
-    if ratings is None or ratings.empty:
-        _say(left, "no rated subsets (no runs with a subset.jsonl found)")
-        _say(right, "no task types to show")
-        return _save(fig, path)
-    dims = [d for d in DIMENSIONS if d in ratings]
-    subsets = list(dict.fromkeys(ratings["subset"]))
+def _grouped_bars(ax, table: pd.DataFrame, measures: list[str], subsets: list[str], label_values: bool) -> None:
+    """Bars per (measure, subset) with asymmetric error bars from ``lo``..``hi``."""
     width = 0.8 / len(subsets)
     for i, name in enumerate(subsets):
-        g = ratings[ratings["subset"] == name]
-        means = [g[d].mean() for d in dims]
-        errs = [g[d].std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else 0 for d in dims]
-        bars = left.bar(np.arange(len(dims)) + i * width, means, width, yerr=errs, capsize=3,
-                        label=f"{name} (n={len(g)})")
-        left.bar_label(bars, fmt="%.2f", fontsize=7)
-    left.set_xticks(np.arange(len(dims)) + width * (len(subsets) - 1) / 2,
-                    [f"{d}\n(1-{max(DIMENSIONS[d].scale)})" for d in dims], fontsize=8)
-    left.set_ylabel("expected rating (judge)")
-    left.legend(fontsize=7)
-    left.set_title("judge ratings: selected vs random", fontsize=10)
-    shares = (ratings.groupby("subset")["task_type"].value_counts(normalize=True).unstack(fill_value=0)
-              .reindex(columns=TASK_TYPES, fill_value=0).reindex(subsets))
-    for i, name in enumerate(subsets):
-        right.bar(np.arange(len(TASK_TYPES)) + i * width, shares.loc[name].values, width, label=name)
-    right.set_xticks(np.arange(len(TASK_TYPES)) + width * (len(subsets) - 1) / 2, TASK_TYPES, rotation=30,
-                     fontsize=8)
-    right.set_ylabel("share of subset")
-    right.legend(fontsize=7)
-    right.set_title("task-type mix (keyword heuristic)", fontsize=10)
+        rows = table[table["subset"] == name].set_index("measure").reindex(measures)
+        err = np.vstack([rows["value"] - rows["lo"], rows["hi"] - rows["value"]]).clip(min=0)
+        n = int(rows["n"].max()) if rows["n"].notna().any() else 0
+        bars = ax.bar(np.arange(len(measures)) + i * width, rows["value"], width, yerr=err, capsize=2,
+                      label=f"{name} (n={n})", error_kw={"elinewidth": 0.8})
+        if label_values:
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=2)
+    ax.set_xticks(np.arange(len(measures)) + width * (len(subsets) - 1) / 2)
+
+
+def complexity_figure(table: pd.DataFrame, path: Path, judge: str, categories: list[str],
+                      ratings: list[str]) -> Path:
+    """Left: mean rating (1-6) per subset. Right: the share of each of the release's task
+    categories per subset. Error bars: bootstrap percentile intervals (``analysis.complexity.summary``)."""
+    fig = Figure(figsize=(15, 5))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.2]})
+    fig.suptitle(f"Cognitive-complexity analysis (ADG paper, release classifier) - judge: {judge}", fontsize=11)
+    if table is None or table.empty:
+        _say(left, "no subsets to judge (no runs with a subset.jsonl found)")
+        _say(right, "no task categories to show")
+        return _save(fig, path)
+    subsets = list(dict.fromkeys(table["subset"]))
+    rated = table[table["kind"] == "rating"]
+    _grouped_bars(left, rated, ratings, subsets, label_values=True)
+    left.set_xticklabels([r.replace("_", "\n") for r in ratings], fontsize=8)
+    left.set_ylim(1, 6.3)
+    left.set_ylabel("mean rating (1-6)")
+    left.set_title("ratings (our prompts; the paper's are unpublished)", fontsize=9)
+    _grouped_bars(right, table[table["kind"] == "share"], categories, subsets, label_values=False)
+    right.set_xticklabels([c.replace("_", "\n").replace("Summarization", "Summari-\nzation") for c in categories],
+                          fontsize=8)
+    right.set_ylabel("share of the subset")
+    right.set_title("task categories (ADG release prompt, 10 categories)", fontsize=9)
+    right.legend(fontsize=7, loc="upper right")
+    conf = table.attrs.get("confidence")
+    fig.text(0.01, 0.005, f"error bars: {conf or 'bootstrap'} percentile intervals of the subset mean "
+             "(examples resampled with replacement)", fontsize=7, color="0.35")
     return _save(fig, path)
 
 

@@ -107,17 +107,21 @@ def _is_png(path: Path) -> bool:
 
 def test_figures_write_pngs(run_root, tmp_path):
     with pytest.warns(runs.RunFileWarning):
-        table, trials = runs.runs_table(run_root), runs.size_search_table(run_root)
-    ratings = pd.DataFrame({
-        "subset": ["selected"] * 3 + ["random"] * 3, "id": list("abcdef"),
-        "complexity": [4, 5, 3.5, 2, 2.5, 3], "precision": [4, 4, 3, 3, 2, 3], "educational": [3, 4, 4, 2, 2, 3],
-        "task_type": ["math", "coding", "open_qa", "generation", "open_qa", "other"]})
+        table_runs, trials = runs.runs_table(run_root), runs.size_search_table(run_root)
+    cfg = complexity.load_config()
+    frame = pd.DataFrame({
+        "subset": ["top"] * 3 + ["uniform"] * 3, "id": list("abcdef"), "category": ["Math", "Coding", "Math",
+                                                                                    "Writing", "Others", "Math"],
+        "cognitive_complexity": [4, 5, 3.5, 2, 2.5, 3], "instruction_precision": [4, 4, 3, 3, 2, 3],
+        "educational_value": [3, 4, 4, 2, 2, 3]})
+    table = complexity.summary(frame, cfg)
     out = tmp_path / "fig"
-    pngs = [figures.double_descent_figure(trials, table, out / "dd.png"),
-            figures.ablations_figure(table, out / "abl.png"),
+    categories, ratings = cfg["classification"]["categories"], list(cfg["ratings"])
+    pngs = [figures.double_descent_figure(trials, table_runs, out / "dd.png"),
+            figures.ablations_figure(table_runs, out / "abl.png"),
             figures.ablations_figure(None, out / "abl_empty.png"),
-            figures.complexity_figure(ratings, out / "cc.png"),
-            figures.complexity_figure(ratings.iloc[0:0], out / "cc_empty.png")]
+            figures.complexity_figure(table, out / "cc.png", "tiny", categories, ratings),
+            figures.complexity_figure(table.iloc[0:0], out / "cc_empty.png", "tiny", categories, ratings)]
     assert all(_is_png(p) for p in pngs)
 
 
@@ -151,55 +155,74 @@ def test_make_figures_outputs_are_committed_pngs(name):
     assert _is_png(figures.DEFAULT_FIGURES / f"{name}.png")
 
 
-@pytest.mark.parametrize("instruction, kind", [
-    ("Write a Python function that reverses a string.", "coding"),
-    ("Calculate the area of a circle with a radius of 4 cm.", "math"),
-    ("Rewrite the following sentence in passive voice.", "rewriting"),
-    ("Classify the following animals as mammals or reptiles: lizard, dog.", "classification"),
-    ("Brainstorm five names for a bakery.", "brainstorming"),
-    ("Write a short poem about autumn.", "generation"),
-    ("What is the capital of France?", "open_qa"),
-    ("Hello there", "other"),
-])
-def test_task_type(instruction, kind):
-    assert complexity.task_type(instruction) == kind
+def test_summary_shares_means_and_bootstrap_intervals():
+    """Means and shares worked out by hand; a constant column has a zero-width interval; an
+    interval holds its mean; the same seed gives the same intervals."""
+    cfg = complexity.load_config(["bootstrap.samples=500"])
+    frame = pd.DataFrame({"subset": ["s"] * 4 + ["t"] * 2, "id": list("abcdef"),
+                          "category": ["Math", "Math", "Coding", "Others", "Writing", "Writing"],
+                          "cognitive_complexity": [1, 2, 3, 6, 4, 4], "instruction_precision": [2, 2, 2, 2, 5, np.nan],
+                          "educational_value": [1, 1, 1, 1, 1, 1]})
+    table = complexity.summary(frame, cfg)
+    row = table.set_index(["subset", "measure"])
+    assert len(table) == 2 * (3 + 10)
+    assert row.loc[("s", "cognitive_complexity"), "value"] == 3.0      # (1 + 2 + 3 + 6) / 4
+    assert row.loc[("s", "Math"), "value"] == 0.5 and row.loc[("s", "Coding"), "value"] == 0.25
+    assert row.loc[("t", "Writing"), "value"] == 1.0 and row.loc[("t", "Math"), "value"] == 0.0
+    assert row.loc[("t", "instruction_precision"), ["value", "lo", "hi", "n"]].tolist() == [5.0, 5.0, 5.0, 1]
+    assert row.loc[("s", "instruction_precision"), ["lo", "hi"]].tolist() == [2.0, 2.0]
+    lo, hi = row.loc[("s", "cognitive_complexity"), ["lo", "hi"]]
+    assert 1.0 <= lo < 3.0 < hi <= 6.0
+    assert complexity.summary(frame, cfg).equals(table)
 
 
-RECORDS = [
-    {"id": "a", "instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat, sleep, move."},
-    {"id": "b", "instruction": "Summarize the text.", "input": "A long text about the history of Rome and its "
-     "emperors, wars and roads.", "output": "Rome grew, fought and built roads."},
-]
-
-
-def test_judge_expected_rating_matches_hand_computation(tiny_model_dir, tmp_path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _adg_run_with_pool(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """An ADG run folder (top 3 of a 10-example JSONL pool) whose scores artifact is in the store."""
+    from selectlab.scorers import Scores
     from selectlab.store import ArtifactStore
 
-    store = ArtifactStore(tmp_path / "cache")
-    judge = {"name": "tiny", "path": str(tiny_model_dir)}
-    table = complexity.rate_examples(RECORDS, judge, ("complexity", "precision"), store=store, batch_size=2)
+    pool = [{"id": f"p{i}", "instruction": f"Task number {i}: add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
+            for i in range(10)]
+    pool_path = tmp_path / "pool.jsonl"
+    pool_path.write_text("".join(json.dumps(r) + "\n" for r in pool))
+    cache = tmp_path / "cache"
+    scores = Scores(ids=[r["id"] for r in pool], score=np.array([5, 1, 9, np.nan, 0, 7, 3, 8, 2, 6]))
+    ArtifactStore(cache).build("scores", "k1", scores.save)   # as the pipeline's score stage stores it
+    config = {**_config("adg", 0), "cache_dir": str(cache),
+              "pool": {"name": "mine", "loader": "json", "path": str(pool_path), "limit": None}}
+    run = _run(tmp_path / "outputs", "2026-01-01/adg", config, subset=[pool[2], pool[7], pool[5]])
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "artifacts": {"scores": "k1", "subset": "t"}}))
+    return run, pool
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    prompt = complexity.rating_prompt(RECORDS[1], "complexity", tok)
-    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        last = model(ids).logits[0, -1].double()
-    digits = [tok.convert_tokens_to_ids(str(s)) for s in range(1, 7)]
-    p = torch.softmax(last[digits], dim=0)
-    by_hand = float((p * torch.arange(1, 7, dtype=torch.float64)).sum())
 
-    assert table["id"].tolist() == ["a", "b"]
-    assert table["complexity"].iloc[1] == pytest.approx(by_hand, abs=1e-6)  # batched with a shorter prompt
-    assert table["complexity"].iloc[1] == pytest.approx(3.41394, abs=1e-4)  # pinned: seeded tiny model
-    assert all(1 <= v <= 5 for v in table["precision"])
-    # cached per (judge, prompt version, dimension, example): the second call loads no model
-    events = len(store.events)
-    again = complexity.rate_examples(RECORDS, judge, ("complexity", "precision"), store=store)
-    assert again.equals(table) and all(e.reused for e in store.events[events:])
+def test_comparison_subsets_from_run_folders(tmp_path):
+    """The newest ADG run gives its top subset, its bottom subset (subset_bottom.jsonl, else the
+    lowest scores in its scores artifact) and a uniform sample of its pool of the same size."""
+    run, pool = _adg_run_with_pool(tmp_path)
+    subsets = complexity.comparison_subsets([str(tmp_path / "outputs")], ["adg", "instructmining"], None, 0)
+    assert list(subsets) == ["adg: top 3", "adg: lowest 3 by score", "uniform 3 of the pool"]
+    assert [r["id"] for r in subsets["adg: top 3"]] == ["p2", "p7", "p5"]
+    assert [r["id"] for r in subsets["adg: lowest 3 by score"]] == ["p4", "p1", "p8"]  # scores 0, 1, 2; NaN never
+    assert len({r["id"] for r in subsets["uniform 3 of the pool"]}) == 3
+
+    (run / "subset_bottom.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [pool[0], pool[1], pool[4]]))
+    subsets = complexity.comparison_subsets([str(tmp_path / "outputs")], ["adg"], 2, 0)
+    assert [r["id"] for r in subsets["adg: bottom 2"]] == ["p0", "p1"] and len(subsets["adg: top 2"]) == 2
+
+
+def test_complexity_notebook_executes_with_the_tiny_judge(tmp_path, tiny_model_dir, monkeypatch):
+    """make figures' path: the notebook judges the run's subsets with judge=local on the tiny model
+    (SELECTLAB_JUDGE) and writes the figure."""
+    _adg_run_with_pool(tmp_path)
+    monkeypatch.setenv("SELECTLAB_JUDGE", f"judge=local judge.model.path={tiny_model_dir} judge.model.name=tiny")
+    monkeypatch.setenv("SELECTLAB_CACHE", str(tmp_path / "cache"))
+    fig_dir = tmp_path / "figures"
+    executed = figures.execute_notebook(figures.NOTEBOOKS / "cognitive_complexity.ipynb", [str(tmp_path / "outputs")],
+                                        fig_dir, output=tmp_path / "cc.ipynb")
+    assert _is_png(fig_dir / "cognitive_complexity.png")
+    text = executed.read_text()
+    assert "judge: tiny (local, likelihood of the allowed answers)" in text and "'adg: lowest 3 by score': 3" in text
 
 
 def test_selection_report_png(tmp_path):
