@@ -262,3 +262,16 @@ def test_seeded_rows_per_example_scores_reach_analysis_and_wandb(tiny_model_dir,
     assert by_scorer["length"]["heldout_loss Δ"] == pytest.approx(length["heldout_loss Δ"])
     assert by_scorer["length"]["n_seeds"] == 2 and by_scorer["none"]["n_seeds"] == 1
     assert by_scorer["random"]["heldout_loss Δ"] is None or math.isnan(by_scorer["random"]["heldout_loss Δ"])
+
+
+def test_summarize_compares_with_random_at_the_same_size():
+    """A bin-wise selector may return fewer than the budget; its run draws random at that size."""
+    ids = ["a", "b", "c", "d"]
+    rnd13 = _row("random", "random", 1, {"acc": dict(zip(ids, [0.0, 0.0, 100.0, 100.0]))})
+    rnd16 = _row("random", "random", 1, {"acc": dict(zip(ids, [0.0, 100.0, 100.0, 100.0]))})
+    rnd13["n_train"], rnd16["n_train"], rnd16["model"] = 13, 16, "random-16"
+    adg = {**_row("selected", "adg", 1, {"acc": dict(zip(ids, [100.0] * 4))}), "n_train": 13}
+    ifd = {**_row("selected", "ifd", 1, {"acc": dict(zip(ids, [100.0] * 4))}), "n_train": 16}
+    summary = {(s["scorer"], s["n_train"]): s for s in summarize([rnd13, adg, rnd16, ifd])}
+    assert summary[("random", 13)]["acc"] == 50.0 and summary[("random", 16)]["acc"] == 75.0  # not one pooled row
+    assert summary[("adg", 13)]["acc Δ"] == 50.0 and summary[("ifd", 16)]["acc Δ"] == 25.0

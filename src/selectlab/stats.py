@@ -73,10 +73,11 @@ def paired_difference(method: np.ndarray, baseline: np.ndarray, n_boot: int = N_
 # ------------------------------------------------------------------ results rows -> summary rows
 
 
-def _method(row: dict) -> tuple[str, str, str]:
+def _method(row: dict) -> tuple:
     """A method's rows are its seeds; ``variant`` (set by analysis for a sweep over other knobs,
-    e.g. "lam=0.2") keeps settings of one scorer apart."""
-    return row["label"], row["scorer"], row.get("variant") or ""
+    e.g. "lam=0.2") and the subset size keep settings of one scorer apart (a bin-wise selector
+    may return fewer than the budget, and its random baseline is drawn at its size)."""
+    return row["label"], row["scorer"], row.get("variant") or "", row.get("n_train")
 
 
 def dedupe_rows(rows: list[dict]) -> list[dict]:
@@ -120,7 +121,7 @@ def summarize(rows: list[dict], groups: dict[str, list[str]] | None = None, n_bo
     ``groups``: the eval config's groups; the CI of a group mean / Avg combines its tasks'
     replicates (each task's examples resampled, seeds resampled once for all tasks)."""
     rows = dedupe_rows(rows)
-    by_method: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    by_method: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         by_method[_method(r)].append(r)
     metrics = list(dict.fromkeys(m for r in rows for m in r.get("metrics") or {}))
@@ -128,8 +129,7 @@ def summarize(rows: list[dict], groups: dict[str, list[str]] | None = None, n_bo
     groups = {g: list(ts) for g, ts in (groups or {}).items() if g in group_names}
     rng = np.random.default_rng(seed)
     out = []
-    for (label, scorer, variant), method_rows in by_method.items():
-        n_train = method_rows[0].get("n_train")
+    for (label, scorer, variant, n_train), method_rows in by_method.items():
         summary = {"label": label, "scorer": scorer, **({"variant": variant} if variant else {}), "n_train": n_train,
                    "n_seeds": len(method_rows), "seeds": [r.get("seed") for r in method_rows]}
         # random at the same size (the untrained row is compared with every random size: the first)
