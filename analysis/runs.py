@@ -254,7 +254,7 @@ def _signed(v: float) -> str:
 
 def summary_markdown(table: pd.DataFrame) -> str:
     """The summary as a Table-1-shaped Markdown table: per metric ``mean ± std`` (over seeds) and
-    ``Δ [low, high]`` against random (95% bootstrap CI; "n.s." when it covers 0). heldout_loss:
+    ``Δ [low, high]`` against random (95% bootstrap CI; "*" when it excludes 0, "n.s." when it covers 0). heldout_loss:
     lower is better, so a negative Δ favours the method."""
     from selectlab.stats import LOWER_IS_BETTER
 
@@ -276,7 +276,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
     def diff(r, m) -> str:
         if pd.isna(r.get(f"{m} Δ")):
             return ""
-        mark = "" if r[f"{m} significant"] else " n.s."
+        mark = " *" if r[f"{m} significant"] else " n.s."
         return f"{_signed(r[m + ' Δ'])} [{_signed(r[m + ' CI low'])}, {_signed(r[m + ' CI high'])}]{mark}"
 
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = summary_table(roots)
     if not summary.empty:
         print("\nmean ± std over seeds; Δ = method − random, 95% bootstrap CI over eval examples and seeds "
-              "(n.s.: the CI covers 0)\n")
+              "(*: the CI excludes 0; n.s.: it covers 0)\n")
         print(summary_markdown(summary))
 
 
