@@ -362,8 +362,9 @@ def log_results(tracker: Tracker, rows: list[dict], groups: dict[str, list[str]]
     summaries = summarize(rows, groups)
     columns = summary_columns(summaries)
     tracker.log_table("results_summary", columns, [[_plain_value(s.get(c)) for c in columns] for s in summaries])
+    repeated = {label for label in (r["label"] for r in rows) if sum(x["label"] == label for x in rows) > 1}
     for r in rows:
-        seed = "" if r.get("seed") is None else f"/s{r['seed']}"
+        seed = f"/s{r['seed']}" if r["label"] in repeated else ""  # keys as before for one row per label
         tracker.summary({f"{r['label']}{seed}/{k}": v
                          for k, v in {**r["metrics"], **r["groups"], "avg": r["avg"]}.items()})
         log.info("%10s (%s, n=%s, seed %s): %s", r["label"], r["scorer"], r["n_train"], r.get("seed"),
