@@ -4,7 +4,7 @@ eval, and full zero-shot lm-eval tasks on the fine-tuned model. Prints seconds p
 and a JSON line; run it alone (under the heavy lock on a shared machine):
 
     flock /tmp/selectlab-heavy.lock python bench/time_replication_components.py
-    python bench/time_replication_components.py --tasks arc_easy --pool 300 --budget 58
+    python bench/time_replication_components.py --tasks arc_easy arc_challenge --pool 200 --budget 38
 """
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-TASKS = {"arc_easy": "selectlab_arc_easy", "arc_challenge": "selectlab_arc_challenge",
-         "truthfulqa_mc2": "selectlab_truthfulqa_mc2"}
+TASKS = {  # zero-shot, full, as lm-eval's own tasks report them
+    "arc_easy": {"lm_eval": "selectlab_arc_easy", "num_fewshot": 0, "metric": "acc_norm", "filter": "none"},
+    "arc_challenge": {"lm_eval": "selectlab_arc_challenge", "num_fewshot": 0, "metric": "acc_norm", "filter": "none"},
+    "truthfulqa_mc2": {"lm_eval": "selectlab_truthfulqa_mc2", "num_fewshot": 0, "metric": "acc", "filter": "none"},
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pool", type=int, default=300)
-    parser.add_argument("--budget", type=int, default=58)
+    parser.add_argument("--pool", type=int, default=200)
+    parser.add_argument("--budget", type=int, default=38)
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--tasks", nargs="*", default=["arc_easy"], choices=sorted(TASKS))
     parser.add_argument("--batch-size", type=int, default=16)
@@ -65,13 +68,12 @@ def main() -> None:
     losses = response_losses(model, heldout, template=train_cfg["template"], max_length=train_cfg["max_length"])
     times["heldout_loss_s"] = time.perf_counter() - started
 
-    ev = {**plain["eval"], "tasks": {k: {**plain["eval"]["tasks"][k]} for k in args.tasks}, "groups": {},
-          "batch_size": args.batch_size}
+    ev = {**plain["eval"], "groups": {}, "batch_size": args.batch_size}
     scores = {}
     for key in args.tasks:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            result = evaluate(model, {"eval": {**ev, "tasks": {key: ev["tasks"][key]}}}, tmp)
+            result = evaluate(model, {"eval": {**ev, "tasks": {key: TASKS[key]}}}, tmp)
         times[f"{key}_s"] = time.perf_counter() - started
         scores[key] = result["metrics"][key]
     out = {"pool": args.pool, "budget": args.budget, "n_heldout": len(losses),

@@ -275,3 +275,14 @@ def test_summarize_compares_with_random_at_the_same_size():
     summary = {(s["scorer"], s["n_train"]): s for s in summarize([rnd13, adg, rnd16, ifd])}
     assert summary[("random", 13)]["acc"] == 50.0 and summary[("random", 16)]["acc"] == 75.0  # not one pooled row
     assert summary[("adg", 13)]["acc Δ"] == 50.0 and summary[("ifd", 16)]["acc Δ"] == 25.0
+
+
+def test_comparison_seeds_from_config(compose):
+    from selectlab.pipeline import comparison_seeds
+
+    assert comparison_seeds(compose()) == [None] == comparison_seeds(compose(), "selected_seeds")
+    cfg = compose("compare.seeds=[1,2,3]")
+    assert comparison_seeds(cfg) == [1, 2, 3] == comparison_seeds(cfg, "selected_seeds")
+    assert comparison_seeds(compose("compare.seeds=[1,2,3]", "compare.selected_seeds=[1]"), "selected_seeds") == [1]
+    with pytest.raises(ValueError, match=r"compare.seeds=\[1, 1\]"):
+        comparison_seeds(compose("compare.seeds=[1,1]"))

@@ -185,21 +185,24 @@ def random_subset(ctx: ScoreContext, budget: int, seed: int | None = None) -> tu
     return subsets["main"], subset_key
 
 
-def comparison_seeds(cfg: DictConfig) -> list[int | None]:
-    """``compare.seeds`` as a list; [None] (one row per model, seeds as configured) when unset."""
-    seeds = cfg.compare.get("seeds")
+def comparison_seeds(cfg: DictConfig, key: str = "seeds") -> list[int | None]:
+    """``compare.<key>`` as a list; [None] (one row per model, seeds as configured) when unset.
+    ``compare.selected_seeds`` (the selector's rows) defaults to ``compare.seeds``."""
+    seeds = cfg.compare.get(key)
+    if seeds is None and key != "seeds":
+        return comparison_seeds(cfg)
     if seeds is None or (not isinstance(seeds, int) and len(seeds) == 0):
         return [None]
     if isinstance(seeds, int) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"compare.seeds={seeds!r}: give a list of distinct ints, e.g. [1, 2, 3]")
+        raise ValueError(f"compare.{key}={seeds!r}: give a list of distinct ints, e.g. [1, 2, 3]")
     return [int(s) for s in seeds]
 
 
 def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list[dict]:
     """The selected subset's rows plus the configured baseline rows (``compare.baselines``), one
     per seed of ``compare.seeds``: random draws its subset and trains with each seed; the selector
-    keeps its subset (its scores do not depend on the training seed) and trains with each seed,
-    except scorer=random, whose subset is the seed's draw."""
+    keeps its subset (its scores do not depend on the training seed) and trains with each seed of
+    ``compare.selected_seeds`` (default: the same), except scorer=random, whose subset is the seed's draw."""
     baselines = list(ctx.cfg.compare.baselines)
     unknown = set(baselines) - {"untrained", "random"}
     if unknown:
@@ -213,7 +216,7 @@ def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list
         if "random" in baselines and not selected_is_random:
             rows += [train_and_evaluate(ctx, *random_subset(ctx, len(subset), seed), "random", "random", seed)
                      for seed in seeds]
-        for seed in seeds:
+        for seed in comparison_seeds(ctx.cfg, "selected_seeds"):
             chosen = random_subset(ctx, len(subset), seed) if selected_is_random and seed is not None \
                 else (subset, subset_key)
             rows.append(train_and_evaluate(ctx, *chosen, "selected", ctx.cfg.scorer.name, seed))
