@@ -56,17 +56,20 @@ def main() -> None:
     started = time.perf_counter()
     backbone = resolve_backbone(plain["backbone"], store)
     times["backbone_s"] = time.perf_counter() - started
+    print(f"backbone ready: {times['backbone_s']:.1f} s", flush=True)
     pool = load_pool(plain["pool"], seed=int(cfg.seed))
     subset = random.Random(0).sample(pool.records, args.budget)
     train_cfg = {**plain["train"], "seed": 12345}  # a key no run uses: always trains
     started = time.perf_counter()
     model = finetune(subset, backbone, train_cfg, store, {"bench": time.time()})
     times["finetune_s"] = time.perf_counter() - started
+    print(f"fine-tune on {len(subset)} examples: {times['finetune_s']:.1f} s", flush=True)
 
     heldout = heldout_records(plain["heldout"], pool.records, int(cfg.seed))
     started = time.perf_counter()
     losses = response_losses(model, heldout, template=train_cfg["template"], max_length=train_cfg["max_length"])
     times["heldout_loss_s"] = time.perf_counter() - started
+    print(f"held-out loss on {len(heldout)} examples: {times['heldout_loss_s']:.1f} s", flush=True)
 
     ev = {**plain["eval"], "groups": {}, "batch_size": args.batch_size}
     scores = {}
@@ -75,6 +78,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = evaluate(model, {"eval": {**ev, "tasks": {key: TASKS[key]}}}, tmp)
         times[f"{key}_s"] = time.perf_counter() - started
+        print(f"{key} (full, zero-shot): {times[key + '_s']:.1f} s, {result['tasks'][key]['n_samples']} docs", flush=True)
         scores[key] = result["metrics"][key]
     out = {"pool": args.pool, "budget": args.budget, "n_heldout": len(losses),
            "heldout_loss": sum(l for l in losses if l is not None) / len(losses), "scores": scores,
