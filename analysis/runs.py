@@ -137,7 +137,7 @@ def runs_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) -> pd.D
             avg = r["avg"] if "avg" in r else (sum(scored) / len(scored) if scored else None)
             metrics = {**{k: _nan(v) for k, v in (r.get("metrics") or {}).items()}, **groups, "Avg": _nan(avg)}
             rows.append({**info, "label": r["label"], "eval_scorer": r.get("scorer"),
-                         "n_train": _nan(r.get("n_train")), **metrics})
+                         "n_train": _nan(r.get("n_train")), "train_seed": _nan(r.get("seed")), **metrics})
     return pd.DataFrame(rows, columns=None if rows else [*RUN_COLUMNS, "label", "eval_scorer", "n_train"])
 
 
@@ -202,15 +202,16 @@ def results_markdown(table: pd.DataFrame) -> str:
         return "(no evaluated runs)"
     knobs = [k for k in ("pool", "backbone", "budget", "seed", "layers", "k", "lam")
              if rows[k].astype(str).nunique() > 1]
-    fixed = [*knobs, "label", "eval_scorer", "n_train"]
-    benches = [c for c in rows.columns if c not in RUN_COLUMNS + fixed + list(GROUP_COLUMNS.values()) + ["Avg"]]
+    seeds = ["train_seed"] if "train_seed" in rows and rows["train_seed"].notna().any() else []
+    fixed = [*knobs, "label", "eval_scorer", "n_train", *seeds]
+    benches = [c for c in rows.columns if c not in RUN_COLUMNS + fixed + ["train_seed"] + list(GROUP_COLUMNS.values()) + ["Avg"]]
     groups = [c for c in [*GROUP_COLUMNS.values(), "Avg"] if c in rows and rows[c].notna().any()]
     cols = fixed + benches + groups
     rows = rows.drop_duplicates(subset=cols)  # a shared row (same label, size and numbers) once
     def fmt(column: str, v) -> str:
         if pd.isna(v):
             return ""
-        return str(int(v)) if column == "n_train" else f"{v:.2f}" if isinstance(v, float) and column in benches + groups \
+        return str(int(v)) if column in ("n_train", "train_seed") else f"{v:.2f}" if isinstance(v, float) and column in benches + groups \
             else f"{v:g}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
@@ -218,12 +219,86 @@ def results_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+VARIANT_KNOBS = ("pool", "backbone", "budget", "layers", "k", "lam")
+
+
+def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_boot: int | None = None) -> pd.DataFrame:
+    """One row per method over all runs under ``roots`` (selectlab.stats.summarize): per metric
+    the mean and std over seeds, and the paired difference to random at the same size with its
+    95% bootstrap CI over eval examples and seeds (``<metric> Δ``, ``CI low``, ``CI high``,
+    ``significant``). Rows several runs share (untrained, random) count once. When a knob other
+    than the scorer varies between runs (a λ sweep), the selected rows are told apart by
+    ``variant``."""
+    from selectlab.stats import N_BOOT, summarize, summary_columns
+
+    loaded = []
+    for run_dir in find_run_dirs(roots):
+        manifest = load_manifest(run_dir)
+        if manifest is not None:
+            loaded.append((run_info(run_dir, manifest), manifest, load_results(run_dir)))
+    varying = [k for k in VARIANT_KNOBS if len({str(info[k]) for info, _, _ in loaded}) > 1]
+    rows, groups = [], {}
+    for info, manifest, results in loaded:
+        groups.update(_get(manifest["config"], "eval.groups") or {})
+        variant = ",".join(f"{k}={info[k]}" for k in varying)
+        rows += [{**r, "variant": variant} if r["label"] == "selected" and variant else r for r in results]
+    if not rows:
+        return pd.DataFrame(columns=["label", "scorer", "n_train", "n_seeds"])
+    summaries = summarize(rows, groups, n_boot=n_boot or N_BOOT)
+    return pd.DataFrame(summaries, columns=summary_columns(summaries))
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3g}" if abs(v) < 1 else f"{v:+.2f}"
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The summary as a Table-1-shaped Markdown table: per metric ``mean ± std`` (over seeds) and
+    ``Δ [low, high]`` against random (95% bootstrap CI; "*" when it excludes 0, "n.s." when it covers 0). heldout_loss:
+    lower is better, so a negative Δ favours the method."""
+    from selectlab.stats import LOWER_IS_BETTER
+
+    if table.empty:
+        return "(no evaluated runs)"
+    fixed = [c for c in ("label", "scorer", "variant", "n_train", "n_seeds") if c in table]
+    metrics = [c for c in table.columns if c not in fixed and not c.endswith(
+        (" std", " Δ", " CI low", " CI high", " significant")) and table[c].notna().any()]
+    header = fixed + [f"{m} ↓" if m in LOWER_IS_BETTER else m for m in metrics] + [f"{m} Δ vs random" for m in metrics
+                                                                                    if f"{m} Δ" in table]
+
+    def mean_std(r, m) -> str:
+        if pd.isna(r[m]):
+            return ""
+        digits = 3 if m in LOWER_IS_BETTER else 2
+        std = r.get(f"{m} std")
+        return f"{r[m]:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+    def diff(r, m) -> str:
+        if pd.isna(r.get(f"{m} Δ")):
+            return ""
+        mark = " *" if r[f"{m} significant"] else " n.s."
+        return f"{_signed(r[m + ' Δ'])} [{_signed(r[m + ' CI low'])}, {_signed(r[m + ' CI high'])}]{mark}"
+
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for _, r in table.iterrows():
+        cells = [("" if pd.isna(r[c]) else str(int(r[c])) if c in ("n_train", "n_seeds") else str(r[c])) for c in fixed]
+        cells += [mean_std(r, m) for m in metrics] + [diff(r, m) for m in metrics if f"{m} Δ" in table]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """python -m analysis.runs [ROOT ...]: the results table of the runs under the roots."""
+    """python -m analysis.runs [ROOT ...]: the results table of the runs under the roots, then the
+    summary over seeds with the paired difference to random and its 95% bootstrap CI."""
     import sys
 
     roots = (sys.argv[1:] if argv is None else argv) or list(DEFAULT_ROOTS)
     print(results_markdown(runs_table(roots)))
+    summary = summary_table(roots)
+    if not summary.empty:
+        print("\nmean ± std over seeds; Δ = method − random, 95% bootstrap CI over eval examples and seeds "
+              "(*: the CI excludes 0; n.s.: it covers 0)\n")
+        print(summary_markdown(summary))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,24 @@ def _score_every_filter(key: str, entry: dict, results: dict, leaves: dict) -> d
     return {**chosen, "by_filter": by_filter}
 
 
+def per_doc_scores(key: str, entry: dict, results: dict, leaves: list[str]) -> dict[str, float]:
+    """The entry's metric per document, in percent, from lm-eval's sample logs: ``{"<task>/<doc_id>":
+    score}``; their mean is the task's score for mean-aggregated metrics (acc, exact_match). A metric
+    the samples do not carry (a corpus-level one) gives {} and a warning, never a made-up number."""
+    scores = {}
+    for task in leaves:
+        for sample in results.get("samples", {}).get(task, []):
+            if sample.get("filter", "none") != entry["filter"]:
+                continue
+            value = sample.get(entry["metric"])
+            if not isinstance(value, (int, float)):
+                log.warning("eval.tasks.%s: %s's samples carry no per-doc %r; no per-example scores for it",
+                            key, task, entry["metric"])
+                return {}
+            scores[f"{task}/{sample['doc_id']}"] = 100 * float(value)
+    return scores
+
+
 def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
     """Run ``cfg.eval`` on the model folder; returns {"metrics": {task: percent}, "groups",
     "avg", "complete", "missing", "tasks": per-task details, ...}; {} when eval.name=none."""
@@ -195,20 +213,23 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
 
     lm = _make_lm(model_path, ev)
     gen_kwargs = ev.get("gen_kwargs") or None
-    details, raw = {}, {}
+    details, raw, per_example = {}, {}, {}
     for key, entry in entries.items():
         top, leaves = loaded[key]
         log.info("eval %s: %s, %d-shot, limit=%s", key, entry["lm_eval"], entry["num_fewshot"], ev["limit"])
         results = simple_evaluate(
             model=lm, tasks=top, num_fewshot=entry["num_fewshot"],
             limit=ev["limit"], batch_size=ev["batch_size"], task_manager=manager, gen_kwargs=gen_kwargs,
-            apply_chat_template=ev["apply_chat_template"], log_samples=ev["log_samples"],
+            apply_chat_template=ev["apply_chat_template"], log_samples=True,  # per-doc scores are always kept
             bootstrap_iters=ev["bootstrap_iters"], confirm_run_unsafe_code=ev["allow_code_execution"],
         )
         details[key] = {**_score_every_filter(key, entry, results, leaves), "lm_eval": entry["lm_eval"], "metric": f"{entry['metric']},{entry['filter']}",
                         "num_fewshot": entry["num_fewshot"],
                         "data": sorted({"local" if t.config.custom_dataset else f"hub:{t.config.dataset_path}"
                                         for t in leaves.values()})}
+        per_example[key] = per_doc_scores(key, entry, results, list(leaves))
+        if not ev["log_samples"]:  # the full prompts and responses only on request: they are large
+            results.pop("samples", None)
         raw[key] = results
         log.info("eval %s: %s = %.2f", key, details[key]["metric"], details[key]["score"])
 
@@ -219,4 +240,6 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
     out = Path(run_dir) / "eval_results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "lm_eval": raw}, indent=2, default=handle_non_serializable))
-    return {**summary, "results_path": str(out)}
+    for key, scores in per_example.items():  # compact per-doc files beside it, one per task
+        (out.parent / f"per_doc_{key}.json").write_text(json.dumps(scores))
+    return {**summary, "results_path": str(out), "per_example": per_example}

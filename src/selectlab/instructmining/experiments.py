@@ -38,14 +38,10 @@ def _plain(node):
 
 
 def eval_records(ctx) -> list[dict]:
-    """The held-out eval set (``heldout`` config); examples also in the training pool are removed."""
-    cfg = _plain(ctx.cfg.heldout)
-    pool = load_pool(cfg, seed=int(ctx.cfg.seed))
-    train_texts = {(r["instruction"], r["input"]) for r in ctx.pool.records}
-    records = [r for r in pool.records if (r["instruction"], r["input"]) not in train_texts]
-    if len(records) < len(pool.records):
-        log.info("held-out set: %d examples that are also in the pool left out", len(pool.records) - len(records))
-    return records
+    """The held-out eval set (``heldout`` config), drawn from the examples not in the training pool."""
+    from ..heldout import heldout_records
+
+    return heldout_records(_plain(ctx.cfg.heldout), ctx.pool.records, int(ctx.cfg.seed))
 
 
 def finetuned_eval_loss(ctx, subset: list[dict], heldout: list[dict]) -> float:
