@@ -50,7 +50,7 @@ def test_paper_preset_prints_gpu_hours_for_the_52k_selection(compose, data_env, 
     plan = plan_run(compose("experiment=adg_paper_llama3", "task=plan", "backbone.path=/x", "logger=none"))
     out = capsys.readouterr().out
     assert "backbone.path=/x is not a Hugging Face model folder" in out
-    assert "conf/backbone/configs/llama3_8b_instruct/config.json (config only, no weights)" in out
+    assert "conf/backbone/configs/llama3_8b/config.json (config only, no weights)" in out
     samples = plan["stages"][0]
     assert samples["work"]["generated_tokens_max"] == 52002 * 5 * 256
     assert plan["totals"]["h100"]["selection_hours"] > 0

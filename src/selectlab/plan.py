@@ -226,10 +226,10 @@ def _fmt(n: float) -> str:
 def sampling_stages(p: "Planner") -> list[StagePlan]:
     """ADG's samples and embeddings stages."""
     from .adg import EmbeddingConfig
-    from .sampling import _check, samples_key, STAGE as SAMPLES
+    from .sampling import check_sampler_config, samples_key, STAGE as SAMPLES
 
     sampler = p.cfg.sampler
-    _check(sampler)
+    check_sampler_config(sampler)
     emb = EmbeddingConfig.from_cfg(container(p.cfg.embedding))
     k, new, pmt = int(sampler.k), int(sampler.max_new_tokens), sampler.get("prompt_max_tokens")
     template = str(sampler.template)
@@ -283,7 +283,31 @@ def sampling_stages(p: "Planner") -> list[StagePlan]:
         f"{texts:,} texts, {_fmt(embed_tokens)} tokens ({how}; {answers_note})",
         flops, "embed", selection=True,
     )
-    return [samples, embeddings]
+    return [samples, embeddings, *bin_stage(p, instr)]
+
+
+def bin_stage(p: "Planner", instr_tokens: float) -> list[StagePlan]:
+    """ADG's bin embeddings (the release's embed.py recipe), an artifact of their own."""
+    from .scorers.adg import BINS_STAGE, bins_config, bins_key
+
+    bins = bins_config(container(p.cfg.scorer))
+    if bins["source"] != "release":
+        return []
+    bb = p.backbone
+    key, why = None, "the backbone's folder is not here"
+    if bb.location.folder and p.pool_key:
+        key, _ = bins_key(p.records, bb.location.folder, bins)
+    elif not p.pool_key:
+        why = "the pool is not loadable here"
+    tokens = p.n_pool * min(instr_tokens + 1, int(bins["max_length"]))
+    depth = min(max(i % (bb.arch.n_layers + 1) for i in bins["layers"]), bb.arch.n_layers) if bb.arch else None
+    flops = bb.arch.forward_flops_per_token(tokens / max(p.n_pool, 1) / 2, depth, head=False) * tokens if bb.arch else None
+    return [StagePlan(
+        BINS_STAGE, "selected", key, artifact_status(p.store, BINS_STAGE, key, why),
+        f"backbone in {bins['dtype']}, {depth if depth is not None else '?'} layers deep, no LM head",
+        {"texts": p.n_pool, "tokens": tokens}, f"{p.n_pool:,} instructions, {_fmt(tokens)} tokens (release bin recipe)",
+        flops, "embed", selection=True,
+    )]
 
 
 def loss_stage(p: "Planner", model: ModelPlan, unconditional: bool, label: str) -> StagePlan:

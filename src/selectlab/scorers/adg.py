@@ -17,7 +17,7 @@ from ..errors import SelectlabError
 
 from ..adg import (EmbeddingConfig, cloud_metrics, combined_score, count_truncated, embed_answer_sets, embed_texts,
                    embedded_text, metric_column, token_weight_table)
-from ..store import content_hash
+from ..store import ArtifactStore, content_hash
 from . import ScoreContext, Scores, register
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,24 @@ def bins_config(scorer_cfg: dict) -> dict:
     return bins
 
 
+def bins_key(records: list[dict], path: str, bins: dict) -> tuple[str, dict]:
+    """(key, recipe) of the bin-embedding artifact: the instructions, the backbone and the recipe
+    (not the answer embedding's config: ablations share it). Also used by task=plan."""
+    from ..sampling import backbone_identity
+
+    recipe = {k: bins[k] for k in ("layers", "max_length", "add_special_tokens", "unweighted", "dtype")}
+    key = ArtifactStore.key(BINS_STAGE, BINS_VERSION, backbone=backbone_identity(path), recipe=recipe,
+                            texts=content_hash([[r["id"], r["instruction"]] for r in records]))
+    return key, recipe
+
+
 def bin_embeddings(ctx: ScoreContext, path: str, bins: dict, emb_cfg: EmbeddingConfig, model_for) -> np.ndarray:
     """The release's bin features (generation/embedding/embed.py): each stripped instruction
     tokenized WITH special tokens, cut at ``max_length`` (512), mean of ``layers`` (-4, -3, -2)
     whatever ``embedding.layers`` says, token-weighted with a uniform fallback, unit length.
     One artifact per pool × backbone × recipe, shared by every embedding/scoring ablation."""
-    from ..sampling import backbone_identity
-
     records = ctx.pool.records
-    recipe = {k: bins[k] for k in ("layers", "max_length", "add_special_tokens", "unweighted", "dtype")}
-    key = ctx.store.key(BINS_STAGE, BINS_VERSION, backbone=backbone_identity(path), recipe=recipe,
-                        texts=content_hash([[r["id"], r["instruction"]] for r in records]))
+    key, recipe = bins_key(records, path, bins)
     cfg = EmbeddingConfig(name="bins", layers=tuple(int(x) for x in bins["layers"]), max_length=int(bins["max_length"]),
                           dtype=bins["dtype"], token_budget=emb_cfg.token_budget, prefix_reuse=False,
                           device=emb_cfg.device)
