@@ -50,7 +50,9 @@ def score_stage(ctx: ScoreContext) -> tuple[Scores, str]:
         embedding=container(cfg.get("embedding")),
     )
     scorer = get_scorer(cfg.scorer.name)
-    folder = ctx.store.build("scores", key, lambda tmp: scorer(ctx).save(tmp), {"scorer": cfg.scorer.name})
+    # not exclusive: a scorer's heavy work runs in batched stages, which concurrent jobs split
+    folder = ctx.store.build("scores", key, lambda tmp: scorer(ctx).save(tmp), {"scorer": cfg.scorer.name},
+                             exclusive=False)
     return Scores.load(folder), key
 
 
@@ -195,7 +197,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     shard = (int(cfg.shard.index), int(cfg.shard.count)) if cfg.shard.index is not None else None
-    store = ArtifactStore(Path(cfg.cache_dir), shard=shard)
+    store = ArtifactStore(Path(cfg.cache_dir), shard=shard, verify=str(cfg.store.verify))
     resolved = container(cfg)
     name = f"{cfg.scorer.name}-{cfg.pool.name}-{cfg.backbone.name}-s{cfg.seed}"
     tracker = make_tracker(container(cfg.logger), resolved, run_dir, name)
