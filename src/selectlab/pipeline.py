@@ -14,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbone import resolve_backbone
+from .orphans import watch_children
 from .paths import REPO_ROOT
 from .pools import load_pool
 from .report import selection_report
@@ -196,6 +197,7 @@ def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    watch_children(run_dir / "watchdog.log")  # a killed run leaves no engine, worker or eval process behind
     shard = (int(cfg.shard.index), int(cfg.shard.count)) if cfg.shard.index is not None else None
     store = ArtifactStore(Path(cfg.cache_dir), shard=shard, verify=str(cfg.store.verify))
     resolved = container(cfg)

@@ -136,10 +136,10 @@ def artifact_damage(folder: Path, full: bool) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if (size := path.stat().st_size) != want["bytes"]:
-            return f"{name} has {size} bytes, {META} records {want['bytes']}"
-        if "rows" in want and (rows := count_rows(path)) != want["rows"]:
-            return f"{name} has {rows} rows, {META} records {want['rows']}"
+        have = {"bytes": path.stat().st_size, **({"rows": count_rows(path)} if "rows" in want else {})}
+        if wrong := [k for k in have if have[k] != want[k]]:
+            return (f"{name} has {' and '.join(f'{have[k]} {k}' for k in wrong)}, "
+                    f"{META} records {' and '.join(f'{want[k]} {k}' for k in wrong)}")
         if full and file_sha256(path) != want["sha256"]:
             return f"{name}'s sha256 differs from the one {META} records"
     return None
@@ -306,8 +306,7 @@ class ArtifactStore:
 
     # ------------------------------------------------------------ integrity
     def reusable(self, stage: str, key: str) -> bool:
-        """Whether the artifact is published and intact. A damaged one is reported, moved aside
-        (collected later like scratch, so a job still reading it is not cut off) and False returned."""
+        """Whether the artifact is published and intact; a damaged one is reported, moved aside and False returned."""
         if (stage, key) in self._intact and self.exists(stage, key):
             return True
         if not self.exists(stage, key):
@@ -316,17 +315,21 @@ class ArtifactStore:
         if artifact_damage(folder, full) is not None:
             with holding(self.lock(stage, key), f"{stage}/{key}"):
                 # under the lock: another job may have moved it aside and rebuilt it meanwhile
-                problem = artifact_damage(folder, full) if self.exists(stage, key) else "gone"
-                if problem == "gone":
+                if not self.exists(stage, key):
                     return False
-                if problem is not None:
-                    aside = folder.with_name(f"{TMP_PREFIX}damaged-{key}-{uuid.uuid4().hex[:8]}")
-                    os.rename(folder, aside)
-                    os.utime(aside)  # its age counts from now: a job still reading it has time to finish
-                    log.warning("damaged artifact %s: %s; moved aside to %s, rebuilding it", folder, problem, aside.name)
+                if (problem := artifact_damage(folder, full)) is not None:
+                    self._move_aside(folder, problem)
                     return False
         self._intact.add((stage, key))
         return True
+
+    def _move_aside(self, folder: Path, problem: str) -> None:
+        """Report a damaged artifact and rename it to scratch (collected later, so a job still reading it
+        is not cut off). The caller holds the artifact's lock."""
+        aside = folder.with_name(f"{TMP_PREFIX}damaged-{folder.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, aside)
+        os.utime(aside)  # its age counts from now
+        log.warning("damaged artifact %s: %s; moved aside to %s, rebuilding it", folder, problem, aside.name)
 
     def _reused(self, stage: str, key: str, start: float) -> Path:
         log.info("reusing artifact %s/%s", stage, key)
@@ -342,6 +345,8 @@ class ArtifactStore:
             if self.reusable(stage, key):  # another job published the same key first: same bytes by construction
                 shutil.rmtree(tmp, ignore_errors=True)
                 return final
+            if final.exists():  # a folder without meta.json: no writer here leaves one
+                self._move_aside(final, f"{META} is missing")
             os.rename(tmp, final)
         self._intact.add((stage, key))
         return final
