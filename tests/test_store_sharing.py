@@ -109,7 +109,7 @@ def test_killed_jobs_batch_lock_is_taken_over(tmp_path):
     b = _start_jobs(tmp_path / "b", 1, "array", n=12, seconds=0.0)[0]
     deadline = time.time() + 60
     log_b = ""
-    while "being computed by another job" not in log_b:
+    while "waiting for batch 1/3 of squares/k1 (another job holds" not in log_b:
         assert time.time() < deadline, "B never waited for A's batch"
         log_b += os.read(b.stderr.fileno(), 65536).decode()
     os.kill(a.pid, signal.SIGKILL)

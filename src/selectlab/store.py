@@ -470,10 +470,8 @@ class ArtifactStore:
             finally:
                 lock.release()
             computed, reused = computed + done, reused + (not done)
-        for b in held_elsewhere:
-            log.info("%s/%s: batch %d/%d is being computed by another job; waiting for it", stage, key, b + 1,
-                     n_batches)
-            with holding(FileLock(partial / LOCKS / f"batch{b:06d}.lock"), f"batch {b + 1} of {stage}/{key}"):
+        for b in held_elsewhere:  # done by now, or still being computed (wait), or its job died (take over)
+            with holding(FileLock(partial / LOCKS / f"batch{b:06d}.lock"), f"batch {b + 1}/{n_batches} of {stage}/{key}"):
                 done = self._compute_batch(stage, key, partial, b, n_batches, items, batch_size, compute)
             computed, reused = computed + done, reused + (not done)
         return reused, computed
