@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -110,8 +111,9 @@ def test_killed_jobs_batch_lock_is_taken_over(tmp_path):
     deadline = time.time() + 60
     log_b = ""
     while "waiting for batch 1/3 of squares/k1 (another job holds" not in log_b:
-        assert time.time() < deadline, "B never waited for A's batch"
-        log_b += os.read(b.stderr.fileno(), 65536).decode()
+        assert time.time() < deadline and b.poll() is None, f"B never waited for A's batch: {log_b}"
+        if select.select([b.stderr], [], [], 1.0)[0]:
+            log_b += os.read(b.stderr.fileno(), 65536).decode()
     os.kill(a.pid, signal.SIGKILL)
     a.wait()
     out, rest = b.communicate(timeout=60)
