@@ -395,7 +395,7 @@ def test_kill_9_leaves_no_process_behind(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_of_a_run_with_a_vllm_engine_leaves_no_process_behind(tmp_path, vllm_tiny_model_dir):
-    """A real ADG run (vLLM engine on the tiny model) killed with SIGKILL while its engine runs."""
+    """A real ADG run (vLLM engine on the tiny model) killed with SIGKILL while it samples (batch 2 of 5)."""
     env = {**_env(), "SELECTLAB_CACHE": str(tmp_path / "cache"), "SELECTLAB_DATA": os.environ.get(
         "SELECTLAB_DATA", str(REPO.parent / "shared" / "data")), "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("OMP_NUM_THREADS")
@@ -405,15 +405,15 @@ def test_kill_9_of_a_run_with_a_vllm_engine_leaves_no_process_behind(tmp_path, v
                             "sampler.max_model_len=256", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     start, deadline = time.time(), time.time() + 600
-    while not _names(_descendants(run.pid), "EngineCore"):
+    while not re.search(r"samples/\w+: batch 1/5 done", (tmp_path / "run.log").read_text()):  # engine up, sampling
         assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        assert time.time() < deadline, "no engine core started"
+        assert time.time() < deadline, "the engine did not sample its first batch"
         time.sleep(0.5)
-    time.sleep(5)  # the engine loads and starts its workers
+    assert _names(_descendants(run.pid), "EngineCore")
     family = _descendants(run.pid)
     names = sorted({" ".join(p.cmdline())[:40] for p in family if _alive(p)})
     seconds = _kill_and_wait(run, family)
-    print(f"engine up after {time.time() - start - seconds:.0f}s; {len(family)} processes {names} "
+    print(f"first batch sampled after {time.time() - start - seconds:.0f}s; {len(family)} processes {names} "
           f"gone {seconds:.1f}s after kill -9")
 
 
