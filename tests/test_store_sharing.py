@@ -400,17 +400,21 @@ def test_kill_9_of_a_run_with_a_vllm_engine_leaves_no_process_behind(tmp_path, v
         "SELECTLAB_DATA", str(REPO.parent / "shared" / "data")), "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("OMP_NUM_THREADS")
     log = open(tmp_path / "run.log", "w")
-    run = subprocess.Popen([sys.executable, str(REPO / "src/run.py"), "scorer=adg", "pool=lima", "pool.limit=null",
-                            f"backbone.path={vllm_tiny_model_dir}", "sampler.max_new_tokens=64",
+    run = subprocess.Popen([sys.executable, str(REPO / "src/run.py"), "scorer=adg", "pool=lima", "pool.limit=80",
+                            f"backbone.path={vllm_tiny_model_dir}", "sampler.max_new_tokens=64", "sampler.batch_size=16",
                             "sampler.max_model_len=256", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    start, deadline = time.time(), time.time() + 600
-    while not re.search(r"samples/\w+: batch 1/5 done", (tmp_path / "run.log").read_text()):  # engine up, sampling
-        assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        assert time.time() < deadline, "the engine did not sample its first batch"
-        time.sleep(0.5)
-    assert _names(_descendants(run.pid), "EngineCore")
-    family = _descendants(run.pid)
+    start, deadline = time.time(), time.time() + 900
+    try:
+        while not re.search(r"samples/\w+: batch 1/5 done", (tmp_path / "run.log").read_text()):  # engine samples
+            assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.time() < deadline, "the engine did not sample its first batch"
+            time.sleep(0.5)
+        family = _descendants(run.pid)
+        assert _names(family, "EngineCore")
+    except BaseException:
+        run.kill()  # its watchdog ends the rest
+        raise
     names = sorted({" ".join(p.cmdline())[:40] for p in family if _alive(p)})
     seconds = _kill_and_wait(run, family)
     print(f"first batch sampled after {time.time() - start - seconds:.0f}s; {len(family)} processes {names} "
