@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbone import resolve_backbone
 from .errors import SelectlabError
+from .orphans import watch_children
 from .paths import REPO_ROOT
 from .pools import load_pool
 from .report import selection_report
@@ -65,7 +66,9 @@ def score_stage(ctx: ScoreContext) -> tuple[Scores, str]:
     cfg = ctx.cfg
     key = scores_key(cfg, ctx.pool_key)
     scorer = get_scorer(cfg.scorer.name)
-    folder = ctx.store.build("scores", key, lambda tmp: scorer(ctx).save(tmp), {"scorer": cfg.scorer.name})
+    # not exclusive: a scorer's heavy work runs in batched stages, which concurrent jobs split
+    folder = ctx.store.build("scores", key, lambda tmp: scorer(ctx).save(tmp), {"scorer": cfg.scorer.name},
+                             exclusive=False)
     return Scores.load(folder), key
 
 
@@ -298,8 +301,9 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)  # every value checkable without a model, named by its key, before any work
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    watch_children(run_dir / "watchdog.log")  # a killed run leaves no engine, worker or eval process behind
     shard = (int(cfg.shard.index), int(cfg.shard.count)) if cfg.shard.index is not None else None
-    store = ArtifactStore(Path(cfg.cache_dir), shard=shard)
+    store = ArtifactStore(Path(cfg.cache_dir), shard=shard, verify=str(cfg.store.verify))
     resolved = container(cfg)
     name = f"{cfg.scorer.name}-{cfg.pool.name}-{cfg.backbone.name}-s{cfg.seed}"
     tracker = make_tracker(container(cfg.logger), resolved, run_dir, name)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import SelectlabError
+from .orphans import watch_children
 from .prompts import render_prompt, template_hash
 from .store import ArtifactStore, content_hash, read_jsonl
 
@@ -223,6 +224,7 @@ class _VLLMBackend:
                 if _get(cfg, key) is not None:
                     os.environ.setdefault(env, str(int(_get(cfg, key))))
             log.info("starting the vLLM engine on %s (%s)", path, engine_kwargs)
+            watch_children()  # if this process is killed, its engine core and workers end too
             if self.per_request_seeds:
                 # Seeded requests crash the CPU engine when a prefill is chunked ("CPU Generator
                 # does not use offset"); whole prefills avoid the offset call.

@@ -294,7 +294,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     key = checkpoint_key(records, base_model_path, tc, tokenizer, store, out_key_inputs or {})
     final = store.path(STAGE, key)
     partial = store.root / STAGE / f"{key}.partial"
-    if store.exists(STAGE, key):
+    if store.reusable(STAGE, key):  # a damaged checkpoint is moved aside and trained again
         store.build(STAGE, key, lambda tmp: None)  # records the reuse event
         shutil.rmtree(partial, ignore_errors=True)  # left by a kill between publish and clean-up
         return str(final)
