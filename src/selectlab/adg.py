@@ -63,6 +63,17 @@ class EmbeddingConfig:
     prefix_reuse: bool = True
     device: str | None = None
 
+    @property
+    def embeds_empty_answers(self) -> bool:
+        """The LLaMA release tests the joint text `instruction + " " + answer` for emptiness, so an
+        empty answer embeds the instruction alone; the Qwen release gives it the zero vector."""
+        return self.empty_answer == "instruction" and self.text == "instruction+answer"
+
+    def empty_answer_counts(self, n_empty: int) -> dict[str, int]:
+        """How many empty answers took each path (manifest and W&B counts)."""
+        return {"empty_answers_as_instruction": n_empty if self.embeds_empty_answers else 0,
+                "empty_answers_as_zero": 0 if self.embeds_empty_answers else n_empty}
+
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> "EmbeddingConfig":
         cfg = dict(cfg or {})
@@ -318,10 +329,8 @@ def embed_answer_sets(model, tokenizer, instructions: Sequence[str], answer_sets
             raise ValueError(f"answer set {n} has {len(answers)} answers, the first has {k}")
     w = _weights_tensor(model, tokenizer, weights)
     d = model.config.hidden_size
-    # The LLaMA release tests the joint text `instruction + " " + answer` for emptiness, so an
-    # empty answer embeds the instruction alone; the Qwen release gives it the zero vector.
-    embed_empty = cfg.empty_answer == "instruction" and cfg.text == "instruction+answer"
-    pairs = [(n, j) for n in range(len(answer_sets)) for j in range(k) if answer_sets[n][j].strip() or embed_empty]
+    pairs = [(n, j) for n in range(len(answer_sets)) for j in range(k)
+             if answer_sets[n][j].strip() or cfg.embeds_empty_answers]
     texts = [embedded_text(instructions[n], answer_sets[n][j], cfg.text) for n, j in pairs]
     joint, n_cut = _token_lists(tokenizer, texts, cfg.max_length)
     prefixes, n_prefix_cut = _token_lists(tokenizer, list(instructions), cfg.max_length)
@@ -358,8 +367,7 @@ def embed_answer_sets(model, tokenizer, instructions: Sequence[str], answer_sets
     n_empty = sum(not a.strip() for answers in answer_sets for a in answers)
     counts = {
         "empty_answers": n_empty,
-        "empty_answers_as_instruction": n_empty if embed_empty else 0,
-        "empty_answers_as_zero": 0 if embed_empty else n_empty,
+        **cfg.empty_answer_counts(n_empty),
         "truncated_texts": n_cut,
         "truncated_instructions": n_prefix_cut,
         "zero_weight_texts": int((wsum == 0).sum()),

@@ -148,9 +148,7 @@ def score_adg(ctx: ScoreContext) -> Scores:
     zero = ~answers.any(axis=2)  # (N, K): zero vectors (empty answers under `zero`, texts with no weighted token)
     empty = np.array([[not a.strip() for a in s["answers"]] for s in samples], dtype=bool).reshape(zero.shape)
     n_empty = int(empty.sum())
-    embeds_empty = emb_cfg.empty_answer == "instruction" and emb_cfg.text == "instruction+answer"
-    empty_paths = {"empty_answers_as_instruction": n_empty if embeds_empty else 0,
-                   "empty_answers_as_zero": 0 if embeds_empty else n_empty}
+    empty_paths = emb_cfg.empty_answer_counts(n_empty)
     log.info("empty answers: %d embedded as the instruction alone, %d as zero vectors (embedding.empty_answer=%s)",
              empty_paths["empty_answers_as_instruction"], empty_paths["empty_answers_as_zero"], emb_cfg.empty_answer)
     return Scores(
