@@ -1,4 +1,4 @@
-"""ADG embedding + scoring: selectlab.adg (batched) against selectlab.reference (the release's way).
+"""ADG embedding + scoring: selectlab.embedding (batched) against selectlab.reference (the release's way).
 
 Same texts, same model, each method in its own process (so peak memory is its own):
 prints examples/s, tokens/s, peak memory, the speed ratio and the largest score difference.
@@ -71,7 +71,8 @@ def run_one(args) -> dict:
     import numpy as np
     import torch
 
-    from selectlab.adg import EmbeddingConfig, adg_score, divergence, embed_answer_sets, token_weight_table
+    from selectlab.divergence import adg_score, divergence
+    from selectlab.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table
     from selectlab.models import load_causal_lm, load_tokenizer
     from selectlab.reference import reference_scores
 

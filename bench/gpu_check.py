@@ -9,7 +9,7 @@ weights: every model is randomly initialised from a shipped config.json
 tokenizer built here, and generation runs to a fixed length. Timings of random weights are
 those of real ones (same shapes, same kernels); only output lengths would differ, and they
 are fixed here. It measures:
-  (a) embedding: tokens/s of selectlab.adg.embed_answer_sets (length-bucketed batches, prefix
+  (a) embedding: tokens/s of selectlab.embedding.embed_answer_sets (length-bucketed batches, prefix
       reuse) vs selectlab.reference (one forward per text, the authors' way), Llama-3-8B shape, bf16;
   (b) sampling: transformers generate tokens/s at K=5 (num_return_sequences), same model;
   (c) training: tokens/s of a full and a LoRA training step (bf16 autocast over fp32 weights,
@@ -31,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from selectlab.adg import EmbeddingConfig, adg_score, divergence, embed_answer_sets, token_weight_table  # noqa: E402
+from selectlab.divergence import adg_score, divergence  # noqa: E402
+from selectlab.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table  # noqa: E402
 from selectlab.flops import CONFIG_ONLY_DIR, arch_from_config  # noqa: E402
 from selectlab.reference import reference_scores  # noqa: E402
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selectlab.adg import (EmbeddingConfig, adg_score, divergence, embed_answer_sets, embed_texts, piece_weight,
-                           token_weight_table)
+from selectlab.divergence import adg_score, divergence
+from selectlab.embedding import EmbeddingConfig, embed_answer_sets, embed_texts, piece_weight, token_weight_table
 from selectlab.models import load_causal_lm, load_tokenizer
 from selectlab.reference import reference_divergence, reference_embedding, reference_scores
 
@@ -168,9 +168,11 @@ def test_config_errors_name_the_key(tiny):
 
 # ------------------------------------------------------------------ the scorer on the real configs
 def test_adg_scorer_from_config_equals_reference_and_resumes(compose, tiny_model_dir):
-    from selectlab.pipeline import container, pool_content_key
+    from selectlab.config import plain
+    from selectlab.stages.scoring import pool_content_key
     from selectlab.pools import load_pool
-    from selectlab.scorers import ScoreContext, get_scorer
+    from selectlab.context import RunContext
+    from selectlab.scorers import get_scorer
     from selectlab.store import ArtifactStore
 
     cfg = compose("scorer=adg", "selector=binwise", "sampler=hf", "pool=self_instruct_seed", "pool.limit=5",
@@ -178,8 +180,8 @@ def test_adg_scorer_from_config_equals_reference_and_resumes(compose, tiny_model
                   "sampler.dtype=float32", "sampler.batch_size=2", "scorer.batch_size=2",
                   "embedding.prefix_reuse=true")
     store = ArtifactStore(cfg.cache_dir)
-    pool = load_pool(container(cfg.pool), seed=int(cfg.seed))
-    ctx = ScoreContext(cfg=cfg, store=store, pool=pool, pool_key=pool_content_key(pool.records),
+    pool = load_pool(plain(cfg.pool), seed=int(cfg.seed))
+    ctx = RunContext(cfg=cfg, store=store, pool=pool, pool_key=pool_content_key(pool.records),
                        backbone=lambda: str(tiny_model_dir))
     scores = get_scorer("adg")(ctx)
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selectlab.adg import EmbeddingConfig, cloud_metrics, combined_score, embed_answer_sets, embed_texts
+from selectlab.divergence import cloud_metrics, combined_score
+from selectlab.embedding import EmbeddingConfig, embed_answer_sets, embed_texts
 from selectlab.models import load_causal_lm, load_tokenizer
 from selectlab.reference import reference_embedding
 from selectlab.scorers import Scores
@@ -147,7 +148,7 @@ def test_answer_pooling_pools_only_the_answer_tokens_of_the_joint_pass(tiny, pre
     with torch.no_grad():
         hs = model(input_ids=ids, output_hidden_states=True).hidden_states
     h = torch.stack([hs[i][0] for i in (-4, -3, -2)]).mean(0)[n_instr:].double()
-    from selectlab.adg import piece_weight
+    from selectlab.embedding import piece_weight
 
     w = torch.tensor([piece_weight(tok.decode([t])) for t in ids[0, n_instr:].tolist()], dtype=torch.float64)
     v = (h * w[:, None]).sum(0) / w.sum()
@@ -187,16 +188,16 @@ def test_hf_sampler_applies_top_k(tiny_model_dir, tmp_path, compose):
     """top_k=1 leaves one candidate token per step: all K answers are the greedy one, whatever the
     temperature; with top_k off the same seed draws K different answers."""
     from selectlab.pools import load_pool
-    from selectlab.pipeline import container
+    from selectlab.config import plain
     from selectlab.sampling import sample_answers
     from selectlab.store import ArtifactStore
 
     store = ArtifactStore(tmp_path / "cache")
     cfg = compose("scorer=adg", "sampler=hf", "pool=self_instruct_seed", "pool.limit=2", "sampler.k=3",
                   "sampler.max_new_tokens=8", "sampler.dtype=float32")
-    records = load_pool(container(cfg.pool), seed=1).records
-    greedy = sample_answers(records, str(tiny_model_dir), {**container(cfg.sampler), "top_k": 1}, store, seed=1)
-    free = sample_answers(records, str(tiny_model_dir), {**container(cfg.sampler), "top_k": 0}, store, seed=1)
+    records = load_pool(plain(cfg.pool), seed=1).records
+    greedy = sample_answers(records, str(tiny_model_dir), {**plain(cfg.sampler), "top_k": 1}, store, seed=1)
+    free = sample_answers(records, str(tiny_model_dir), {**plain(cfg.sampler), "top_k": 0}, store, seed=1)
     assert all(len(set(r["answers"])) == 1 for r in greedy)
     assert any(len(set(r["answers"])) > 1 for r in free)
 

@@ -17,7 +17,8 @@ from selectlab.lm_scoring import answer_losses
 from selectlab.models import load_causal_lm, load_tokenizer
 from selectlab.pools import Pool
 from selectlab.prompts import render_prompt
-from selectlab.scorers import ScoreContext, Scores, get_scorer
+from selectlab.context import RunContext
+from selectlab.scorers import Scores, get_scorer
 from selectlab.scorers.ifd import ifd_from_losses
 from selectlab.store import ArtifactStore, read_jsonl
 
@@ -86,16 +87,17 @@ def test_ifd_arithmetic_filters_and_counts():
 
 
 # ------------------------------------------------------------------ scorers on the real configs
-def _context(compose, *overrides) -> ScoreContext:
+def _context(compose, *overrides) -> RunContext:
     from selectlab.backbone import resolve_backbone
-    from selectlab.pipeline import container, pool_content_key
+    from selectlab.config import plain
+    from selectlab.stages.scoring import pool_content_key
     from selectlab.pools import load_pool
 
     cfg = compose("pool=self_instruct_seed", *overrides)  # a small pool file: quick to load
     store = ArtifactStore(cfg.cache_dir)
-    pool = load_pool(container(cfg.pool), seed=int(cfg.seed))
-    return ScoreContext(cfg=cfg, store=store, pool=pool, pool_key=pool_content_key(pool.records),
-                        backbone=lambda: resolve_backbone(container(cfg.backbone), store))
+    pool = load_pool(plain(cfg.pool), seed=int(cfg.seed))
+    return RunContext(cfg=cfg, store=store, pool=pool, pool_key=pool_content_key(pool.records),
+                        backbone=lambda: resolve_backbone(plain(cfg.backbone), store))
 
 
 def _alpaca_losses(tiny_model_dir, records, add_bos=True):
@@ -199,7 +201,7 @@ def test_diverse_topk_sbert_skips_a_paraphrase(compose, tmp_path):
         {"id": "c", "instruction": "Write a short poem about the sea.", "input": "", "output": "x"},
         {"id": "d", "instruction": "Sort these numbers.", "input": "5, 3, 9", "output": "x"},
     ]
-    ctx = ScoreContext(cfg=None, store=ArtifactStore(tmp_path), pool=Pool("t", records), pool_key="t",
+    ctx = RunContext(cfg=None, store=ArtifactStore(tmp_path), pool=Pool("t", records), pool_key="t",
                        backbone=lambda: "")
     scores = Scores(ids=["a", "b", "c", "d"], score=np.array([0.9, 0.8, 0.7, 0.6]))
     assert diverse_topk(scores, 4, dict(cfg), ctx).order == [0, 2, 3]

@@ -36,14 +36,14 @@ EMBEDDINGS = np.array([[0, 0.85, np.sqrt(1 - 0.85**2)], [0, 1, 0], [0, 0, 1], [0
 
 
 def test_deita_product_and_threshold_skip_hand_worked(compose):
-    from selectlab.pipeline import selector_config
+    from selectlab.config import plain
 
     score = combined_score(COMPLEXITY, QUALITY)
     np.testing.assert_array_equal(score[:5], [6.0, 7.5, 5.0, 7.0, 8.25])
     assert np.isnan(score[5])
-    selector = selector_config(compose("scorer=deita"))  # selector=auto -> conf/selector/deita.yaml
+    selector = plain(compose("scorer=deita").selector)  # the scorer picks conf/selector/deita.yaml
     assert (selector["name"], selector["threshold"], selector["embeddings"]) == ("diverse_topk", 0.9, "last_token")
-    offline = selector_config(compose("scorer=deita_judge"))  # -> conf/selector/deita_minilm.yaml
+    offline = plain(compose("scorer=deita_judge").selector)  # -> conf/selector/deita_minilm.yaml
     assert (offline["name"], offline["threshold"], offline["embeddings"]) == ("diverse_topk", 0.9, "sbert")
     scores = Scores(ids=[str(i) for i in range(6)], score=score, features=EMBEDDINGS)
     cfg = {**selector, "embeddings": "features"}
@@ -141,10 +141,10 @@ def test_deita_judge_end_to_end_with_last_token_embeddings(compose, tiny_model_d
 
 def _embeddings_by_id(stored: np.ndarray, cfg, ids: list[str]) -> dict[str, np.ndarray]:
     """The stored rows are in the order of the texts, shortest first (as the embedder runs them)."""
-    from selectlab.pipeline import container
+    from selectlab.config import plain
     from selectlab.pools import load_pool
 
-    records = {r["id"]: r for r in load_pool(container(cfg.pool), seed=int(cfg.seed)).records}
+    records = {r["id"]: r for r in load_pool(plain(cfg.pool), seed=int(cfg.seed)).records}
     texts = [example_text(records[i], "conversation") for i in ids]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     return {ids[j]: stored[k] for k, j in enumerate(order)}

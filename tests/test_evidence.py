@@ -278,7 +278,7 @@ def test_summarize_compares_with_random_at_the_same_size():
 
 
 def test_comparison_seeds_from_config(compose):
-    from selectlab.pipeline import comparison_seeds
+    from selectlab.stages.compare import comparison_seeds
 
     assert comparison_seeds(compose()) == [None] == comparison_seeds(compose(), "selected_seeds")
     cfg = compose("compare.seeds=[1,2,3]")

@@ -75,10 +75,10 @@ def test_store_batched_arrays(tmp_path):
 
 # ---------------------------------------------------------------- pools
 def _pool(compose, *overrides):
-    from selectlab.pipeline import container
+    from selectlab.config import plain
 
     cfg = compose(*overrides)
-    return load_pool(container(cfg.pool), seed=int(cfg.seed))
+    return load_pool(plain(cfg.pool), seed=int(cfg.seed))
 
 
 @pytest.mark.parametrize(
@@ -156,11 +156,11 @@ def test_empty_instructions_are_reported_not_silently_dropped(compose, tmp_path,
 
 # ---------------------------------------------------------------- backbones
 def test_uncached_hub_backbone_names_backbone_path(compose, tmp_path):
-    from selectlab.pipeline import container
+    from selectlab.config import plain
 
     cfg = compose("backbone=llama3_8b_instruct")
     with pytest.raises(BackboneError, match="backbone.path"):
-        resolve_backbone(container(cfg.backbone), ArtifactStore(tmp_path))
+        resolve_backbone(plain(cfg.backbone), ArtifactStore(tmp_path))
 
 
 def test_backbone_path_must_be_a_model_folder(tmp_path):

@@ -179,11 +179,11 @@ def test_judge_rating_equals_hand_computation(tiny_model_dir):
 
 def _context(cfg, records):
     from selectlab.pools import Pool
-    from selectlab.scorers import ScoreContext
+    from selectlab.context import RunContext
     from selectlab.store import ArtifactStore, content_hash
 
     store = ArtifactStore(cfg.cache_dir)
-    return ScoreContext(cfg=cfg, store=store, pool=Pool("t", records, [], len(records)),
+    return RunContext(cfg=cfg, store=store, pool=Pool("t", records, [], len(records)),
                         pool_key=content_hash(records), backbone=lambda: str(cfg.backbone.path))
 
 

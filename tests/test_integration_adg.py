@@ -17,7 +17,8 @@ from selectlab.wandb_offline import find_runs, read_run
 def test_adg_demo_pipeline_matches_independent_computation(compose):
     from selectlab.backbone import resolve_backbone
     from selectlab.models import load_causal_lm, load_tokenizer
-    from selectlab.pipeline import container, run
+    from selectlab.config import plain
+    from selectlab.pipeline import run
     from selectlab.pools import load_pool
     from selectlab.reference import reference_scores
     from selectlab.scorers import Scores
@@ -37,10 +38,10 @@ def test_adg_demo_pipeline_matches_independent_computation(compose):
     samples = {r["id"]: r for r in store.records("samples", samples_stage["key"])}
     assert all(len(samples[i]["answers"]) == 5 for i in scores.ids)
 
-    path = resolve_backbone(container(cfg.backbone), store)
+    path = resolve_backbone(plain(cfg.backbone), store)
     model, tok = load_causal_lm(path, "float32", "cpu"), load_tokenizer(path)
     by_id = {r["id"]: r for r in read_jsonl(run_dir / "subset.jsonl")}
-    pool = {r["id"]: r for r in load_pool(container(cfg.pool), seed=int(cfg.seed)).records}
+    pool = {r["id"]: r for r in load_pool(plain(cfg.pool), seed=int(cfg.seed)).records}
     ref = reference_scores(model, tok, [pool[i]["instruction"] for i in scores.ids],
                            [samples[i]["answers"] for i in scores.ids], layers=(-4, -3, -2), lam=0.4)
     np.testing.assert_allclose(scores.columns["D"], ref["D"], atol=1e-5)

@@ -86,7 +86,7 @@ def annotated_pool(path, n: int = 12):
 
 
 def test_pool_json_keeps_annotation_fields_and_they_change_the_pool_key(tmp_path):
-    from selectlab.pipeline import pool_content_key
+    from selectlab.stages.scoring import pool_content_key
     from selectlab.pools import load_pool
 
     rows = annotated_pool(tmp_path / "pool.jsonl")

@@ -78,10 +78,10 @@ def test_budget_above_the_pool_warns_and_selects_the_whole_pool(compose, caplog)
 
 # ---------------------------------------------------------------- pool files: file and line
 def _pool(compose, path: Path):
-    from selectlab.pipeline import container
+    from selectlab.config import plain
     from selectlab.pools import load_pool
 
-    return load_pool(container(compose("pool=json", f"pool.path={path}").pool), seed=0)
+    return load_pool(plain(compose("pool=json", f"pool.path={path}").pool), seed=0)
 
 
 def test_non_utf8_byte_names_file_line_and_byte(compose, tmp_path):

@@ -1,6 +1,7 @@
 """Process set-up shared by the entry point and the tests: offline defaults, config resolvers."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from omegaconf import OmegaConf
@@ -20,3 +21,15 @@ def configure_environment() -> None:
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def plain(section) -> dict | None:
+    """A config section as a plain dict (interpolations resolved), e.g. for artifact keys; None
+    stays None. The one conversion every stage uses."""
+    if section is None:
+        return None
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    if OmegaConf.is_config(section):
+        return OmegaConf.to_container(section, resolve=True)
+    return dict(section)

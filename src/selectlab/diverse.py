@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .config import plain
 from .errors import SelectlabError
 from .scorers import Scores
 from .store import ArtifactStore, content_hash
@@ -158,14 +159,12 @@ def last_token_embeddings(texts: list[str], store: ArtifactStore, model_path: st
 
 def _last_token_model(cfg: dict, ctx) -> tuple[str, object, str]:
     """(model folder, identity for the key, dtype): ``selector.model`` or, when null, the run's backbone."""
-    from omegaconf import OmegaConf
-
     from .backbone import resolve_model
 
     if cfg.get("model"):
         model = dict(cfg["model"])
         return resolve_model(model, "selector.model", ctx.store), model, cfg.get("dtype") or "float32"
-    backbone = OmegaConf.to_container(ctx.cfg.backbone, resolve=True)
+    backbone = plain(ctx.cfg.backbone)
     return ctx.backbone(), backbone, cfg.get("dtype") or str(backbone.get("dtype", "float32"))
 
 
@@ -194,7 +193,7 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None):
     """Indices into ``scores.ids``, highest score first, skipping near-duplicates.
 
     ``cfg``: threshold, embeddings (sbert | features | last_token), text, block_size,
-    batch_size (+ model, dtype, max_length for last_token). ``ctx`` (the run's ScoreContext)
+    batch_size (+ model, dtype, max_length for last_token). ``ctx`` (the run's RunContext)
     supplies the pool records, the artifact store and the backbone for sbert and last_token.
     """
     embeddings = example_embeddings(scores, cfg, ctx)

@@ -117,7 +117,7 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg, unconditional: bool) -> tuple[np.ndarray, dict]:
+def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg: dict, unconditional: bool) -> tuple[np.ndarray, dict]:
     """loss(A|Q), loss(A) and the answer's token count for every pool record, as an (N, 3) array.
 
     ``scfg`` is the scorer config (template, uncond_prefix, add_bos, max_length, batch_size,
@@ -130,7 +130,7 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg, unconditio
     from .models import default_device, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
-    template, add_bos, max_length = str(scfg.template), bool(scfg.add_bos), int(scfg.max_length)
+    template, add_bos, max_length = str(scfg["template"]), bool(scfg["add_bos"]), int(scfg["max_length"])
     uncond_prefix = str(scfg.get("uncond_prefix") or "") if unconditional else ""
     records = ctx.pool.records
     cond = [encode_pair(tokenizer, prompt_text(r, template, tokenizer), r["output"], max_length, add_bos)
@@ -138,7 +138,7 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg, unconditio
     uncond_prefix_ids = bos_ids(tokenizer, add_bos) + tokenizer(uncond_prefix, add_special_tokens=False).input_ids
     order = sorted(range(len(records)), key=lambda i: -(len(cond[i][0]) + len(cond[i][1])))
     settings = {"template": template, "template_hash": prompt_hash(template, tokenizer), "add_bos": add_bos,
-                "uncond_prefix": uncond_prefix, "max_length": max_length, "dtype": str(scfg.dtype),
+                "uncond_prefix": uncond_prefix, "max_length": max_length, "dtype": str(scfg["dtype"]),
                 "unconditional": unconditional}
     key = ctx.store.key("answer_losses", LOSSES_VERSION, pool=ctx.pool_key, model=model_ident, **settings)
     device = scfg.get("device") or default_device()
@@ -146,8 +146,8 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg, unconditio
 
     def compute(chunk: Sequence[int]) -> np.ndarray:
         if not model:
-            model.append(load_causal_lm(model_path, str(scfg.dtype), device))
-        batch_size = int(scfg.batch_size)
+            model.append(load_causal_lm(model_path, str(scfg["dtype"]), device))
+        batch_size = int(scfg["batch_size"])
         loss_cond = losses_from_ids(model[0], [cond[i] for i in chunk], batch_size, pad_id(tokenizer))
         loss_uncond = (losses_from_ids(model[0], [(uncond_prefix_ids, cond[i][1]) for i in chunk], batch_size,
                                        pad_id(tokenizer))
@@ -155,7 +155,7 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg, unconditio
         n_tokens = np.array([len(cond[i][1]) for i in chunk], dtype=np.float64)
         return np.stack([loss_cond, loss_uncond, n_tokens], axis=1)
 
-    folder = ctx.store.batched("answer_losses", key, order, int(scfg.chunk_size), compute,
+    folder = ctx.store.batched("answer_losses", key, order, int(scfg["chunk_size"]), compute,
                                meta={"model_path": model_path, **settings})
     table = np.empty((len(records), 3), dtype=np.float64)
     table[order] = np.load(folder / "array.npy")

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,12 @@ from omegaconf import DictConfig, OmegaConf
 from .backbone import ModelLocation, locate_model
 from .flops import Arch, arch_from_config, config_only_dir
 from .paths import REPO_ROOT, data_dir
-from .pipeline import container, eval_key, pool_content_key, random_baseline_cfg, scores_key, subsets_key
+from .config import plain
+from .context import with_sections
+from .stages.compare import random_baseline_cfg
+from .stages.evaluation import eval_key
+from .stages.scoring import pool_content_key, scores_key
+from .stages.selection import subsets_key
 from .pools import PoolError, load_pool
 from .prompts import render_prompt
 from .store import ArtifactStore, atomic_write_text
@@ -197,7 +202,7 @@ def _loaded_pool(pool_json: str, seed: int) -> tuple[list[dict], str]:
 def pool_plan(cfg: DictConfig, problems: list[str]) -> tuple[list[dict], str | None, int, str]:
     """(records to plan with, pool key or None, pool size, note). A pool that cannot load here
     (hub-backed, offline) is planned at its known size with Alpaca 52K's texts as a stand-in."""
-    pool_cfg = container(cfg.pool)
+    pool_cfg = plain(cfg.pool)
     try:
         records, key = _loaded_pool(json.dumps(pool_cfg, sort_keys=True), int(cfg.seed))
         return records, key, len(records), f"{len(records):,} records"
@@ -225,12 +230,12 @@ def _fmt(n: float) -> str:
 
 def sampling_stages(p: "Planner") -> list[StagePlan]:
     """ADG's samples and embeddings stages."""
-    from .adg import EmbeddingConfig
+    from .embedding import EmbeddingConfig
     from .sampling import check_sampler_config, samples_key, STAGE as SAMPLES
 
     sampler = p.cfg.sampler
     check_sampler_config(sampler)
-    emb = EmbeddingConfig.from_cfg(container(p.cfg.embedding))
+    emb = EmbeddingConfig.from_cfg(plain(p.cfg.embedding))
     k, new, pmt = int(sampler.k), int(sampler.max_new_tokens), sampler.get("prompt_max_tokens")
     template = str(sampler.template)
     bb = p.backbone
@@ -290,7 +295,7 @@ def bin_stage(p: "Planner", instr_tokens: float) -> list[StagePlan]:
     """ADG's bin embeddings (the release's embed.py recipe), an artifact of their own."""
     from .scorers.adg import BINS_STAGE, bins_config, bins_key
 
-    bins = bins_config(container(p.cfg.scorer))
+    bins = bins_config(plain(p.cfg.scorer))
     if bins["source"] != "release":
         return []
     bb = p.backbone
@@ -331,7 +336,7 @@ def loss_stage(p: "Planner", model: ModelPlan, unconditional: bool, label: str) 
 
 def instructmining_stages(p: "Planner") -> list[StagePlan]:
     """One stage per model-backed indicator of the rule (plus log_indicators); text-only ones are negligible."""
-    s = container(p.cfg.scorer)
+    s = plain(p.cfg.scorer)
     names = [*s["rule"]["coefficients"], *[c for c in s.get("log_indicators") or [] if c not in s["rule"]["coefficients"]]]
     specs = {**(s.get("indicators") or {}), "reward": s["reward"]}
     out = []
@@ -368,7 +373,7 @@ def scorer_stages(p: "Planner") -> list[StagePlan]:
     if name == "perplexity":
         return [loss_stage(p, p.backbone, False, "loss(A|Q)")]
     if name == "superfiltering":
-        model = plan_model("scorer.model", container(p.cfg.scorer.model), "scorer.model", p.store, p.problems)
+        model = plan_model("scorer.model", plain(p.cfg.scorer.model), "scorer.model", p.store, p.problems)
         p.models.append(model)
         return [loss_stage(p, model, True, "loss(A|Q) and loss(A) under the small scoring model")]
     if name == "instructmining":
@@ -382,7 +387,7 @@ def scorer_stages(p: "Planner") -> list[StagePlan]:
 def train_stage(p: "Planner", row: str, subset_key: str | None, budget: int) -> StagePlan:
     from .train import TrainConfig, checkpoint_key
 
-    tc = TrainConfig.from_cfg(container(p.cfg.train))
+    tc = TrainConfig.from_cfg(plain(p.cfg.train))
     bb = p.backbone
     eff = tc.effective_batch_size or tc.per_device_batch_size * (tc.grad_accum or 1)
     per_example = p.tokens.mean([render_prompt(r, tc.template if tc.template != "chat" else "alpaca") + r["output"]
@@ -398,7 +403,7 @@ def train_stage(p: "Planner", row: str, subset_key: str | None, budget: int) -> 
         records = p.store.records("subsets", subset_key) if (p.store.path("subsets", subset_key) / "records.jsonl").is_file() else None
         if records is not None:
             key = checkpoint_key(records, bb.location.folder, tc, bb.tokenizer, p.store,
-                                 {"subset": subset_key, "backbone": container(p.cfg.backbone)})
+                                 {"subset": subset_key, "backbone": plain(p.cfg.backbone)})
     flops = bb.arch.train_flops_per_token(per_example / 2, tc.method, tc.gradient_checkpointing) * tokens if bb.arch else None
     memory = ""
     if bb.arch:
@@ -454,7 +459,7 @@ def eval_requests(eval_json: str) -> list[dict]:
 
 
 def eval_stage(p: "Planner", row: str, model_key: str | None, model_note: str) -> StagePlan:
-    ev = container(p.cfg.eval)
+    ev = plain(p.cfg.eval)
     tasks = eval_requests(json.dumps(ev, sort_keys=True, default=str))
     ok = [t for t in tasks if "not_counted" not in t]
     skipped = "".join(f"; {t['task']} not counted ({t['not_counted']})" for t in tasks if "not_counted" in t)
@@ -507,9 +512,21 @@ class Planner:
                                 selection=True))
         return stages, skey, budget
 
+    def scoring(self) -> "Planner":
+        """The planner of the scorer's stages: this one, or with ``select.backbone`` one whose
+        backbone is the scoring model (the stages' keys and FLOPs follow it)."""
+        model = getattr(self.cfg.get("select"), "backbone", None)
+        if model is None:
+            return self
+        plan = plan_model("select.backbone", plain(model), "select.backbone", self.store, self.problems)
+        self.models.append(plan)
+        tokens = TokenCounter(plan.tokenizer, plan.location.folder or "")
+        return replace(self, cfg=with_sections(self.cfg, backbone=model), backbone=plan, tokens=tokens)
+
     def stages(self) -> list[StagePlan]:
         cfg = self.cfg
-        stages, subset_key, budget = self.selection_stages(cfg, "selected")
+        scoring = self.scoring()
+        stages, subset_key, budget = scoring.selection_stages(scoring.cfg, "selected")
         if cfg.eval.name == "none":
             return stages
         baselines = list(cfg.compare.baselines)
@@ -534,7 +551,7 @@ def check_config(cfg: DictConfig) -> None:
     from .train import TrainConfig
 
     if cfg.train.name != "none" or cfg.train.get("method"):
-        TrainConfig.from_cfg(container(cfg.train))
+        TrainConfig.from_cfg(plain(cfg.train))
     if cfg.eval.name != "none":
         for key, entry in (cfg.eval.get("tasks") or {}).items():
             absent = [f for f in ("lm_eval", "num_fewshot", "metric", "filter") if f not in (entry or {})]
@@ -547,7 +564,7 @@ def build_plan(cfg: DictConfig) -> dict:
     problems: list[str] = []
     store = ArtifactStore(Path(cfg.cache_dir))
     records, pool_key, n_pool, pool_note = pool_plan(cfg, problems)
-    backbone = plan_model("backbone", container(cfg.backbone), "backbone", store, problems)
+    backbone = plan_model("backbone", plain(cfg.backbone), "backbone", store, problems)
     counter = TokenCounter(backbone.tokenizer, backbone.location.folder or "")
     planner = Planner(cfg, store, problems, records, pool_key, n_pool, backbone, counter, [backbone])
     stages = planner.stages()
@@ -631,7 +648,7 @@ def sweep_note() -> str | None:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        params = OmegaConf.to_container(HydraConfig.get().sweeper.params or {})
+        params = OmegaConf.to_plain(HydraConfig.get().sweeper.params or {})
     except (ValueError, AttributeError):
         return None
     if not params:

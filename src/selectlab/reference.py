@@ -2,7 +2,7 @@
 
 One forward per text through the full causal LM with ``output_hidden_states=True``, each
 token's weight decoded at run time, one numpy eigen-decomposition per instruction.
-Slow and plainly correct; :mod:`selectlab.adg` must give the same numbers.
+Slow and plainly correct; :mod:`selectlab.embedding` must give the same numbers.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .adg import embedded_text, piece_weight
+from .embedding import embedded_text, piece_weight
 
 
 def reference_embedding(model, tokenizer, text: str, layers: Sequence[int], max_length: int = 1024,

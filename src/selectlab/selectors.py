@@ -136,26 +136,21 @@ def order_ascending(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 # Each selector: fn(scores, budget, selector cfg, ctx) -> Selection.
-# ``ctx`` is the run's ScoreContext (pool records, store, backbone) for selectors that need
-# more than the scores (diversity over texts, a size search that fine-tunes).
-def size_search(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
-    """InstructMining's subset-size search (each trial fine-tunes); ``selection.budget`` is unused."""
-    from .instructmining.experiments import size_search as search
-
-    return search(scores, budget, cfg, ctx)
-
-
+# ``ctx`` is the run's RunContext (pool records, store, backbone) for selectors that need
+# more than the scores (diversity over texts).
 def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     from .diverse import diverse_topk as greedy
 
     return greedy(scores, budget, cfg, ctx)
 
 
+# InstructMining's subset-size search (selector=blendsearch | size_grid) is not a function of the
+# scores: it fine-tunes, so it is a stage of its own (selectlab.stages.size_search) that chooses
+# the budget for top-k; selection.budget is unused.
+SIZE_SEARCH = ("blendsearch", "size_grid")
 # Config sections a selector reads besides its own; they enter the subset artifact's key (a size
 # search fine-tunes and evaluates: another train.lr must give another subset).
-READS: dict[str, tuple[str, ...]] = {
-    "blendsearch": ("train", "heldout", "backbone"), "size_grid": ("train", "heldout", "backbone"),
-}
+READS: dict[str, tuple[str, ...]] = {name: ("train", "heldout", "backbone") for name in SIZE_SEARCH}
 
 
 def rival(name: str) -> Callable[..., Selection]:
@@ -169,15 +164,14 @@ def rival(name: str) -> Callable[..., Selection]:
 
 
 SELECTORS: dict[str, Callable[..., Selection]] = {
-    "topk": topk, "binwise": binwise, "blendsearch": size_search, "size_grid": size_search,
-    "diverse_topk": diverse_topk, "zip": rival("zip_greedy"), "mig": rival("mig"), "fla": rival("fla"),
+    "topk": topk, "binwise": binwise, "diverse_topk": diverse_topk, "zip": rival("zip_greedy"), "mig": rival("mig"), "fla": rival("fla"),
 }
 
 
 def select(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     name = cfg["name"]
     if name not in SELECTORS:
-        raise SelectlabError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
+        raise SelectlabError(f"selector.name={name!r}; known: {sorted([*SELECTORS, *SIZE_SEARCH])}")
     out = SELECTORS[name](scores, budget, cfg, ctx)
     if not isinstance(out, Selection):
         raise TypeError(f"selector {name!r} returned {type(out).__name__}, not a Selection")

@@ -276,8 +276,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     evaluated). ``out_key_inputs`` adds the caller's provenance (e.g. the subset artifact key)
     to the artifact key. ``callbacks`` are extra ``TrainerCallback`` objects.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
     from .models import load_tokenizer
@@ -292,8 +291,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
         records = [{**r, "input": ""} for r in records]
     tokenizer = load_tokenizer(base_model_path, padding_side="right")
     key = checkpoint_key(records, base_model_path, tc, tokenizer, store, out_key_inputs or {})
-    final = store.path(STAGE, key)
-    partial = store.root / STAGE / f"{key}.partial"
+    final, partial = store.path(STAGE, key), store.root / STAGE / f"{key}.partial"
     if store.reusable(STAGE, key):  # a damaged checkpoint is moved aside and trained again
         store.build(STAGE, key, lambda tmp: None)  # records the reuse event
         shutil.rmtree(partial, ignore_errors=True)  # left by a kill between publish and clean-up
@@ -303,25 +301,57 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     examples, counts = encode_records(records, tokenizer, tc.template, tc.max_length)
     if not examples:
         raise SelectlabError(f"finetune: none of the {len(records)} records has a response token within "
-                         f"train.max_length={tc.max_length}")
+                             f"train.max_length={tc.max_length}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    grad_accum = tc.grad_accum_for(world_size)
+    args = training_arguments(tc, partial / "trainer", tc.grad_accum_for(world_size))
+    trainer = Trainer(model=build_model(base_model_path, tc), args=args, train_dataset=examples,
+                      data_collator=ResponseOnlyCollator(tokenizer.pad_token_id), callbacks=list(callbacks or []))
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last:
+        log.info("resuming fine-tune %s from %s", key, last)
+    result = trainer.train(resume_from_checkpoint=last)
+    export_model(trainer, tc, partial / "final")
+    if trainer.is_world_process_zero():
+        meta = {
+            "base_model": str(base_model_path), "method": tc.method, "train": dataclasses.asdict(tc),
+            "template": tc.template, "template_hash": template_hash(tc.template, tokenizer),
+            "n_records": len(records), "n_examples": len(examples), "counts": counts,
+            "world_size": world_size, "grad_accum": args.gradient_accumulation_steps,
+            "effective_batch_size": tc.per_device_batch_size * args.gradient_accumulation_steps * world_size,
+            "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else None,
+            "key_inputs": out_key_inputs or {}, **training_facts(trainer, result),
+        }
+        publish(store, key, partial, tokenizer, meta, started)
+    trainer.accelerator.wait_for_everyone()
+    return str(final)
+
+
+def build_model(base_model_path: str, tc: TrainConfig):
+    """The model to train: full weights in fp32 (mixed precision is the Trainer's), or LoRA adapters."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
     if tc.gradient_checkpointing:
         model.config.use_cache = False
-    if tc.method == "lora":
-        from peft import LoraConfig, get_peft_model
+    if tc.method != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
 
-        if tc.gradient_checkpointing:  # frozen embeddings would otherwise cut the gradient at checkpoints
-            model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(
-            r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
-            target_modules=list(tc.lora_target_modules), task_type="CAUSAL_LM",
-        ))
+    if tc.gradient_checkpointing:  # frozen embeddings would otherwise cut the gradient at checkpoints
+        model.enable_input_require_grads()
+    return get_peft_model(model, LoraConfig(
+        r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+        target_modules=list(tc.lora_target_modules), task_type="CAUSAL_LM",
+    ))
 
-    args = TrainingArguments(
-        output_dir=str(partial / "trainer"),
+
+def training_arguments(tc: TrainConfig, output_dir: Path, grad_accum: int):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
         num_train_epochs=tc.epochs,
         max_steps=tc.max_steps,
         learning_rate=tc.lr,
@@ -343,43 +373,32 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = Trainer(model=model, args=args, train_dataset=examples,
-                      data_collator=ResponseOnlyCollator(tokenizer.pad_token_id), callbacks=list(callbacks or []))
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if last:
-        log.info("resuming fine-tune %s from %s", key, last)
-    result = trainer.train(resume_from_checkpoint=last)
 
-    export = partial / "final"
+
+def export_model(trainer, tc: TrainConfig, export: Path) -> None:
+    """The trained model as one loadable folder: LoRA merged in; FSDP's shards gathered."""
     if tc.method == "lora":
         if trainer.is_world_process_zero():
             trainer.model.merge_and_unload().save_pretrained(export, safe_serialization=True)
-    else:
-        if trainer.is_fsdp_enabled:  # a loadable model needs the full state dict, whatever the checkpoints use
-            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        trainer.save_model(str(export))  # gathers sharded weights; writes on the main process only
+        return
+    if trainer.is_fsdp_enabled:  # a loadable model needs the full state dict, whatever the checkpoints use
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(export))  # gathers sharded weights; writes on the main process only
 
-    if trainer.is_world_process_zero():
-        history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-        meta = {
-            "base_model": str(base_model_path), "method": tc.method, "train": dataclasses.asdict(tc),
-            "template": tc.template, "template_hash": template_hash(tc.template, tokenizer),
-            "n_records": len(records), "n_examples": len(examples), "counts": counts,
-            "world_size": world_size, "grad_accum": grad_accum,
-            "effective_batch_size": tc.per_device_batch_size * grad_accum * world_size,
-            "global_step": trainer.state.global_step,
-            "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else None,
-            "train_runtime_s": result.metrics.get("train_runtime"), "train_loss": result.metrics.get("train_loss"),
-            "loss_history": history, "key_inputs": out_key_inputs or {},
-        }
 
-        def publish(tmp: Path) -> dict:
-            for f in export.iterdir():
-                os.replace(f, tmp / f.name)
-            tokenizer.save_pretrained(tmp)
-            return meta
+def training_facts(trainer, result) -> dict:
+    history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    return {"global_step": trainer.state.global_step, "train_runtime_s": result.metrics.get("train_runtime"),
+            "train_loss": result.metrics.get("train_loss"), "loss_history": history}
 
-        store.build(STAGE, key, publish, started=started)
-        shutil.rmtree(partial, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    return str(final)
+
+def publish(store: ArtifactStore, key: str, partial: Path, tokenizer, meta: dict, started: float) -> None:
+    """The exported model and tokenizer become the checkpoint artifact; the partial folder goes."""
+    def move(tmp: Path) -> dict:
+        for f in (partial / "final").iterdir():
+            os.replace(f, tmp / f.name)
+        tokenizer.save_pretrained(tmp)
+        return meta
+
+    store.build(STAGE, key, move, started=started)
+    shutil.rmtree(partial, ignore_errors=True)

@@ -14,11 +14,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .backbone import resolve_model
+from .config import plain
 from .errors import SelectlabError
 from .pools import LOADERS, Pool
 from .sampling import check_sampler_config
 from .scorers import get_scorer
-from .selectors import SELECTORS, resolve_budget
+from .selectors import SELECTORS, SIZE_SEARCH, resolve_budget
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -26,27 +27,24 @@ log = logging.getLogger(__name__)
 # Scorers whose Scores carry per-example features (instruction embeddings) for selectors that
 # cluster or compare examples (selector=binwise, selector=diverse_topk selector.embeddings=features).
 SCORERS_WITH_FEATURES = ("adg",)
-# Selectors that fine-tune to choose the subset size (selection.budget is unused).
-SIZE_SEARCH_SELECTORS = ("blendsearch", "size_grid")
 TASKS = ("select", "fit_rule")
 BASELINES = ("untrained", "random")
 
 
 def validate(cfg: DictConfig) -> None:
     """Every config value that can be checked without a model; the first bad one is raised."""
-    from .pipeline import container, selector_config  # pipeline imports this module
-
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
     check_run_values(cfg)
-    check_pool_config(container(cfg.pool), "pool")
-    if cfg.backbone.get("path"):
-        resolve_model(container(cfg.backbone), "backbone")  # a folder with config.json; nothing loads
+    check_pool_config(plain(cfg.pool), "pool")
+    for key, model in (("backbone", cfg.backbone), ("select.backbone", getattr(cfg.get("select"), "backbone", None))):
+        if getattr(model, "path", None):
+            resolve_model(plain(model), key)  # a folder with config.json; nothing loads
     check_scorer(cfg)
-    selector = selector_config(cfg)
+    selector = plain(cfg.selector)
     check_selector(selector, cfg.scorer.name)
-    check_fine_tuning(cfg, selector["name"], container)
+    check_fine_tuning(cfg, selector["name"])
 
 
 def check_run_values(cfg: DictConfig) -> None:
@@ -68,34 +66,34 @@ def check_scorer(cfg: DictConfig) -> None:
     """The scorer exists; ADG's sampler gives it at least two answers to compare."""
     scorer = cfg.scorer.name
     get_scorer(scorer)
-    if cfg.scorer.get("batch_size") is not None and _integer(cfg.scorer.batch_size, "scorer.batch_size") < 1:
+    if getattr(cfg.scorer, "batch_size", None) is not None and _integer(cfg.scorer.batch_size, "scorer.batch_size") < 1:
         raise SelectlabError(f"scorer.batch_size={cfg.scorer.batch_size} must be >= 1")
     if scorer == "adg":
         check_sampler_config(cfg.sampler)
         if int(cfg.sampler.k) < 2:
             raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction "
                                  f"(with 1 answer dispersion and anisotropy are 0 for every example)")
-        from .adg import EmbeddingConfig
+        from .embedding import EmbeddingConfig
         from .scorers.adg import bins_config, score_weights
 
-        scorer_cfg = OmegaConf.to_container(cfg.scorer, resolve=True)
+        scorer_cfg = plain(cfg.scorer)
         score_weights(scorer_cfg)
         bins_config(scorer_cfg)
-        EmbeddingConfig.from_cfg(OmegaConf.to_container(cfg.embedding, resolve=True))
+        EmbeddingConfig.from_cfg(plain(cfg.embedding))
 
 
-def check_fine_tuning(cfg: DictConfig, selector: str, container) -> None:
+def check_fine_tuning(cfg: DictConfig, selector: str) -> None:
     """Runs that fine-tune (size search, rule fitting, eval after selection) get a train config
     that parses, and the held-out set that the size search and the fit score against."""
-    searches = selector in SIZE_SEARCH_SELECTORS
+    searches = selector in SIZE_SEARCH
     if (cfg.task == "fit_rule" or searches or cfg.eval.name != "none") and cfg.train.name != "none":
-        TrainConfig.from_cfg(container(cfg.train)).grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
+        TrainConfig.from_cfg(plain(cfg.train)).grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
     if cfg.task == "fit_rule" or searches:
         what = "task=fit_rule" if cfg.task == "fit_rule" else f"selector={selector}"
         if cfg.train.name == "none":
             raise SelectlabError(f"{what} fine-tunes on subsets; choose a train config (e.g. train=cpu_small), "
                                  f"not train=none")
-        check_pool_config(container(cfg.heldout), "heldout")
+        check_pool_config(plain(cfg.heldout), "heldout")
     if cfg.task == "fit_rule":
         if cfg.scorer.name != "instructmining":
             raise SelectlabError(f"task=fit_rule fits InstructMining's rule on its indicators; use "
@@ -124,8 +122,8 @@ def check_pool_config(pool: dict, key: str) -> None:
 def check_selector(selector: dict, scorer: str) -> None:
     """The selector exists and gets what it needs from the scorer."""
     name = selector["name"]
-    if name not in SELECTORS:
-        raise SelectlabError(f"selector.name={name!r}; known: {sorted(SELECTORS)}")
+    if name not in SELECTORS and name not in SIZE_SEARCH:
+        raise SelectlabError(f"selector.name={name!r}; known: {sorted([*SELECTORS, *SIZE_SEARCH])}")
     needs_features = name == "binwise" or (name == "diverse_topk" and selector.get("embeddings") == "features")
     if needs_features and scorer not in SCORERS_WITH_FEATURES:
         what = "selector=binwise" if name == "binwise" else "selector.embeddings=features"
@@ -156,11 +154,9 @@ def check_shard(shard: DictConfig) -> None:
 def check_against_pool(cfg: DictConfig, pool: Pool) -> None:
     """Values that depend on the loaded pool: a budget above it warns (it is clamped to the pool);
     a fit subset larger than the pool fails."""
-    from .pipeline import selector_config
-
     n = len(pool.records)
     budget = cfg.selection.budget
-    uses_budget = cfg.task == "select" and selector_config(cfg)["name"] not in SIZE_SEARCH_SELECTORS
+    uses_budget = cfg.task == "select" and cfg.selector.name not in SIZE_SEARCH
     if uses_budget and budget >= 1 and budget > n:
         log.warning("selection.budget=%s is more than the %d examples of pool %s; all %d are selected",
                     budget, n, pool.name, n)

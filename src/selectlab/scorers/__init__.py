@@ -12,25 +12,12 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from ..errors import SelectlabError
-from ..pools import Pool
-from ..store import ArtifactStore
-
-
-@dataclass
-class ScoreContext:
-    """What a scorer may use. ``backbone()`` resolves (and if needed converts) the model lazily."""
-
-    cfg: Any  # the whole run config (DictConfig)
-    store: ArtifactStore
-    pool: Pool
-    pool_key: str
-    backbone: Callable[[], str]
-    log_metrics: Callable[[dict], None] = lambda metrics: None  # live metrics to the run's tracker (W&B)
+from ..context import RunContext
 
 
 @dataclass
@@ -72,18 +59,18 @@ def _num(x) -> float | None:
     return None if np.isnan(x) else x
 
 
-SCORERS: dict[str, Callable[[ScoreContext], Scores]] = {}
+SCORERS: dict[str, Callable[[RunContext], Scores]] = {}
 
 
 def register(name: str):
-    def deco(fn: Callable[[ScoreContext], Scores]):
+    def deco(fn: Callable[[RunContext], Scores]):
         SCORERS[name] = fn
         return fn
 
     return deco
 
 
-def get_scorer(name: str) -> Callable[[ScoreContext], Scores]:
+def get_scorer(name: str) -> Callable[[RunContext], Scores]:
     if name not in SCORERS:
         try:
             importlib.import_module(f"{__name__}.{name}")

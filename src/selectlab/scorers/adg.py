@@ -15,10 +15,13 @@ import numpy as np
 
 from ..errors import SelectlabError
 
-from ..adg import (EmbeddingConfig, cloud_metrics, combined_score, count_truncated, embed_answer_sets, embed_texts,
-                   embedded_text, metric_column, token_weight_table)
+from ..divergence import cloud_metrics, combined_score, metric_column
+from ..embedding import (EmbeddingConfig, count_truncated, embed_answer_sets, embed_texts, embedded_text,
+                         token_weight_table)
 from ..store import ArtifactStore, content_hash
-from . import ScoreContext, Scores, register
+from ..config import plain
+from ..context import RunContext
+from . import Scores, register
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +30,6 @@ VERSION = 2
 BINS_STAGE = "adg_bins"
 BINS_VERSION = 1
 BIN_SOURCES = ("release", "answer_prefix")
-
-
-def _plain(node) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
 def score_weights(scorer_cfg: dict) -> tuple[str, float, str, float]:
@@ -68,7 +65,7 @@ def bins_key(records: list[dict], path: str, bins: dict) -> tuple[str, dict]:
     return key, recipe
 
 
-def bin_embeddings(ctx: ScoreContext, path: str, bins: dict, emb_cfg: EmbeddingConfig, model_for) -> np.ndarray:
+def bin_embeddings(ctx: RunContext, path: str, bins: dict, emb_cfg: EmbeddingConfig, model_for) -> np.ndarray:
     """The release's bin features (generation/embedding/embed.py): each stripped instruction
     tokenized WITH special tokens, cut at ``max_length`` (512), mean of ``layers`` (-4, -3, -2)
     whatever ``embedding.layers`` says, token-weighted with a uniform fallback, unit length.
@@ -93,79 +90,100 @@ def bin_embeddings(ctx: ScoreContext, path: str, bins: dict, emb_cfg: EmbeddingC
 
 
 @register("adg")
-def score_adg(ctx: ScoreContext) -> Scores:
-    from ..models import load_causal_lm, load_tokenizer
-    from ..sampling import backbone_identity, sample_answers, sampling_counts
+def score_adg(ctx: RunContext) -> Scores:
+    """Sample K answers per instruction, embed them, score their cloud (METHODS.md §1)."""
+    from ..sampling import sample_answers
 
     cfg = ctx.cfg
-    scorer_cfg = _plain(cfg.scorer)
+    scorer_cfg = plain(cfg.scorer)
     m1, w1, m2, w2 = score_weights(scorer_cfg)
     bins = bins_config(scorer_cfg)
-    emb_cfg = EmbeddingConfig.from_cfg(_plain(cfg.embedding))
+    emb_cfg = EmbeddingConfig.from_cfg(plain(cfg.embedding))
     if int(cfg.sampler.k) < 2:
         raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction")
-    records = ctx.pool.records
-    path = ctx.backbone()
+    records, path = ctx.pool.records, ctx.backbone()
     samples = sample_answers(records, path, cfg.sampler, ctx.store, seed=int(cfg.seed))
-    k = len(samples[0]["answers"]) if samples else 0
-
-    key = ctx.store.key(
-        STAGE, VERSION,
-        texts=content_hash([[r["id"], r["instruction"], s["answers"]] for r, s in zip(records, samples)]),
-        backbone=backbone_identity(path),
-        embedding={**_plain(cfg.embedding), "device": None},  # the device does not change the numbers
-    )
-    tokenizer = load_tokenizer(path)
-    loaded: dict = {}
-
-    def model_for(dtype: str):
-        """The backbone in ``dtype``, loaded once, only when some batch is not stored yet."""
-        if dtype not in loaded:
-            loaded[dtype] = load_causal_lm(path, dtype, emb_cfg.device)
-        if "weights" not in loaded:
-            loaded["weights"] = token_weight_table(tokenizer)
-        return loaded[dtype], tokenizer, loaded["weights"]
-
-    def compute(batch: list[int]) -> np.ndarray:
-        model, _, weights = model_for(emb_cfg.dtype)
-        emb = embed_answer_sets(model, tokenizer, [records[i]["instruction"] for i in batch],
-                                [samples[i]["answers"] for i in batch], emb_cfg, weights)
-        log.info("adg embedding batch: %s", emb.counts)
-        # slot 0: the instruction; slots 1..K: its answers
-        return np.concatenate([emb.instructions[:, None, :], emb.answers], axis=1)
-
-    folder = ctx.store.batched(STAGE, key, list(range(len(records))), int(cfg.scorer.batch_size), compute,
-                               meta={"embedding": _plain(cfg.embedding), "k": k})
-    stored = np.load(folder / "array.npy", mmap_mode="r")
+    model_for = BackboneLoader(path, emb_cfg.device)
+    stored, key = answer_embeddings(ctx, path, samples, emb_cfg, model_for)
     answers = stored[:, 1:]
     features = (bin_embeddings(ctx, path, bins, emb_cfg, model_for) if bins["source"] == "release"
                 else np.asarray(stored[:, 0], dtype=np.float32))
-    texts = [embedded_text(r["instruction"], a, emb_cfg.text) for r, s in zip(records, samples)
-             for a in s["answers"] if a.strip()]
-
     columns = cloud_metrics(answers)
-    D = columns["D"]
-    zero = ~answers.any(axis=2)  # (N, K): zero vectors (empty answers under `zero`, texts with no weighted token)
-    empty = np.array([[not a.strip() for a in s["answers"]] for s in samples], dtype=bool).reshape(zero.shape)
-    n_empty = int(empty.sum())
-    empty_paths = emb_cfg.empty_answer_counts(n_empty)
-    log.info("empty answers: %d embedded as the instruction alone, %d as zero vectors (embedding.empty_answer=%s)",
-             empty_paths["empty_answers_as_instruction"], empty_paths["empty_answers_as_zero"], emb_cfg.empty_answer)
+    k = len(samples[0]["answers"]) if samples else 0
     return Scores(
-        ids=[r["id"] for r in records],
-        score=combined_score(columns, m1, w1, m2, w2),
-        columns=columns,
-        features=features,
-        counts={
-            **sampling_counts(samples),
-            **empty_paths,
-            "zero_weight_texts": int((zero & ~empty).sum()),
-            "zero_spread": int(np.sum(D == 0)),
-            "zero_instruction_vectors": int(np.sum(~features.any(axis=1))),
-            "truncated_texts": count_truncated(tokenizer, texts, emb_cfg.max_length),
-        },
+        ids=[r["id"] for r in records], score=combined_score(columns, m1, w1, m2, w2), columns=columns,
+        features=features, counts=degenerate_counts(records, samples, answers, columns["D"], features, emb_cfg,
+                                                    model_for.tokenizer),
         meta={"layers": list(emb_cfg.layers), "text_mode": emb_cfg.text, "pool": emb_cfg.pool,
               "empty_answer": emb_cfg.empty_answer, "score": f"{w1}*{m1} + {w2}*{m2}", "k": k,
               "embedding": emb_cfg.name, "prefix_reuse": emb_cfg.prefix_reuse, "embedding_key": key,
               "bins": bins["source"]},
     )
+
+
+class BackboneLoader:
+    """``loader(dtype)`` -> (model, tokenizer, token weights): the backbone loaded once per dtype,
+    only when some batch is not stored yet."""
+
+    def __init__(self, path: str, device: str | None):
+        from ..models import load_tokenizer
+
+        self.path, self.device, self.tokenizer, self.loaded = path, device, load_tokenizer(path), {}
+
+    def __call__(self, dtype: str):
+        from ..models import load_causal_lm
+
+        if dtype not in self.loaded:
+            self.loaded[dtype] = load_causal_lm(self.path, dtype, self.device)
+        if "weights" not in self.loaded:
+            self.loaded["weights"] = token_weight_table(self.tokenizer)
+        return self.loaded[dtype], self.tokenizer, self.loaded["weights"]
+
+
+def answer_embeddings(ctx: RunContext, path: str, samples: list[dict], emb_cfg: EmbeddingConfig,
+                      model_for: BackboneLoader) -> tuple[np.ndarray, str]:
+    """(N, 1 + K, H) unit vectors, slot 0 the instruction and slots 1..K its answers, as a batched
+    artifact keyed on the texts, the backbone and the embedding recipe; and its key."""
+    from ..sampling import backbone_identity
+
+    records = ctx.pool.records
+    key = ctx.store.key(
+        STAGE, VERSION,
+        texts=content_hash([[r["id"], r["instruction"], s["answers"]] for r, s in zip(records, samples)]),
+        backbone=backbone_identity(path),
+        embedding={**plain(ctx.cfg.embedding), "device": None},  # the device does not change the numbers
+    )
+
+    def compute(batch: list[int]) -> np.ndarray:
+        model, tokenizer, weights = model_for(emb_cfg.dtype)
+        emb = embed_answer_sets(model, tokenizer, [records[i]["instruction"] for i in batch],
+                                [samples[i]["answers"] for i in batch], emb_cfg, weights)
+        log.info("adg embedding batch: %s", emb.counts)
+        return np.concatenate([emb.instructions[:, None, :], emb.answers], axis=1)
+
+    k = len(samples[0]["answers"]) if samples else 0
+    folder = ctx.store.batched(STAGE, key, list(range(len(records))), int(ctx.cfg.scorer.batch_size), compute,
+                               meta={"embedding": plain(ctx.cfg.embedding), "k": k})
+    return np.load(folder / "array.npy", mmap_mode="r"), key
+
+
+def degenerate_counts(records, samples, answers, D, features, emb_cfg: EmbeddingConfig, tokenizer) -> dict[str, int]:
+    """What the manifest and W&B count: sampling's degenerate answers, how empty answers were
+    embedded, zero vectors, zero spread, truncated texts."""
+    from ..sampling import sampling_counts
+
+    zero = ~answers.any(axis=2)  # (N, K): zero vectors (empty answers under `zero`, texts with no weighted token)
+    empty = np.array([[not a.strip() for a in s["answers"]] for s in samples], dtype=bool).reshape(zero.shape)
+    empty_paths = emb_cfg.empty_answer_counts(int(empty.sum()))
+    log.info("empty answers: %d embedded as the instruction alone, %d as zero vectors (embedding.empty_answer=%s)",
+             empty_paths["empty_answers_as_instruction"], empty_paths["empty_answers_as_zero"], emb_cfg.empty_answer)
+    texts = [embedded_text(r["instruction"], a, emb_cfg.text) for r, s in zip(records, samples)
+             for a in s["answers"] if a.strip()]
+    return {
+        **sampling_counts(samples),
+        **empty_paths,
+        "zero_weight_texts": int((zero & ~empty).sum()),
+        "zero_spread": int(np.sum(D == 0)),
+        "zero_instruction_vectors": int(np.sum(~features.any(axis=1))),
+        "truncated_texts": count_truncated(tokenizer, texts, emb_cfg.max_length),
+    }

@@ -20,11 +20,12 @@ import functools
 import logging
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from ..backbone import resolve_model
 from ..models import load_causal_lm, load_tokenizer
-from . import ScoreContext, Scores, register
+from ..config import plain
+from ..context import RunContext
+from . import Scores, register
 from .instructmining import _backbone_loaders, judge_ratings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class DeitaConfigError(ValueError):
     pass
 
 
-def _judge(ctx: ScoreContext, axis: str, entry: dict, shared: dict) -> tuple[object, object, str]:
+def _judge(ctx: RunContext, axis: str, entry: dict, shared: dict) -> tuple[object, object, str]:
     """(loader of (model, tokenizer), model identity for the cache key, description) for one axis.
 
     Resolves the model folder now, so a missing model fails before any rating is computed."""
@@ -44,7 +45,7 @@ def _judge(ctx: ScoreContext, axis: str, entry: dict, shared: dict) -> tuple[obj
     if entry.get("use_backbone"):
         tokenizer = load_tokenizer(ctx.backbone(), "right")
         described = f"the backbone {ctx.cfg.backbone.name} (SUBSTITUTE for {entry.get('hub_id')})"
-        loader, ident = shared["backbone"], OmegaConf.to_container(ctx.cfg.backbone, resolve=True)
+        loader, ident = shared["backbone"], plain(ctx.cfg.backbone)
     else:
         path = resolve_model(entry, key, ctx.store, error=DeitaConfigError)
         tokenizer = load_tokenizer(path, "right")
@@ -63,8 +64,8 @@ def combined_score(complexity: np.ndarray, quality: np.ndarray) -> np.ndarray:
 
 
 @register("deita")
-def score_deita(ctx: ScoreContext) -> Scores:
-    scfg = OmegaConf.to_container(ctx.cfg.scorer, resolve=True)
+def score_deita(ctx: RunContext) -> Scores:
+    scfg = plain(ctx.cfg.scorer)
     shared = _backbone_loaders(ctx)
     judges = {axis: _judge(ctx, axis, scfg[f"{axis}_model"], shared) for axis in AXES}
     substitutes = [axis for axis in AXES if scfg[f"{axis}_model"].get("use_backbone")]

@@ -12,11 +12,12 @@ exp(loss(A|Q) - loss(A))): the same examples pass the IFD < 1 filter, ranked dif
 from __future__ import annotations
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from ..errors import SelectlabError
 from ..lm_scoring import degenerate_mask, pool_answer_losses
-from . import ScoreContext, Scores, register
+from ..config import plain
+from ..context import RunContext
+from . import Scores, register
 
 
 RATIOS = ("loss", "perplexity")
@@ -36,11 +37,9 @@ def ifd_from_losses(records: list[dict], loss_cond: np.ndarray, loss_uncond: np.
     return ifd, score, counts
 
 
-def ifd_scores(ctx: ScoreContext, model_path: str, model_ident) -> Scores:
+def ifd_scores(ctx: RunContext, model_path: str, model_ident) -> Scores:
     """IFD of every pool record with the causal LM at ``model_path`` (shared with superfiltering)."""
-    if isinstance(model_ident, DictConfig):
-        model_ident = OmegaConf.to_container(model_ident, resolve=True)
-    table, meta = pool_answer_losses(ctx, model_path, model_ident, ctx.cfg.scorer, unconditional=True)
+    table, meta = pool_answer_losses(ctx, model_path, plain(model_ident), plain(ctx.cfg.scorer), unconditional=True)
     loss_cond, loss_uncond, n_tokens = table.T
     ratio = str(ctx.cfg.scorer.ratio)
     ifd, score, counts = ifd_from_losses(ctx.pool.records, loss_cond, loss_uncond, n_tokens, ratio)
@@ -52,5 +51,5 @@ def ifd_scores(ctx: ScoreContext, model_path: str, model_ident) -> Scores:
 
 
 @register("ifd")
-def score_ifd(ctx: ScoreContext) -> Scores:
+def score_ifd(ctx: RunContext) -> Scores:
     return ifd_scores(ctx, ctx.backbone(), ctx.cfg.backbone)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from ..backbone import resolve_model
 from ..errors import SelectlabError
@@ -19,7 +18,9 @@ from ..instructmining import indicators as ind
 from ..instructmining.rules import predicted_loss, validate_rule
 from ..models import default_device, load_causal_lm, load_tokenizer
 from ..prompts import render_prompt
-from . import ScoreContext, Scores, register
+from ..config import plain
+from ..context import RunContext
+from . import Scores, register
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ RESUME_EVERY = 256  # examples per resumable store batch; models run in spec.bat
 
 class IndicatorConfigError(SelectlabError):
     pass
-
-
-def _plain(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def resolve_model_dir(model: dict, key: str) -> str:
@@ -53,7 +50,7 @@ def _text(record: dict, fields: list[str]) -> str:
     return "\n".join(record[f] for f in fields if record[f])
 
 
-def _per_example(ctx: ScoreContext, name: str, spec: dict, model_id, flag: str | None,
+def _per_example(ctx: RunContext, name: str, spec: dict, model_id, flag: str | None,
                  compute: Callable[[list[dict]], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, dict]:
     """Cache one per-example indicator (values + a degenerate-case flag) and count NaN and flags."""
     spec_for_key = {k: v for k, v in spec.items() if k != "batch_size"}  # batching does not change values
@@ -91,10 +88,10 @@ class _Lazy:
         return self._value
 
 
-def _backbone_loaders(ctx: ScoreContext) -> dict[str, _Lazy]:
+def _backbone_loaders(ctx: RunContext) -> dict[str, _Lazy]:
     """Judge, perplexity and token lengths share one backbone load (lengths need only its tokenizer)."""
     tokenizer = _Lazy(lambda: load_tokenizer(ctx.backbone(), "right"))
-    model = _Lazy(lambda: load_causal_lm(ctx.backbone(), str(ctx.cfg.backbone.get("dtype", "float32"))))
+    model = _Lazy(lambda: load_causal_lm(ctx.backbone(), str(getattr(ctx.cfg.backbone, "dtype", None) or "float32")))
     return {"tokenizer": tokenizer, "backbone": _Lazy(lambda: (model(), tokenizer()))}
 
 
@@ -112,7 +109,7 @@ def length_indicator(ctx, name, spec, shared):
             n = [len(tok()(t, add_special_tokens=False)["input_ids"]) for t in texts]
         return np.array(n, np.float64), np.array([not t for t in texts])
 
-    model_id = _plain(ctx.cfg.backbone) if unit == "tokens" else None
+    model_id = plain(ctx.cfg.backbone) if unit == "tokens" else None
     return _per_example(ctx, name, spec, model_id, "empty", compute)
 
 
@@ -130,7 +127,7 @@ def perplexity_indicator(ctx, name, spec, shared):
             truncated.append(len(pair[1]) < len(tok(answer, add_special_tokens=False).input_ids))
         return np.exp(losses_from_ids(model, pairs, int(spec["batch_size"]), pad_id(tok))), np.array(truncated)
 
-    return _per_example(ctx, name, spec, _plain(ctx.cfg.backbone), "truncated", compute)
+    return _per_example(ctx, name, spec, plain(ctx.cfg.backbone), "truncated", compute)
 
 
 def mtld_indicator(ctx, name, spec, shared):
@@ -198,7 +195,7 @@ def judge_indicator(ctx, name, spec, shared):
     log.warning("indicator %r: the backbone as a JUDGE (expected 1-%d rating, DEITA style) SUBSTITUTES for the "
                 "paper's reward model; published rule coefficients were fitted on a reward model's scale",
                 name, spec["scale"])
-    return judge_ratings(ctx, name, spec, shared["backbone"], _plain(ctx.cfg.backbone))
+    return judge_ratings(ctx, name, spec, shared["backbone"], plain(ctx.cfg.backbone))
 
 
 def reward_model_indicator(ctx, name, spec, shared):
@@ -246,13 +243,13 @@ KINDS = {"length": length_indicator, "perplexity": perplexity_indicator, "mtld":
          "unieval": unieval_indicator}
 
 
-def compute_indicators(ctx: ScoreContext, names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def compute_indicators(ctx: RunContext, names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The named indicator columns (``reward`` comes from ``scorer.reward``, the rest from ``scorer.indicators``)."""
     scfg = ctx.cfg.scorer
-    specs = {**_plain(scfg.get("indicators") or {}), "reward": _plain(scfg.reward)}
+    specs = {**plain(getattr(scfg, "indicators", None) or {}), "reward": plain(scfg.reward)}
     for name in names:  # check every indicator and find every model before hours of work on the first
         if name not in specs:
-            raise IndicatorConfigError(f"indicator {name!r} (used by scorer.rule {scfg.rule.get('name')!r} or "
+            raise IndicatorConfigError(f"indicator {name!r} (used by scorer.rule {getattr(scfg.rule, 'name', None)!r} or "
                                        f"scorer.log_indicators) is not configured in scorer.indicators; "
                                        f"configured: {sorted(specs)}")
         if specs[name].get("kind") not in KINDS:
@@ -269,13 +266,13 @@ def compute_indicators(ctx: ScoreContext, names: list[str]) -> tuple[dict[str, n
 
 
 @register("instructmining")
-def score_instructmining(ctx: ScoreContext) -> Scores:
-    rule = validate_rule(_plain(ctx.cfg.scorer.rule))
-    extra = [c for c in (ctx.cfg.scorer.get("log_indicators") or []) if c not in rule["coefficients"]]
+def score_instructmining(ctx: RunContext) -> Scores:
+    rule = validate_rule(plain(ctx.cfg.scorer.rule))
+    extra = [c for c in (getattr(ctx.cfg.scorer, "log_indicators", None) or []) if c not in rule["coefficients"]]
     columns, counts = compute_indicators(ctx, [*rule["coefficients"], *extra])
     predicted = predicted_loss(columns, rule)
     counts["predicted_loss_nan"] = int(np.isnan(predicted).sum())
-    reward = _plain(ctx.cfg.scorer.reward)
+    reward = plain(ctx.cfg.scorer.reward)
     log.info("InstructMining rule %r (target %s): %s; indicator scaling: %s", rule["name"], rule.get("target"),
              rule.get("provenance", "").strip(), rule.get("scaling", "unknown"))
     return Scores(

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import SelectlabError
 from ..models import load_tokenizer
-from . import ScoreContext, Scores, register
+from ..context import RunContext
+from . import Scores, register
 
 
 def order_sign(order: str) -> float:
@@ -21,7 +22,7 @@ def order_sign(order: str) -> float:
     return 1.0 if order == "desc" else -1.0
 
 
-def answer_token_counts(ctx: ScoreContext) -> np.ndarray:
+def answer_token_counts(ctx: RunContext) -> np.ndarray:
     """Each pool answer's length in tokens of the backbone's tokenizer."""
     tokenizer = load_tokenizer(ctx.backbone())
     answers = [r["output"] for r in ctx.pool.records]
@@ -29,7 +30,7 @@ def answer_token_counts(ctx: ScoreContext) -> np.ndarray:
 
 
 @register("length")
-def score_length(ctx: ScoreContext) -> Scores:
+def score_length(ctx: RunContext) -> Scores:
     sign = order_sign(str(ctx.cfg.scorer.order))
     answers = [r["output"] for r in ctx.pool.records]
     n_tokens = answer_token_counts(ctx)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ScoreContext, Scores, register
+from ..context import RunContext
+from . import Scores, register
 from .length import answer_token_counts
 
 QUALITIES = ("annotation", "length", "uniform")
@@ -28,7 +29,7 @@ def deita_score(record: dict) -> float:
 
 
 @register("mig")
-def score_mig(ctx: ScoreContext) -> Scores:
+def score_mig(ctx: RunContext) -> Scores:
     quality = str(ctx.cfg.scorer.quality)
     records = ctx.pool.records
     counts: dict[str, int] = {}

@@ -5,18 +5,19 @@ first) | desc (highest first). Degenerate examples are not selectable and are co
 from __future__ import annotations
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from ..lm_scoring import degenerate_mask, pool_answer_losses
-from . import ScoreContext, Scores, register
+from ..config import plain
+from ..context import RunContext
+from . import Scores, register
 from .length import order_sign
 
 
 @register("perplexity")
-def score_perplexity(ctx: ScoreContext) -> Scores:
+def score_perplexity(ctx: RunContext) -> Scores:
     sign = order_sign(str(ctx.cfg.scorer.order))
-    model_ident = OmegaConf.to_container(ctx.cfg.backbone, resolve=True)
-    table, meta = pool_answer_losses(ctx, ctx.backbone(), model_ident, ctx.cfg.scorer, unconditional=False)
+    model_ident = plain(ctx.cfg.backbone)
+    table, meta = pool_answer_losses(ctx, ctx.backbone(), model_ident, plain(ctx.cfg.scorer), unconditional=False)
     loss_cond, _, n_tokens = table.T
     perplexity = np.exp(loss_cond)
     usable, counts = degenerate_mask(ctx.pool.records, n_tokens, perplexity)

@@ -9,7 +9,8 @@ import hashlib
 
 import numpy as np
 
-from . import ScoreContext, Scores, register
+from ..context import RunContext
+from . import Scores, register
 
 VERSION = 1
 
@@ -20,7 +21,7 @@ def uniform_from_id(seed: int, example_id: str) -> float:
 
 
 @register("random")
-def score_random(ctx: ScoreContext) -> Scores:
+def score_random(ctx: RunContext) -> Scores:
     seed = int(ctx.cfg.seed)
     key = ctx.store.key("random_scores", VERSION, pool=ctx.pool_key, seed=seed)
     ids = [r["id"] for r in ctx.pool.records]

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from ..backbone import resolve_model
 from ..diverse import example_text
 from ..models import default_device
-from . import ScoreContext, Scores, register
+from ..config import plain
+from ..context import RunContext
+from . import Scores, register
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,8 @@ def ranker_scores(model, tokenizer, questions: Sequence[str], answers: Sequence[
 
 
 @register("scar")
-def score_scar(ctx: ScoreContext) -> Scores:
-    scfg = OmegaConf.to_container(ctx.cfg.scorer, resolve=True)
+def score_scar(ctx: RunContext) -> Scores:
+    scfg = plain(ctx.cfg.scorer)
     model_cfg = scfg["model"]
     model_dir = resolve_model(model_cfg, "scorer.model", ctx.store, error=ScarError)
     _style_ranker_classes()

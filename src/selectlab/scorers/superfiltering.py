@@ -9,14 +9,15 @@ loss(A) of the answer alone without BOS, max length 1024, and the ratio of perpl
 """
 from __future__ import annotations
 
-from omegaconf import OmegaConf
 
 from ..backbone import resolve_model
-from . import ScoreContext, Scores, register
+from ..config import plain
+from ..context import RunContext
+from . import Scores, register
 from .ifd import ifd_scores
 
 
 @register("superfiltering")
-def score_superfiltering(ctx: ScoreContext) -> Scores:
-    model_cfg = OmegaConf.to_container(ctx.cfg.scorer.model, resolve=True)
+def score_superfiltering(ctx: RunContext) -> Scores:
+    model_cfg = plain(ctx.cfg.scorer.model)
     return ifd_scores(ctx, resolve_model(model_cfg, "scorer.model", ctx.store), model_cfg)

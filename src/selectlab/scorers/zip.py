@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..zip_selection import FORMS, example_text, single_ratios
-from . import ScoreContext, Scores, register
+from ..context import RunContext
+from . import Scores, register
 
 
 @register("zip")
-def score_zip(ctx: ScoreContext) -> Scores:
+def score_zip(ctx: RunContext) -> Scores:
     text = str(ctx.cfg.scorer.text)
     texts = [example_text(r, text) for r in ctx.pool.records]
     ratio = single_ratios(texts, FORMS[text])

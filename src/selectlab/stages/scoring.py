@@ -1,0 +1,38 @@
+"""Pool -> scores: the scorer's output as an artifact."""
+from __future__ import annotations
+
+from ..context import RunContext
+from ..scorers import Scores, get_scorer
+from ..store import ArtifactStore, content_hash
+from ..config import plain
+
+SCORES_VERSION = 1
+
+
+def pool_content_key(records: list[dict]) -> str:
+    """Hash of the pool's texts, plus any extra fields a record carries (pool=json keeps them,
+    e.g. annotations a scorer reads), so changed annotations give new artifacts."""
+    core = ("id", "instruction", "input", "output", "source")
+    rows = []
+    for r in records:
+        extra = {k: v for k, v in r.items() if k not in core}
+        rows.append([r["id"], r["instruction"], r["input"], r["output"], *([extra] if extra else [])])
+    return content_hash(rows)
+
+
+def scores_key(cfg, pool_key: str) -> str:
+    """Key of the scores artifact: every config section a scorer may read (also used by task=plan)."""
+    return ArtifactStore.key(
+        "scores", SCORES_VERSION, scorer=plain(cfg.scorer), pool=pool_key, seed=int(cfg.seed),
+        backbone=plain(cfg.backbone), sampler=plain(cfg.sampler), embedding=plain(cfg.embedding),
+    )
+
+
+def score_stage(ctx: RunContext) -> tuple[Scores, str]:
+    """The scorer's output as an artifact; (scores, key)."""
+    key = scores_key(ctx.cfg, ctx.pool_key)
+    scorer = get_scorer(ctx.cfg.scorer.name)
+    # not exclusive: a scorer's heavy work runs in batched stages, which concurrent jobs split
+    folder = ctx.store.build("scores", key, lambda tmp: scorer(ctx).save(tmp), {"scorer": ctx.cfg.scorer.name},
+                             exclusive=False)
+    return Scores.load(folder), key
