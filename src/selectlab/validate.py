@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .backbone import resolve_model
 from .errors import SelectlabError
 from .pools import LOADERS, Pool
+from .schema import check_known_keys
 from .sampling import check_sampler_config
 from .scorers import get_scorer
 from .selectors import SELECTORS, resolve_budget
@@ -36,6 +37,7 @@ def validate(cfg: DictConfig) -> None:
     """Every config value that can be checked without a model; the first bad one is raised."""
     from .pipeline import container, selector_config  # pipeline imports this module
 
+    check_known_keys(cfg)  # a key added with +key=value that its group's schema does not have
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
