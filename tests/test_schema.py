@@ -159,3 +159,31 @@ def test_a_preset_name_says_its_kind(name):
     if sweeps:
         header = (CONF / "experiment" / f"{name}.yaml").read_text()
         assert f"python src/run.py -m experiment={name}" in header, f"{name}'s header shows how to run it with -m"
+
+
+# ---------------------------------------------------------------- code that reads conf/ YAML itself
+# pipeline.selector_config (selector=auto) and pipeline.random_baseline_cfg load conf/ files with
+# OmegaConf.load, which keeps each file's `defaults` list (the schema line): the resolved selector
+# and the random row's scorer then differ from the composed options, and so do their artifact
+# keys. Issue 15 item 3 removes these loads; until then the two tests below fail (strict xfail:
+# they turn into failures once the loads are gone, and the markers should go).
+LOADS_YAML = pytest.mark.xfail(strict=True, raises=AssertionError,
+                               reason="pipeline loads conf/ YAML raw, with its defaults list (issue 15 item 3)")
+
+
+@LOADS_YAML
+@pytest.mark.parametrize("scorer", ["adg", "deita_judge", "mig_offline", "superfiltering_d", "zip", "ifd"])
+def test_selector_auto_is_the_composed_selector_option(compose, scorer):
+    from selectlab.pipeline import container, selector_config
+
+    cfg = compose(f"scorer={scorer}")
+    option = cfg.scorer.get("selector") or "topk"
+    assert selector_config(cfg) == container(compose(f"scorer={scorer}", f"selector={option}").selector)
+
+
+@LOADS_YAML
+def test_the_random_rows_scorer_is_the_composed_random_option(compose):
+    from selectlab.pipeline import container, random_baseline_cfg
+
+    random_row = random_baseline_cfg(compose("scorer=adg"), 8)
+    assert container(random_row.scorer) == container(compose("scorer=random").scorer)
