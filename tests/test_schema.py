@@ -138,6 +138,14 @@ def test_typed_values_keep_their_type(compose):
     assert added.eval.tasks.arc_easy.num_fewshot == 0
 
 
+def test_a_map_can_replace_a_null_map_key(compose):
+    """selector.model and eval.gen_kwargs are null or a map (typed Any: OmegaConf 2.3 cannot set a
+    map on a null Optional[Dict] node), as the headers of conf/selector/deita.yaml and eval/adg_six.yaml show."""
+    cfg = compose("selector=deita", "selector.model={hub_id: mistralai/Mistral-7B-v0.1, allow_download: true}",
+                  "eval=adg_six", "eval.gen_kwargs={max_gen_toks: 256}")
+    assert cfg.selector.model.hub_id == "mistralai/Mistral-7B-v0.1" and cfg.eval.gen_kwargs.max_gen_toks == 256
+
+
 def test_an_unknown_experiment_fails_instead_of_running_the_defaults(compose):
     """conf/config.yaml's experiment entry is not `optional`: `optional` skipped a missing file, so
     experiment=<typo> (or a renamed preset's old name) ran the CPU demo defaults silently."""

@@ -29,7 +29,7 @@ class LmEvalConfig(EvalConfig):
     offline: bool = MISSING
     allow_code_execution: bool = MISSING
     apply_chat_template: bool = MISSING
-    gen_kwargs: Optional[Dict[str, Any]] = MISSING
+    gen_kwargs: Any = MISSING  # null or a map; Any, as DeitaSelector.model (a map set on a null Optional[Dict] fails)
     log_samples: bool = MISSING
     task_dirs: List[str] = MISSING
     bootstrap_iters: int = MISSING

@@ -54,7 +54,9 @@ class DiverseTopk(SelectorConfig):
 class DeitaSelector(DiverseTopk):
     """DEITA's release embedder: a causal LM's last-token state."""
 
-    model: Optional[Dict[str, Any]] = MISSING  # null = the run's backbone; else a model entry (path | hub_id, ...)
+    # null = the run's backbone; else a model entry {path | hub_id, allow_download, ...}. Any, not
+    # Optional[Dict]: OmegaConf 2.3 cannot set a map on a null Optional[Dict] node (selector.model={...}).
+    model: Any = MISSING
     dtype: Optional[str] = MISSING
     max_length: int = MISSING
 
