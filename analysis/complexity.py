@@ -36,6 +36,8 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    import selectlab.config  # noqa: F401  (registers the schemas conf/complexity.yaml and conf/judge/ extend)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = OmegaConf.to_container(compose("complexity", overrides=list(overrides)), resolve=True)

@@ -1,4 +1,4 @@
-"""Time the components that size ``experiment=cpu_replication`` on this machine: one fine-tune
+"""Time the components that size ``experiment=sweep_cpu_replication`` on this machine: one fine-tune
 of the embedded SmolLM2 on a budget-sized random Alpaca subset, one held-out response-loss
 eval, and full zero-shot lm-eval tasks on the fine-tuned model. Prints seconds per component
 and a JSON line; run it alone (under the heavy lock on a shared machine):
@@ -47,7 +47,7 @@ def main() -> None:
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=cpu_replication", "run_dir=/tmp/unused",
+        cfg = compose("config", overrides=["experiment=sweep_cpu_replication", "run_dir=/tmp/unused",
                                            f"pool.limit={args.pool}", f"heldout.limit={args.heldout}"])
     plain = OmegaConf.to_container(cfg, resolve=True)
     store = ArtifactStore(Path(plain["cache_dir"]))

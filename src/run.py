@@ -15,12 +15,14 @@ from omegaconf import DictConfig  # noqa: E402
 
 from selectlab.errors import USER_ERROR_EXIT_CODE, SelectlabError, one_line  # noqa: E402
 from selectlab.pipeline import run  # noqa: E402
+from selectlab.schema import check_known_keys  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("selectlab").setLevel(logging.INFO)
     try:
+        check_known_keys(cfg)  # composition checked types and plain keys; this, keys added with +
         run(cfg)
     except SelectlabError as error:
         # A user error (bad value, bad file, missing model): what and where in one line, no traceback.

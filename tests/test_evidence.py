@@ -110,7 +110,7 @@ def test_cpu_replication_heldout_alpaca_slice_is_disjoint_from_its_pool(compose)
 
     from selectlab.pools import load_pool
 
-    cfg = OmegaConf.to_container(compose("experiment=cpu_replication"), resolve=True)
+    cfg = OmegaConf.to_container(compose("experiment=sweep_cpu_replication"), resolve=True)
     assert cfg["heldout"]["loader"] == cfg["pool"]["loader"] == "alpaca"  # the same 52K source
     pool = load_pool(cfg["pool"], seed=cfg["seed"]).records
     held = heldout_records(cfg["heldout"], pool, cfg["seed"])

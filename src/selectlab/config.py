@@ -1,4 +1,5 @@
-"""Process set-up shared by the entry point and the tests: offline defaults, config resolvers."""
+"""Process set-up shared by the entry point and the tests: offline defaults, config resolvers,
+the config schemas (importing this module registers both before Hydra composes)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,12 +8,14 @@ import os
 from omegaconf import OmegaConf
 
 from .paths import cache_dir, data_dir, safe_component
+from .schema import register as register_schemas
 
 OmegaConf.register_new_resolver("data_dir", lambda: str(data_dir()), replace=True)
 OmegaConf.register_new_resolver("cache_dir", lambda: str(cache_dir()), replace=True)
 # ``${safe:${pool.name}}``: a config value made one harmless path component (conf/config.yaml's
 # run and sweep folders), so ``pool.name=../../x`` cannot write outside outputs/.
 OmegaConf.register_new_resolver("safe", safe_component, replace=True)
+register_schemas()  # schema/<group>/<name> in Hydra's ConfigStore, which conf/ files extend
 
 
 def configure_environment() -> None:

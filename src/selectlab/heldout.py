@@ -4,7 +4,7 @@ The set is drawn *after* removing every example whose (instruction, input) is in
 training pool, so it is disjoint from the pool by construction, also when it comes from the
 same source (``heldout.loader=alpaca`` beside ``pool=alpaca``: a seeded slice of the 52K
 rows the pool did not take). ``eval.heldout_loss`` (``eval=heldout_loss``, or beside
-lm-eval tasks as in ``eval=cpu_replication``) scores each example by its mean response-token
+lm-eval tasks as in ``experiment=sweep_cpu_replication``) scores each example by its mean response-token
 cross-entropy under the Alpaca prompt the fine-tune uses; lower is better. The per-example
 losses are kept so that differences between models can be paired by example.
 """

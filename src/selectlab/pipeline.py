@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from .backbone import resolve_backbone
 from .config import plain
 from .context import RunContext, with_sections
@@ -40,6 +42,7 @@ class Run:
     """A started run: its context, tracker and manifest (rewritten at each milestone)."""
 
     ctx: RunContext
+    scoring: RunContext  # ctx, or with select.backbone the scoring model's context
     tracker: Tracker
     run_dir: Path
     manifest: dict
@@ -69,30 +72,37 @@ def run(cfg) -> dict:
 
 
 def start(cfg) -> Run:
-    """Run folder, orphan watchdog, store, tracker, pool and the run's context."""
+    """Run folder, orphan watchdog, store, tracker, pool and the run's context. The composed config
+    becomes typed objects here, once (selectlab.schema); no DictConfig travels below this point."""
     started = time.perf_counter()
-    run_dir = Path(cfg.run_dir)
+    run_cfg = typed(cfg)
+    run_dir = Path(run_cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     watch_children(run_dir / "watchdog.log")  # a killed run leaves no engine, worker or eval process behind
-    shard = (int(cfg.shard.index), int(cfg.shard.count)) if cfg.shard.index is not None else None
-    store = ArtifactStore(Path(cfg.cache_dir), shard=shard, verify=str(cfg.store.verify))
-    resolved = plain(cfg)
-    name = f"{cfg.scorer.name}-{cfg.pool.name}-{cfg.backbone.name}-s{cfg.seed}"
-    tracker = make_tracker(plain(cfg.logger), resolved, run_dir, name)
+    shard = (int(run_cfg.shard.index), int(run_cfg.shard.count)) if run_cfg.shard.index is not None else None
+    store = ArtifactStore(Path(run_cfg.cache_dir), shard=shard, verify=str(run_cfg.store.verify))
+    resolved = plain(run_cfg)
+    name = f"{run_cfg.scorer.name}-{run_cfg.pool.name}-{run_cfg.backbone.name}-s{run_cfg.seed}"
+    tracker = make_tracker(plain(run_cfg.logger), resolved, run_dir, name)
 
-    pool = load_pool(plain(cfg.pool), seed=int(cfg.seed))
+    pool = load_pool(plain(run_cfg.pool), seed=int(run_cfg.seed))
     check_against_pool(cfg, pool)
     log.info("pool %s: %d records (of %d; %d with empty instruction left out)", pool.name, len(pool.records),
              pool.n_total, len(pool.empty_instruction_ids))
-    ctx = RunContext(cfg=cfg, store=store, pool=pool, pool_key=pool_content_key(pool.records),
-                     backbone=lazy_backbone(cfg.backbone, store), log_metrics=tracker.log_metrics)
+    ctx = RunContext(cfg=run_cfg, store=store, pool=pool, pool_key=pool_content_key(pool.records),
+                     backbone=lazy_backbone(run_cfg.backbone, store), log_metrics=tracker.log_metrics)
     manifest = {
         "run": name, "run_dir": str(run_dir), "config": resolved,
         "pool": {"name": pool.name, "key": ctx.pool_key, "n": len(pool.records), "n_total": pool.n_total,
                  "empty_instruction_ids": pool.empty_instruction_ids},
         "packages": package_versions(), "python": platform.python_version(), "git_commit": git_commit(),
     }
-    return Run(ctx, tracker, run_dir, manifest, started)
+    return Run(ctx, scoring_context(ctx, cfg), tracker, run_dir, manifest, started)
+
+
+def typed(cfg):
+    """The composed DictConfig as the schemas' dataclasses (selectlab.schema), interpolations resolved."""
+    return OmegaConf.to_object(cfg) if OmegaConf.is_config(cfg) else cfg
 
 
 def lazy_backbone(model_cfg, store: ArtifactStore):
@@ -107,20 +117,21 @@ def lazy_backbone(model_cfg, store: ArtifactStore):
     return backbone
 
 
-def scoring_context(ctx: RunContext) -> RunContext:
+def scoring_context(ctx: RunContext, cfg) -> RunContext:
     """The context the scorer and selector run in: the run's own, or with ``select.backbone`` the
-    scoring model in place of the backbone (artifact keys follow it); training stays on the backbone."""
-    model = getattr(getattr(ctx.cfg, "select", None), "backbone", None)
+    scoring model in place of the backbone (artifact keys follow it, and so does what the config
+    derives from the backbone, e.g. embedding.empty_answer); training stays on the backbone."""
+    model = getattr(ctx.cfg.select, "backbone", None)
     if model is None:
         return ctx
     log.info("selecting with %s, training %s (select.backbone)", model.name, ctx.cfg.backbone.name)
-    return replace(ctx, cfg=with_sections(ctx.cfg, backbone=model), backbone=lazy_backbone(model, ctx.store),
-                   training=ctx)
+    scoring_cfg = typed(with_sections(cfg, backbone=cfg.select.backbone))  # interpolations follow the scorer
+    return replace(ctx, cfg=scoring_cfg, backbone=lazy_backbone(model, ctx.store), training=ctx)
 
 
 def select_task(run: Run) -> dict:
     """score -> select -> write and log the subsets -> (fine-tune -> evaluate)."""
-    ctx = scoring_context(run.ctx)
+    ctx = run.scoring
     try:
         scores, scores_key = score_stage(ctx)
     except ShardIncomplete as done:  # a shard job: its batches are computed, the merge run goes on

@@ -17,6 +17,7 @@ from .backbone import resolve_model
 from .config import plain
 from .errors import SelectlabError
 from .pools import LOADERS, Pool
+from .schema import check_known_keys
 from .sampling import check_sampler_config
 from .scorers import get_scorer
 from .selectors import SELECTORS, SIZE_SEARCH, resolve_budget
@@ -33,6 +34,7 @@ BASELINES = ("untrained", "random")
 
 def validate(cfg: DictConfig) -> None:
     """Every config value that can be checked without a model; the first bad one is raised."""
+    check_known_keys(cfg)  # a key added with +key=value that its group's schema does not have
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")

@@ -74,7 +74,8 @@ def save_rule_yaml(result: Mapping, names: Sequence[str], path: str | Path, prov
               f"# Copy this file into conf/scorer/rule/, then:\n"
               f"#   python src/run.py scorer=instructmining scorer/rule={path.stem}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump(rule, sort_keys=False))
+    schema = yaml.safe_dump({"defaults": ["/schema/scorer/rule/fitted@_here_", "_self_"]})  # typed keys
+    path.write_text(header + schema + yaml.safe_dump(rule, sort_keys=False))
     return path
 
 

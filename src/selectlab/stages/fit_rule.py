@@ -1,4 +1,4 @@
-"""``task=fit_rule`` (``experiment=im_fit_cpu``): InstructMining's rule fitted on our own fine-tunes.
+"""``task=fit_rule`` (``experiment=fit_rule_cpu``): InstructMining's rule fitted on our own fine-tunes.
 
 M random subsets, each fine-tuned and evaluated on the held-out set (``stages.size_search``'s
 ``finetuned_eval_loss``), then least squares of log loss on subset-mean indicators. The fitted
