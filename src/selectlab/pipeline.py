@@ -14,13 +14,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .backbone import resolve_backbone
+from .console import route_engine_logs
 from .errors import SelectlabError
+from .export import export_subsets
 from .orphans import watch_children
 from .paths import REPO_ROOT
-from .pools import load_pool
+from .pools import announce_demo_slice, load_pool
 from .report import selection_report
 from .scorers import ScoreContext, Scores, get_scorer
 from .selectors import READS, resolve_budget, select
+from .summary import log_summary
 from .store import ArtifactStore, ShardIncomplete, atomic_write_text, content_hash, read_jsonl, write_jsonl
 from .tracking import Tracker, make_tracker
 from .validate import check_against_pool, validate
@@ -116,9 +119,13 @@ def select_stage(ctx: ScoreContext, scores: Scores, scores_key: str) -> tuple[di
                 "selection_meta": selection.meta}
 
     folder = ctx.store.build("subsets", key, make, {"selector": selector})
-    subsets = {"main": read_jsonl(folder / "records.jsonl")}
-    for path in sorted(folder.glob("records_*.jsonl")):
-        subsets[path.stem.removeprefix("records_")] = read_jsonl(path)
+    files = {"main": folder / "records.jsonl",
+             **{path.stem.removeprefix("records_"): path for path in sorted(folder.glob("records_*.jsonl"))}}
+    # a stored subset may have been built from another file with the same texts (the key hashes the texts,
+    # not e.g. `source`): the record fields are this pool's; only rank and scores come from the artifact
+    from_artifact = ("rank", "score", *scores.columns)
+    subsets = {name: [{**by_id[r["id"]], **{k: r[k] for k in from_artifact if k in r}} for r in read_jsonl(path)]
+               for name, path in files.items()}
     bins = np.load(folder / "bins.npy") if (folder / "bins.npy").exists() else None
     return subsets, key, bins, ctx.store.meta("subsets", key).get("selection_meta", {})
 
@@ -301,6 +308,7 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)  # every value checkable without a model, named by its key, before any work
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    route_engine_logs(run_dir)  # vLLM's lines (and its engine processes') to run.log, not the console
     watch_children(run_dir / "watchdog.log")  # a killed run leaves no engine, worker or eval process behind
     shard = (int(cfg.shard.index), int(cfg.shard.count)) if cfg.shard.index is not None else None
     store = ArtifactStore(Path(cfg.cache_dir), shard=shard, verify=str(cfg.store.verify))
@@ -309,6 +317,7 @@ def run(cfg: DictConfig) -> dict:
     tracker = make_tracker(container(cfg.logger), resolved, run_dir, name)
 
     pool = load_pool(container(cfg.pool), seed=int(cfg.seed))
+    announce_demo_slice(pool, cfg.pool.limit if OmegaConf.is_interpolation(cfg.pool, "limit") else None)
     check_against_pool(cfg, pool)
     pool_key = pool_content_key(pool.records)
     log.info("pool %s: %d records (of %d; %d with empty instruction left out)", pool.name, len(pool.records),
@@ -363,9 +372,10 @@ def run(cfg: DictConfig) -> dict:
     for name, path in extra_paths.items():
         write_jsonl(path, subsets[name])
         log.info("subset %s: %d examples -> %s", name, len(subsets[name]), path)
+    export_subsets(container(cfg.get("export")), {"main": subset_path, **extra_paths}, run_dir)
     report = selection_report(scores, subset, {r["id"]: r for r in pool.records}, run_dir, bins=bins)
     log.info("selected %d of %d examples -> %s", len(subset), len(pool.records), subset_path)
-    counts = {**scores.counts, "empty_instruction": len(pool.empty_instruction_ids)}
+    counts = {**scores.counts, "empty_instruction": len(pool.empty_instruction_ids), "duplicates": len(pool.duplicate_ids)}
     write_manifest(artifacts={"scores": scores_key, "subset": subset_key}, selector=selector_config(cfg),
                    counts=counts, n_selected=len(subset), subset_path=str(subset_path),
                    extra_subsets={name: {"path": str(p), "n": len(subsets[name])} for name, p in extra_paths.items()})
@@ -392,7 +402,7 @@ def run(cfg: DictConfig) -> dict:
         log_results(tracker, rows, container(cfg.eval.get("groups")) or {})
         write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "seed", "groups", "avg")} for r in rows])
     tracker.finish()
-    return write_manifest()
+    return log_summary(write_manifest())
 
 
 def log_results(tracker: Tracker, rows: list[dict], groups: dict[str, list[str]] | None = None) -> None:

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbone import resolve_model
 from .errors import SelectlabError
-from .pools import LOADERS, Pool
+from .export import check_export
+from .pools import DUPLICATE_MODES, LOADERS, Pool, check_pool_location
 from .sampling import check_sampler_config
 from .scorers import get_scorer
 from .selectors import SELECTORS, resolve_budget
@@ -41,6 +42,8 @@ def validate(cfg: DictConfig) -> None:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
     check_run_values(cfg)
     check_pool_config(container(cfg.pool), "pool")
+    check_pool_location(container(cfg.pool))
+    check_export(container(cfg.get("export")))
     if cfg.backbone.get("path"):
         resolve_model(container(cfg.backbone), "backbone")  # a folder with config.json; nothing loads
     check_scorer(cfg)
@@ -119,6 +122,8 @@ def check_pool_config(pool: dict, key: str) -> None:
         raise SelectlabError(f"{key}.sample={pool.get('sample')!r}; choose random or head")
     if pool.get("empty_instruction", "drop") not in ("drop", "error"):
         raise SelectlabError(f"{key}.empty_instruction={pool.get('empty_instruction')!r}; choose drop or error")
+    if pool.get("duplicates", "drop") not in DUPLICATE_MODES:
+        raise SelectlabError(f"{key}.duplicates={pool.get('duplicates')!r}; choose one of {', '.join(DUPLICATE_MODES)}")
 
 
 def check_selector(selector: dict, scorer: str) -> None:
