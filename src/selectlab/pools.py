@@ -172,7 +172,6 @@ def _element_start_lines(text: str) -> list[int]:
 
 
 SHAPE_FIELDS = {"id", "instruction", "input", "output", "context", "response", "category", "source", "dialogs"}
-RECORD_FIELDS = ("id", "instruction", "input", "output", "source")
 USER_ROLES, ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt"}
 
 
@@ -224,7 +223,7 @@ def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0
         line_of_id[rid] = line_no
         record["id"] = rid
         if keep_extra:
-            record.update({k: v for k, v in row.items() if k not in SHAPE_FIELDS and k not in RECORD_FIELDS})
+            record.update({k: v for k, v in row.items() if k not in SHAPE_FIELDS})
         out.append(record)
     return out
 
