@@ -207,21 +207,24 @@ def test_console_filter_keeps_selectlab_info_and_every_warning():
     assert passes("vllm.engine", logging.WARNING) and passes("lm_eval", logging.ERROR)
 
 
-def test_vllm_logging_config_sends_info_to_run_log_and_warnings_to_stderr(tmp_path):
+def test_vllm_logging_config_sends_its_lines_to_run_log_and_errors_to_stderr(tmp_path):
     """The config route_engine_logs hands vLLM, applied as vLLM applies it (logging.config.dictConfig)."""
-    from selectlab.console import route_engine_logs
+    from selectlab.console import engine_warnings
 
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING_LEVEL")}
     code = ("import json, logging.config, os, sys; sys.path.insert(0, 'src');"
             "from selectlab.console import route_engine_logs; route_engine_logs(sys.argv[1]);"
             "logging.config.dictConfig(json.load(open(os.environ['VLLM_LOGGING_CONFIG_PATH'])));"
-            "logging.getLogger('vllm.engine').info('engine info'); logging.getLogger('vllm.engine').warning('engine warn')")
+            "logging.getLogger('vllm.engine').info('engine info'); logging.getLogger('vllm.engine').warning('engine warn');"
+            "logging.getLogger('vllm.engine').error('engine error')")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     log = (tmp_path / "run.log").read_text()
-    assert "engine info" in log and "engine warn" in log
-    assert "engine info" not in proc.stderr + proc.stdout and "engine warn" in proc.stderr
-    assert route_engine_logs.__doc__
+    assert "engine info" in log and "engine warn" in log and "engine error" in log
+    assert "engine info" not in proc.stderr + proc.stdout and "engine warn" not in proc.stderr  # run.log only
+    assert "engine error" in proc.stderr
+    assert engine_warnings(tmp_path / "run.log") == 1  # the summary's count
 
 
 def test_cli_console_is_short_and_run_log_is_full(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .console import engine_warnings
 from .store import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def summary_lines(manifest: dict) -> list[str]:
                         ("export", run_dir / "export"), ("manifest", run_dir / "manifest.json"),
                         ("log", run_dir / "run.log")):
         if path.exists():
-            lines.append(f"{label:9} {path}")
+            warnings = engine_warnings(path) if label == "log" else 0
+            lines.append(f"{label:9} {path}" + (f" ({warnings} warnings from vLLM's engine there)" if warnings else ""))
     sync = wandb_sync_command(run_dir, config.get("logger") or {})
     if sync:
         lines.append(f"W&B       offline; upload with: {sync}")
