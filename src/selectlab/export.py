@@ -75,9 +75,17 @@ def export_subsets(cfg: dict | None, subset_paths: dict[str, Path], run_dir: Pat
 
 
 def _dataset(rows: list[dict]):
+    """The rows as one Arrow table; a field with different types across records (a user's ``source`` a
+    string here and a list there) cannot be one column: said with the fix, subset.jsonl is already written."""
     import datasets
+    import pyarrow as pa
 
-    return datasets.Dataset.from_list(rows)
+    try:
+        return datasets.Dataset.from_list(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise SelectlabError(f"export.formats: the subset's records do not fit one table ({err}); give each field "
+                             f"one type in every record of the pool, or export jsonl/llamafactory only "
+                             f"(subset.jsonl is written)") from None
 
 
 def llamafactory_export(rows: dict[str, list[dict]], stems: dict[str, str], folder: Path, name: str | None) -> Path:
