@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from selectlab.backbone import BackboneError, resolve_backbone
-from selectlab.pools import PoolError, load_pool
+from selectlab.pools import PoolError, content_id, load_pool
 from selectlab.store import ArtifactStore, read_jsonl
 from selectlab.wandb_offline import find_runs, read_run
 
@@ -83,7 +83,7 @@ def _pool(compose, *overrides):
 
 @pytest.mark.parametrize(
     "pool, n, first_id",
-    [("alpaca", 52002, "alpaca-00000"), ("cot", 33443, "cot-aqua-00000"), ("lima", 1029, "lima-00000"),
+    [("alpaca", 52002, "alpaca-00000"), ("cot", 33442, "cot-aqua-00000"),  # cot: 33,443 rows, one exact repeat dropped ("lima", 1029, "lima-00000"),
      ("code_alpaca", 2017, "code_alpaca-00000"), ("self_instruct_seed", 175, "seed_task_0")],
 )
 def test_shipped_pools_load_whole(compose, pool, n, first_id):
@@ -146,10 +146,11 @@ def test_empty_instructions_are_reported_not_silently_dropped(compose, tmp_path,
             {"instruction": "q3", "context": "c3", "response": "r3", "category": "closed_qa"}]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     p = _pool(compose, "pool=json", f"pool.path={f}")
-    assert [r["id"] for r in p.records] == ["user-00000", "user-00002"]
-    assert p.empty_instruction_ids == ["user-00001"] and p.n_total == 3
-    assert p.records[1] == {"id": "user-00002", "instruction": "q3", "input": "c3", "output": "r3", "source": "closed_qa"}
-    assert "1 records have an empty instruction: ['user-00001']" in caplog.text
+    ids = [content_id("q1", "", "r1"), content_id("", "", "r2"), content_id("q3", "c3", "r3")]  # ids from the text
+    assert [r["id"] for r in p.records] == [ids[0], ids[2]]
+    assert p.empty_instruction_ids == [ids[1]] and p.n_total == 3
+    assert p.records[1] == {"id": ids[2], "instruction": "q3", "input": "c3", "output": "r3", "source": "closed_qa"}
+    assert f"1 records have an empty instruction: ['{ids[1]}']" in caplog.text
     with pytest.raises(PoolError, match="empty instruction"):
         _pool(compose, "pool=json", f"pool.path={f}", "pool.empty_instruction=error")
 

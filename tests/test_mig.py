@@ -110,7 +110,7 @@ def test_pool_json_reads_migs_chat_shape(tmp_path):
     (tmp_path / "chat.jsonl").write_text(json.dumps(row) + "\n")
     rec = load_pool({"name": "json", "loader": "json", "path": str(tmp_path / "chat.jsonl"), "limit": None}, 0).records[0]
     assert (rec["instruction"], rec["output"], rec["_id"]) == ("Add 2 and 3.", "5", "abc")
-    assert "dialogs" not in rec and rec["source"] == "chat"
+    assert "dialogs" not in rec and rec["source"] == ["synthetic"]  # the record's own source is kept
     assert deita_score(rec) == (3.0 * 2.0 + 4.0 * 1.5) / 2  # mean over rounds of quality x complexity
 
 
@@ -126,11 +126,15 @@ def test_mig_on_an_annotated_pool_through_the_pipeline(compose, tmp_path):
     assert manifest["counts"]["no_deita_annotation"] == 1
     subset = [json.loads(l) for l in (tmp_path / "run" / "subset.jsonl").read_text().splitlines()]
     assert len(subset) == 5
-    assert all(r["score"] == deita_score(rows[int(r["id"].split("-")[1])]) for r in subset)
-    assert "user-00012" not in {r["id"] for r in subset}  # no annotation: not selectable
+    from selectlab.pools import content_id
+
+    position = {content_id(r["instruction"], r["input"], r["output"].strip()): i for i, r in enumerate(rows)}
+    subset_rows = [rows[position[r["id"]]] for r in subset]  # rows without ids get ids from their text
+    assert all(r["score"] == deita_score(row) for r, row in zip(subset, subset_rows))
+    assert not any(row["instruction"] == "No annotation here." for row in subset_rows)  # no annotation: not selectable
     # the highest-quality example comes first; then the greedy reaches other tag families
     assert subset[0]["score"] == max(r["score"] for r in subset)
-    families = {tuple(rows[int(r["id"].split("-")[1])]["annotation"]["instag"]["content"]) for r in subset}
+    families = {tuple(row["annotation"]["instag"]["content"]) for row in subset_rows}
     assert len(families) >= 4
 
 

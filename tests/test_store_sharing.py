@@ -303,7 +303,7 @@ def test_two_pipeline_runs_on_one_cache_score_each_batch_once(tmp_path):
     for job in jobs:
         out, err = job.communicate(timeout=600)
         assert job.returncode == 0, err[-3000:]
-        logs.append(out + err)  # Hydra's console log goes to stdout
+        logs.append((tmp_path / f"run{len(logs)}" / "run.log").read_text())  # the store's batch lines: run.log only
     done = [m.group(2) for log in logs for m in DONE.finditer(log) if m.group(1).startswith("random_scores/")]
     assert sorted(done) == ["1", "2", "3", "4"], "each of the 4 batches of 16 scored once"
     print("batches scored by each job:", [[m.group(2) for m in DONE.finditer(log)] for log in logs])
@@ -406,7 +406,8 @@ def test_kill_9_of_a_run_with_a_vllm_engine_leaves_no_process_behind(tmp_path, v
                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     start, deadline = time.time(), time.time() + 900
     try:
-        while not re.search(r"samples/\w+: batch 1/5 done", (tmp_path / "run.log").read_text()):  # engine samples
+        run_log = tmp_path / "run" / "run.log"  # the store's batch lines go to the run's log, not the console
+        while not (run_log.exists() and re.search(r"samples/\w+: batch 1/5 done", run_log.read_text())):
             assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             assert time.time() < deadline, "the engine did not sample its first batch"
             time.sleep(0.5)

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from .paths import cache_dir, data_dir, safe_component
 from .schema import register as register_schemas
+from .pools import demo_slice
 
 OmegaConf.register_new_resolver("data_dir", lambda: str(data_dir()), replace=True)
 OmegaConf.register_new_resolver("cache_dir", lambda: str(cache_dir()), replace=True)
@@ -16,6 +17,8 @@ OmegaConf.register_new_resolver("cache_dir", lambda: str(cache_dir()), replace=T
 # run and sweep folders), so ``pool.name=../../x`` cannot write outside outputs/.
 OmegaConf.register_new_resolver("safe", safe_component, replace=True)
 register_schemas()  # schema/<group>/<name> in Hydra's ConfigStore, which conf/ files extend
+# ``pool.limit``'s default: the demo's slice on a shipped pool with the embedded backbone, else null.
+OmegaConf.register_new_resolver("demo_slice", demo_slice, replace=True)
 
 
 def configure_environment() -> None:
@@ -24,6 +27,10 @@ def configure_environment() -> None:
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
+
+    # Weight-loading and dataset bars: a run shows one bar per long stage (selectlab.progress) instead.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def plain(section) -> dict | None:

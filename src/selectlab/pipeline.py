@@ -18,15 +18,18 @@ from omegaconf import OmegaConf
 
 from .backbone import resolve_backbone
 from .config import plain
+from .console import route_engine_logs
 from .context import RunContext, with_sections
 from .errors import SelectlabError
+from .export import export_subsets
 from .orphans import watch_children
 from .paths import REPO_ROOT
-from .pools import load_pool
+from .pools import announce_demo_slice, load_pool
 from .report import selection_report
 from .stages.scoring import pool_content_key, score_stage
 from .stages.selection import select_stage
 from .store import ArtifactStore, ShardIncomplete, atomic_write_text, write_jsonl
+from .summary import log_summary
 from .tables import log_results, log_scores, log_size_search, log_stage_timings, log_subset
 from .tracking import Tracker, make_tracker
 from .validate import check_against_pool, validate
@@ -78,6 +81,7 @@ def start(cfg) -> Run:
     run_cfg = typed(cfg)
     run_dir = Path(run_cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    route_engine_logs(run_dir)  # vLLM's lines (and its engine processes') to run.log, not the console
     watch_children(run_dir / "watchdog.log")  # a killed run leaves no engine, worker or eval process behind
     shard = (int(run_cfg.shard.index), int(run_cfg.shard.count)) if run_cfg.shard.index is not None else None
     store = ArtifactStore(Path(run_cfg.cache_dir), shard=shard, verify=str(run_cfg.store.verify))
@@ -86,6 +90,7 @@ def start(cfg) -> Run:
     tracker = make_tracker(plain(run_cfg.logger), resolved, run_dir, name)
 
     pool = load_pool(plain(run_cfg.pool), seed=int(run_cfg.seed))
+    announce_demo_slice(pool, run_cfg.pool.limit if OmegaConf.is_interpolation(cfg.pool, "limit") else None)
     check_against_pool(cfg, pool)
     log.info("pool %s: %d records (of %d; %d with empty instruction left out)", pool.name, len(pool.records),
              pool.n_total, len(pool.empty_instruction_ids))
@@ -141,9 +146,11 @@ def select_task(run: Run) -> dict:
                                             "total": done.total})
     subsets, subset_key, bins, selection_meta = select_stage(ctx, scores, scores_key)
     subset, paths = subsets["main"], write_subsets(run.run_dir, subsets)
+    export_subsets(plain(ctx.cfg.export), paths, run.run_dir)
     report = selection_report(scores, subset, {r["id"]: r for r in ctx.pool.records}, run.run_dir, bins=bins)
     log.info("selected %d of %d examples -> %s", len(subset), len(ctx.pool.records), paths["main"])
-    counts = {**scores.counts, "empty_instruction": len(ctx.pool.empty_instruction_ids)}
+    counts = {**scores.counts, "empty_instruction": len(ctx.pool.empty_instruction_ids),
+              "duplicates": len(ctx.pool.duplicate_ids)}
     run.write_manifest(artifacts={"scores": scores_key, "subset": subset_key}, selector=plain(ctx.cfg.selector),
                        scoring_backbone=ctx.cfg.backbone.name,
                        counts=counts, n_selected=len(subset), subset_path=str(paths["main"]),
@@ -152,7 +159,7 @@ def select_task(run: Run) -> dict:
     log_selection(run, scores, subset, subset_key, paths, report, selection_meta, counts)
     if ctx.cfg.eval.name != "none":
         evaluate_task(run, subset, subset_key)  # fine-tunes and evaluates the run's backbone
-    return run.finish()
+    return log_summary(run.finish())
 
 
 def write_subsets(run_dir: Path, subsets: dict[str, list[dict]]) -> dict[str, Path]:

@@ -2,12 +2,15 @@
 
 Ids are stable: they follow the row's position in the original release (for Alpaca 52K,
 the index into ``alpaca_data.json``), so a subset names the same examples on every machine.
-Malformed files fail with the file and line; records with an empty instruction are
-reported by count and id, never dropped silently.
+A user's rows (pool=json) keep their own ``id``; rows without one get an id derived from their
+text, so inserting or removing a row elsewhere in the file leaves every other id as it was.
+Malformed files fail with the file and line; records with an empty instruction and exact
+duplicates are reported by count and id, never dropped silently.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -31,7 +34,53 @@ class Pool:
     name: str
     records: list[dict]
     empty_instruction_ids: list[str] = field(default_factory=list)
-    n_total: int = 0  # rows in the source before limit / empty filtering
+    n_total: int = 0  # rows in the source before limit / empty / duplicate filtering
+    duplicate_ids: list[str] = field(default_factory=list)  # repeats of an earlier record (dropped unless keep)
+
+
+# Where each shipped pool's data lives under the data dir (conf/pool/<name>.yaml's path). A shipped
+# loader reads only this copy: another file goes through pool=json, which reads any JSON/JSONL file.
+SHIPPED_POOLS = {
+    "alpaca": "pools/alpaca_52k",
+    "flan_cot": "pools/flan_cot",
+    "lima": "pools/lima/lima.json",
+    "code_alpaca": "pools/code_alpaca_2k/code_alpaca_2k.json",
+    "self_instruct_seed": "pools/self_instruct_seed/seed_tasks.jsonl",
+}
+DUPLICATE_MODES = ("drop", "keep", "error")
+
+
+def is_shipped_location(loader: str | None, path: str | None) -> bool:
+    """The pool reads its shipped copy (conf/pool/<name>.yaml's own path, under the data dir)."""
+    from .paths import data_dir
+
+    return (loader in SHIPPED_POOLS and path is not None
+            and Path(path).resolve() == (data_dir() / SHIPPED_POOLS[loader]).resolve())
+
+
+def demo_slice(size: int, loader: str | None, path: str | None, gguf_package: str | None) -> int | None:
+    """``pool.limit``'s default (conf/config.yaml): the CPU demo's ``size``-example slice where the run is
+    the documented demo (a shipped pool on the embedded backbone), else None (the whole pool: your own
+    file, another backbone). A pool.limit given on the command line or in a preset replaces it."""
+    return int(size) if gguf_package and is_shipped_location(loader, path) else None
+
+
+def check_pool_location(pool: dict) -> None:
+    """``pool.path`` set for a shipped or hub-backed pool: that loader would read (or ignore) it as its
+    own data; a user's file goes through pool=json."""
+    loader, path = pool.get("loader"), pool.get("path")
+    if loader == "hub" and path:
+        raise PoolError(f"pool.path={path} is given with pool={pool['name']}, which loads {pool.get('hub_id')} "
+                        f"from the hub and ignores pool.path; for a local copy use pool=json pool.path={path}")
+    if loader in SHIPPED_POOLS and path and not is_shipped_location(loader, path):
+        raise PoolError(f"pool.path={path} is given with pool={pool['name']} (loader {loader}), which reads only "
+                        f"its shipped copy; for your own file use pool=json pool.path={path}")
+
+
+def content_id(instruction: str, inp: str, output: str) -> str:
+    """An id from a row's (stripped) texts: the same row gets the same id wherever it sits in the file."""
+    digest = hashlib.sha256(json.dumps([instruction, inp, output], ensure_ascii=False).encode("utf-8"))
+    return f"user-{digest.hexdigest()[:12]}"
 
 
 def _record(rid: str, instruction, inp, output, source: str, where: str) -> dict:
@@ -156,11 +205,23 @@ def _from_instruction_rows(path: Path, prefix: str, source: str, offset: int = 0
             inp, output = row.get("context", ""), row["response"]
         else:
             raise PoolError(f"{where}: record has neither 'output' (Alpaca) nor 'response' (Dolly)")
-        rid = str(row["id"]) if "id" in row and prefix == "user" else f"{prefix}-{offset + i:05d}"
+        # a user's own ``source`` field names the record's source (kept into subset.jsonl)
+        own_source = row.get("source") if prefix == "user" else None
+        record = _record("", row["instruction"], inp, output, own_source or row.get("category", source), where)
+        if prefix != "user":
+            rid = f"{prefix}-{offset + i:05d}"
+        elif "id" in row:
+            rid = str(row["id"])
+        else:  # from the text; a repeat of an earlier row is told apart by its occurrence (-2, -3, ...)
+            rid = base = content_id(record["instruction"], record["input"], record["output"])
+            occurrence = 1
+            while rid in line_of_id:
+                occurrence += 1
+                rid = f"{base}-{occurrence}"
         if rid in line_of_id:
             raise PoolError(f"{where}: id {rid!r} is already used at line {line_of_id[rid]}; ids must be unique")
         line_of_id[rid] = line_no
-        record = _record(rid, row["instruction"], inp, output, row.get("category", source), where)
+        record["id"] = rid
         if keep_extra:
             record.update({k: v for k, v in row.items() if k not in SHAPE_FIELDS})
         out.append(record)
@@ -213,7 +274,7 @@ def load_hub(hub_id: str, split: str, prefix: str) -> list[dict]:
     if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise PoolError(
             f"pool {prefix!r} is hub-backed ({hub_id}) and this run is offline; its data is not shipped. "
-            f"Go online (unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) or give a local copy with pool.path=FILE.json"
+            f"Go online (unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) or give a local copy with pool=json pool.path=FILE.json"
         )
     try:
         import datasets
@@ -261,6 +322,7 @@ def load_pool(cfg: dict, seed: int) -> Pool:
         records = [r for r in records if r["instruction"]]
         if not records:
             raise PoolError(f"pool {cfg['name']!r}: every record of {where} has an empty instruction")
+    records, duplicates = handle_duplicates(records, cfg)
     limit = cfg.get("limit")
     if limit is not None and limit < len(records):
         if cfg.get("sample", "random") == "random":
@@ -268,4 +330,41 @@ def load_pool(cfg: dict, seed: int) -> Pool:
             records = [records[i] for i in keep]
         else:
             records = records[: int(limit)]
-    return Pool(cfg["name"], records, empty, n_total)
+    return Pool(cfg["name"], records, empty, n_total, duplicates)
+
+
+def handle_duplicates(records: list[dict], cfg: dict) -> tuple[list[dict], list[str]]:
+    """Exact duplicates (same instruction, input and output as an earlier record) reported with their
+    count and a few ids, then, by ``duplicates``: drop (keep the first of each), keep, or error.
+    Returns (records, the repeats' ids)."""
+    mode = cfg.get("duplicates", "drop")
+    first_of: dict[tuple, str] = {}
+    repeats: list[tuple[str, str]] = []  # (repeat id, id of its first occurrence)
+    for r in records:
+        text = (r["instruction"], r["input"], r["output"])
+        if text in first_of:
+            repeats.append((r["id"], first_of[text]))
+        else:
+            first_of[text] = r["id"]
+    if not repeats:
+        return records, []
+    examples = ", ".join(f"{rid} (= {first})" for rid, first in repeats[:5]) + (" ..." if len(repeats) > 5 else "")
+    msg = (f"pool {cfg['name']!r}: {len(repeats)} records repeat an earlier record exactly (same instruction, "
+           f"input and output): {examples}")
+    if mode == "error":
+        raise PoolError(f"{msg}; remove them, or set pool.duplicates=drop (keep the first of each) or keep")
+    repeat_ids = [rid for rid, _ in repeats]
+    if mode == "keep":
+        log.warning("%s; kept (pool.duplicates=keep), so both copies can be selected", msg)
+        return records, repeat_ids
+    log.warning("%s; dropped, the first of each kept (pool.duplicates=drop; counted in the manifest)", msg)
+    dropped = set(repeat_ids)
+    return [r for r in records if r["id"] not in dropped], repeat_ids
+
+
+def announce_demo_slice(pool: Pool, demo_limit: int | None) -> None:
+    """Say once that the run scores the demo's slice (``demo_limit``: pool.limit when it is the default,
+    conf/config.yaml's demo_slice), and how to score the whole pool."""
+    if demo_limit is not None and len(pool.records) < pool.n_total:
+        log.info("using a %d-example slice of %s (the CPU demo); pool.limit=null for all %s", len(pool.records),
+                 pool.name, f"{pool.n_total:,}")

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from .errors import SelectlabError
 from .orphans import watch_children
+from .progress import vllm_progress
 from .prompts import render_prompt, template_hash
 from .store import ArtifactStore, content_hash, read_jsonl
 
@@ -230,7 +231,7 @@ class _VLLMBackend:
                 # does not use offset"); whole prefills avoid the offset call.
                 engine_kwargs["enable_chunked_prefill"] = False
             _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed),
-                                            **engine_kwargs)
+                                            use_tqdm_on_load=False, **engine_kwargs)  # the stage bar shows progress
         self.llm = _VLLM_ENGINES[engine_key]
         self.params = vllm_request_params(cfg, _get(cfg, "repetition_penalty") or model_repetition_penalty(path))
         self.sampling_params = SamplingParams
@@ -241,7 +242,8 @@ class _VLLMBackend:
 
         params = ([self.sampling_params(seed=s, **self.params) for s in request_seeds] if self.per_request_seeds
                   else self.sampling_params(**self.params))
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                 use_tqdm=vllm_progress)  # finished prompts move the stage's bar
         return [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
 
 

@@ -48,6 +48,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from filelock import FileLock, Timeout
 
+from .progress import advance, move_to, stage_bar
+
 log = logging.getLogger(__name__)
 
 META = "meta.json"
@@ -447,9 +449,15 @@ class ArtifactStore:
         """Compute this job's missing batches: those no other job holds first, then (waiting)
         those that others held, in case their job died. Returns (batches present, computed here)."""
         n_batches = (len(items) + batch_size - 1) // batch_size
+        with stage_bar(stage, len(items)) as bar:
+            return self._fill_batches(stage, key, partial, items, batch_size, compute, n_batches, bar)
+
+    def _fill_batches(self, stage: str, key: str, partial: Path, items: Sequence[Any], batch_size: int,
+                      compute: Callable, n_batches: int, bar) -> tuple[int, int]:
         reused = computed = 0
         held_elsewhere = []
         for b in range(n_batches):
+            move_to(min(b * batch_size, len(items)))
             if self.reusable(stage, key):  # another job published it: nothing left to do
                 break
             n_rows = len(items[b * batch_size : (b + 1) * batch_size])
@@ -470,10 +478,12 @@ class ArtifactStore:
             finally:
                 lock.release()
             computed, reused = computed + done, reused + (not done)
+        move_to(len(items) if not held_elsewhere else bar.n)
         for b in held_elsewhere:  # done by now, or still being computed (wait), or its job died (take over)
             with holding(FileLock(partial / LOCKS / f"batch{b:06d}.lock"), f"batch {b + 1}/{n_batches} of {stage}/{key}"):
                 done = self._compute_batch(stage, key, partial, b, n_batches, items, batch_size, compute)
             computed, reused = computed + done, reused + (not done)
+            advance(len(items[b * batch_size : (b + 1) * batch_size]))
         return reused, computed
 
     def _compute_batch(self, stage: str, key: str, partial: Path, b: int, n_batches: int, items: Sequence[Any],

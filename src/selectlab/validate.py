@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from .backbone import resolve_model
 from .config import plain
 from .errors import SelectlabError
-from .pools import LOADERS, Pool
+from .export import check_export
+from .pools import DUPLICATE_MODES, LOADERS, Pool, check_pool_location
 from .schema import check_known_keys
 from .sampling import check_sampler_config
 from .scorers import get_scorer
@@ -40,6 +41,8 @@ def validate(cfg: DictConfig) -> None:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
     check_run_values(cfg)
     check_pool_config(plain(cfg.pool), "pool")
+    check_pool_location(plain(cfg.pool))
+    check_export(plain(cfg.get("export")))
     for key, model in (("backbone", cfg.backbone), ("select.backbone", getattr(cfg.get("select"), "backbone", None))):
         if getattr(model, "path", None):
             resolve_model(plain(model), key)  # a folder with config.json; nothing loads
@@ -119,6 +122,8 @@ def check_pool_config(pool: dict, key: str) -> None:
         raise SelectlabError(f"{key}.sample={pool.get('sample')!r}; choose random or head")
     if pool.get("empty_instruction", "drop") not in ("drop", "error"):
         raise SelectlabError(f"{key}.empty_instruction={pool.get('empty_instruction')!r}; choose drop or error")
+    if pool.get("duplicates", "drop") not in DUPLICATE_MODES:
+        raise SelectlabError(f"{key}.duplicates={pool.get('duplicates')!r}; choose one of {', '.join(DUPLICATE_MODES)}")
 
 
 def check_selector(selector: dict, scorer: str) -> None:

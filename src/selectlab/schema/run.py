@@ -30,6 +30,7 @@ class PoolSource:
 @dataclass
 class PoolConfig(PoolSource):
     hub_id: Optional[str] = MISSING
+    duplicates: str = MISSING  # drop | keep | error (conf/config.yaml)
 
 
 @dataclass
@@ -171,6 +172,13 @@ class CompareConfig:
 
 
 @dataclass
+class ExportConfig:
+    formats: List[str] = MISSING
+    push_to_hub: Optional[str] = MISSING
+    name: str = MISSING
+
+
+@dataclass
 class SelectConfig:
     backbone: Any = None  # the scoring model when another than the backbone chooses (backbone@select.backbone=...)
 
@@ -211,6 +219,7 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     backbone: Any = MISSING
     pool: Any = MISSING
     scorer: Any = MISSING

@@ -60,9 +60,13 @@ def select_stage(ctx: RunContext, scores: Scores, scores_key: str
                 "selection_meta": selection.meta}
 
     folder = ctx.store.build("subsets", key, make, {"selector": selector})
-    subsets = {"main": read_jsonl(folder / "records.jsonl")}
-    for path in sorted(folder.glob("records_*.jsonl")):
-        subsets[path.stem.removeprefix("records_")] = read_jsonl(path)
+    files = {"main": folder / "records.jsonl",
+             **{path.stem.removeprefix("records_"): path for path in sorted(folder.glob("records_*.jsonl"))}}
+    # a stored subset may have been built from another file with the same texts (the key hashes the texts,
+    # not e.g. `source`): the record fields are this pool's; only rank and scores come from the artifact
+    from_artifact = ("rank", "score", *scores.columns)
+    subsets = {name: [{**by_id[r["id"]], **{k: r[k] for k in from_artifact if k in r}} for r in read_jsonl(path)]
+               for name, path in files.items()}
     bins = np.load(folder / "bins.npy") if (folder / "bins.npy").exists() else None
     return subsets, key, bins, ctx.store.meta("subsets", key).get("selection_meta", {})
 
