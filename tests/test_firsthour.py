@@ -31,10 +31,10 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def _json_pool(compose, path: Path, *overrides):
-    from selectlab.pipeline import container
+    from selectlab.config import plain
 
     cfg = compose("pool=json", f"pool.path={path}", *overrides)
-    return load_pool(container(cfg.pool), seed=int(cfg.seed))
+    return load_pool(plain(cfg.pool), seed=int(cfg.seed))
 
 
 def _run(compose, *overrides):
@@ -58,7 +58,7 @@ def test_the_demo_slice_is_only_the_documented_demo(compose, tmp_path):
     assert compose("pool=alpaca", "pool.limit=null").pool.limit is None      # explicit null wins
     assert compose("pool=alpaca", "pool.limit=100").pool.limit == 100
     assert compose("pool=alpaca_gpt4").pool.limit is None                    # not shipped
-    assert compose("experiment=cpu_replication").pool.limit == 200           # a preset's own limit
+    assert compose("experiment=sweep_cpu_replication").pool.limit == 200           # a preset's own limit
     path = _write(tmp_path / "mine.jsonl", _rows(3))
     assert compose("pool=json", f"pool.path={path}").pool.limit is None
     assert compose("pool=json", f"pool.path={path}", "pool.limit=2").pool.limit == 2
