@@ -259,8 +259,6 @@ def _suffix_sums(model, weights, prefix_kv, prefix_lens, suffixes, cfg: Embeddin
 
 def _unit(sums, wsum) -> np.ndarray:
     """Weighted mean, L2-normalised; a text with no weighted token gives the zero vector."""
-    import torch
-
     v = sums / wsum.clamp_min(1e-300)[:, None]
     v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
     v[wsum == 0] = 0

@@ -533,7 +533,6 @@ class Planner:
         unknown = set(baselines) - {"untrained", "random"}
         if unknown:
             raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
-        bb = self.backbone
         if "untrained" in baselines or cfg.train.name == "none":
             stages.append(eval_stage(self, "untrained", None, "the untouched backbone"))
         if cfg.train.name != "none":

@@ -1,6 +1,6 @@
 """The selector group (conf/selector/)."""
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, List, Optional, Union
 
 from omegaconf import MISSING
 
