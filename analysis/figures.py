@@ -24,6 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 DEFAULT_FIGURES = REPO_ROOT / "analysis" / "figures"
 METRIC = "Avg"
+# Where make figures looks for runs: your own, and the evidence committed with the repository
+# (analysis/evidence/: the CPU replication's run folders, manifests and per-example results).
+DEFAULT_RUN_ROOTS = ("outputs", "multirun", "analysis/evidence")
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -209,6 +212,40 @@ def _check_kernel(kernel_name: str) -> None:
                            f"run `{sys.executable} -m ipykernel install --sys-prefix`")
 
 
+def evidence_figure(summary: pd.DataFrame, path: Path, metric: str, scale: str) -> Path:
+    """Each method's paired difference to random on ``metric`` with its 95% bootstrap CI (over
+    eval examples and seeds; ``analysis.runs.summary_table``), one row per method; a CI that covers
+    0 is drawn hollow and marked n.s. ``scale`` (pool, budget, model, eval size) goes in the title."""
+    from selectlab.stats import LOWER_IS_BETTER
+
+    fig = Figure(figsize=(7.5, 0.5 + 0.45 * max(3, len(summary))))
+    ax = fig.subplots()
+    rows = summary[summary[f"{metric} Δ"].notna()] if f"{metric} Δ" in summary else summary.iloc[0:0]
+    if rows.empty:
+        _say(ax, f"no runs with per-example {metric} and random rows under the run roots\n"
+                 "(python src/run.py -m experiment=sweep_cpu_replication)")
+        return _save(fig, path)
+    rows = rows.sort_values(f"{metric} Δ", ascending=metric not in LOWER_IS_BETTER)
+    y = np.arange(len(rows))
+    for i, (_, r) in enumerate(rows.iterrows()):
+        significant = bool(r[f"{metric} significant"])
+        low, high, d = r[f"{metric} CI low"], r[f"{metric} CI high"], r[f"{metric} Δ"]
+        ax.errorbar(d, i, xerr=[[d - low], [high - d]], fmt="o", capsize=3, color="C0" if significant else "0.4",
+                    mfc="C0" if significant else "white")
+        ax.text(high, i, f"  {d:+.3f} [{low:+.3f}, {high:+.3f}]{'' if significant else ' n.s.'}", va="center",
+                fontsize=8)
+    ax.axvline(0, color="0.6", lw=1, ls="--")
+    labels = [f"{r['scorer'] if r['label'] == 'selected' else r['label']} ({int(r['n_seeds'])} seed"
+              f"{'s' if r['n_seeds'] > 1 else ''})" for _, r in rows.iterrows()]
+    ax.set_yticks(y, labels)
+    better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    ax.set_xlabel(f"Δ {metric} vs random at the same size ({better}); 95% bootstrap CI")
+    ax.set_title(f"{scale}\nrandom: {int(summary.loc[summary['scorer'] == 'random', 'n_seeds'].max() or 0)} seeds; "
+                 f"filled = CI excludes 0", fontsize=9)
+    ax.margins(x=0.35)
+    return _save(fig, path)
+
+
 def execute_notebook(notebook: Path, runs: list[str], figures: Path, output: Path | None = None,
                      kernel_name: str = "python3", timeout: int = 1200) -> Path:
     """Execute ``notebook`` headless with ``RUNS``/``FIGURES`` injected after its ``parameters``
@@ -245,7 +282,7 @@ def main() -> None:
     """Relative paths in SELECTLAB_RUNS (separated by the OS path separator) and SELECTLAB_FIGURES
     are relative to the current directory."""
     runs = [_for_kernel(r) for r in os.environ.get("SELECTLAB_RUNS", os.pathsep.join(
-        [str(REPO_ROOT / "outputs"), str(REPO_ROOT / "multirun")])).split(os.pathsep) if r]
+        [str(REPO_ROOT / d) for d in DEFAULT_RUN_ROOTS])).split(os.pathsep) if r]
     figures = _for_kernel(os.environ.get("SELECTLAB_FIGURES", DEFAULT_FIGURES))
     notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
     if not notebooks:

@@ -244,3 +244,31 @@ def test_selection_report_png(tmp_path):
     assert path == tmp_path / "run" / "selection_report.png" and _is_png(path)
     with pytest.raises(ValueError, match="bin labels"):
         selection_report(scores, subset, records, tmp_path / "run", bins=np.arange(3))
+
+
+def test_evidence_figure_marks_what_its_interval_decides(tmp_path):
+    """A method whose every held-out loss is 0.5 below random's is significant; one that differs from
+    random only by zero-mean noise (sd 0.3 over 40 examples) covers 0 and is drawn as n.s."""
+    root = tmp_path / "evidence"
+    ids = [f"h{i}" for i in range(40)]
+    rng = np.random.default_rng(0)
+    base = {i: float(v) for i, v in zip(ids, rng.uniform(1.0, 2.0, len(ids)))}
+
+    noise = dict(zip(ids, rng.normal(0.0, 0.3, len(ids))))
+
+    def row(label, scorer, seed, shift, noisy=False):
+        losses = {i: v + shift + 0.01 * seed + (noise[i] if noisy else 0.0) for i, v in base.items()}
+        return {"label": label, "scorer": scorer, "n_train": 3, "seed": seed, "groups": {}, "complete": True,
+                "metrics": {"heldout_loss": float(np.mean(list(losses.values())))}, "avg": None,
+                "per_example": {"heldout_loss": losses}}
+
+    _run(root, "0_adg", _config("adg", 1), results=[row("random", "random", s, 0.0) for s in (1, 2, 3)]
+         + [row("selected", "adg", 1, -0.5)])
+    _run(root, "1_length", _config("length", 1, lam=None), results=[row("selected", "length", 1, 0.0, noisy=True)])
+    summary = runs.summary_table([root], n_boot=500)
+    by_scorer = summary.set_index("scorer")
+    assert by_scorer.loc["adg", "heldout_loss significant"]
+    assert by_scorer.loc["adg", "heldout_loss CI high"] < 0
+    assert not by_scorer.loc["length", "heldout_loss significant"]
+    png = figures.evidence_figure(summary, tmp_path / "evidence.png", "heldout_loss", "tiny scale")
+    assert png.read_bytes().startswith(PNG_MAGIC)
