@@ -235,8 +235,8 @@ def evidence_figure(summary: pd.DataFrame, path: Path, metric: str, scale: str) 
         ax.text(high, i, f"  {d:+.3f} [{low:+.3f}, {high:+.3f}]{'' if significant else ' n.s.'}", va="center",
                 fontsize=8)
     ax.axvline(0, color="0.6", lw=1, ls="--")
-    labels = [f"{r['scorer'] if r['label'] == 'selected' else r['label']} ({int(r['n_seeds'])} seed"
-              f"{'s' if r['n_seeds'] > 1 else ''})" for _, r in rows.iterrows()]
+    labels = [f"{r['scorer'] if r['label'] == 'selected' else r['label']} (n={int(r['n_train'])}, "
+              f"{int(r['n_seeds'])} seed{'s' if r['n_seeds'] > 1 else ''})" for _, r in rows.iterrows()]
     ax.set_yticks(y, labels)
     better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     ax.set_xlabel(f"Δ {metric} vs random at the same size ({better}); 95% bootstrap CI")
