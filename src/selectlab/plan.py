@@ -37,6 +37,7 @@ from .paths import REPO_ROOT, data_dir
 from .config import plain
 from .context import with_sections
 from .stages.compare import random_baseline_cfg
+from .validate import BASELINES
 from .stages.evaluation import eval_key
 from .stages.scoring import pool_content_key, scores_key
 from .stages.selection import subsets_key
@@ -530,7 +531,7 @@ class Planner:
         if cfg.eval.name == "none":
             return stages
         baselines = list(cfg.compare.baselines)
-        unknown = set(baselines) - {"untrained", "random"}
+        unknown = set(baselines) - set(BASELINES)
         if unknown:
             raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
         if "untrained" in baselines or cfg.train.name == "none":

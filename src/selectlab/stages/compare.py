@@ -6,11 +6,11 @@ from dataclasses import replace
 
 from ..context import RunContext, with_sections
 from ..errors import SelectlabError
+from ..validate import BASELINES
 from .evaluation import train_and_evaluate
 from .scoring import score_stage
 from .selection import select_stage
 
-BASELINES = ("untrained", "random")
 
 
 def random_baseline_cfg(cfg, budget: int, seed: int | None = None):
