@@ -222,6 +222,13 @@ def results_markdown(table: pd.DataFrame) -> str:
 VARIANT_KNOBS = ("pool", "backbone", "budget", "layers", "k", "lam")
 
 
+def _varying_knobs(loaded: list, scorer: str) -> list[str]:
+    """The knobs whose value differs between the runs of ``scorer`` (ADG's λ in a λ sweep; a knob
+    another scorer lacks, such as λ for IFD, never names a variant)."""
+    infos = [info for info, _, _ in loaded if info["scorer"] == scorer]
+    return [k for k in VARIANT_KNOBS if len({str(info[k]) for info in infos}) > 1]
+
+
 def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_boot: int | None = None) -> pd.DataFrame:
     """One row per method over all runs under ``roots`` (selectlab.stats.summarize): per metric
     the mean and std over seeds, and the paired difference to random at the same size with its
@@ -236,11 +243,10 @@ def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_bo
         manifest = load_manifest(run_dir)
         if manifest is not None:
             loaded.append((run_info(run_dir, manifest), manifest, load_results(run_dir)))
-    varying = [k for k in VARIANT_KNOBS if len({str(info[k]) for info, _, _ in loaded}) > 1]
     rows, groups = [], {}
     for info, manifest, results in loaded:
         groups.update(_get(manifest["config"], "eval.groups") or {})
-        variant = ",".join(f"{k}={info[k]}" for k in varying)
+        variant = ",".join(f"{k}={info[k]}" for k in _varying_knobs(loaded, info["scorer"]))
         rows += [{**r, "variant": variant} if r["label"] == "selected" and variant else r for r in results]
     if not rows:
         return pd.DataFrame(columns=["label", "scorer", "n_train", "n_seeds"])

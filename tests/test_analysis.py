@@ -272,3 +272,19 @@ def test_evidence_figure_marks_what_its_interval_decides(tmp_path):
     assert not by_scorer.loc["length", "heldout_loss significant"]
     png = figures.evidence_figure(summary, tmp_path / "evidence.png", "heldout_loss", "tiny scale")
     assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_variant_names_only_the_knobs_a_scorer_varies(tmp_path):
+    """A λ sweep of ADG beside a length run: the ADG rows are told apart by λ, and the length row
+    (a scorer without λ) gets no variant (it was named 'lam=nan')."""
+    root = tmp_path / "sweep"
+    row = {"n_train": 3, "seed": 1, "groups": {}, "complete": True, "avg": None,
+           "per_example": {"heldout_loss": {"h0": 1.0, "h1": 2.0}}, "metrics": {"heldout_loss": 1.5}}
+    for lam in (0.4, 0.7):
+        _run(root, f"adg_{lam}", _config("adg", 1, lam=lam),
+             results=[{**row, "label": "random", "scorer": "random"}, {**row, "label": "selected", "scorer": "adg"}])
+    _run(root, "length", _config("length", 1, lam=None), results=[{**row, "label": "selected", "scorer": "length"}])
+    summary = runs.summary_table([root], n_boot=50)
+    selected = summary[summary["label"] == "selected"]
+    assert sorted(selected[selected["scorer"] == "adg"]["variant"]) == ["lam=0.4", "lam=0.7"]
+    assert selected[selected["scorer"] == "length"]["variant"].fillna("").tolist() == [""]

@@ -82,10 +82,10 @@ def _method(row: dict) -> tuple:
 
 def dedupe_rows(rows: list[dict]) -> list[dict]:
     """A row shared by several runs of a sweep (the untrained and random models are cached
-    artifacts) once: same label, scorer, seed and model."""
+    artifacts) once: same label, scorer, variant, seed and model."""
     seen, out = set(), []
     for r in rows:
-        key = (r["label"], r["scorer"], r.get("seed"), r.get("n_train"), r.get("model"))
+        key = (r["label"], r["scorer"], r.get("variant"), r.get("seed"), r.get("n_train"), r.get("model"))
         if key not in seen:
             seen.add(key)
             out.append(r)
