@@ -27,6 +27,15 @@ def test_scorer_chooses_its_selector_and_the_command_line_wins(compose):
     assert plain(cfg.compare.random_scorer)["name"] == "random" and cfg.compare.random_selector.name == "topk"
 
 
+@pytest.mark.parametrize("preset", ["adg_paper_llama3", "sweep_ablation_lambda", "smoke_e2e"])
+def test_an_adg_preset_leaves_the_selector_to_the_scorer(compose, preset):
+    """An ADG preset gets binwise from scorer=adg; another scorer on its command line brings its own
+    selector (the presets used to pin selector=binwise, so scorer=mig_offline selected bin-wise)."""
+    assert compose(f"experiment={preset}").selector.name == "binwise"
+    assert compose(f"experiment={preset}", "scorer=mig_offline").selector.labels == "clusters"
+    assert compose(f"experiment={preset}", "scorer=ifd").selector.name == "topk"
+
+
 def _imports(path: Path) -> set[str]:
     """Absolute names of the selectlab modules ``path`` imports (at top level or in functions)."""
     package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts)
