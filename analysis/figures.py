@@ -50,6 +50,21 @@ def _evaluated(runs: pd.DataFrame | None, metric: str, label: str | None = None)
     return rows if label is None else rows[rows["label"] == label]
 
 
+def scale_note(runs: pd.DataFrame | None, metric: str) -> str:
+    """What the evaluated runs behind a figure are: backbones, pools with their size, and the
+    training seeds behind each point (a figure of one seed per point says so)."""
+    rows = _evaluated(runs, metric)
+    if rows.empty:
+        return f"ours: no runs with an evaluated {metric}"
+    pools = sorted({f"{p} ({int(n):,} examples)" if pd.notna(n) else str(p)
+                    for p, n in zip(rows["pool"], rows.get("n_pool", pd.Series(np.nan, index=rows.index)))})
+    backbones = sorted(set(rows["backbone"].dropna().astype(str)))
+    point = [c for c in ("label", "eval_scorer", "n_train", "pool", "backbone", "layers", "k", "lam") if c in rows]
+    seeds = rows.groupby([rows[c].astype(str) for c in point]).size()
+    span = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+    return f"ours: {', '.join(backbones)} on {', '.join(pools)}; {span} seed(s) per point"
+
+
 def double_descent_figure(trials: pd.DataFrame, runs: pd.DataFrame | None, path: Path,
                           metric: str = METRIC) -> Path:
     """Left: size-search loss vs subset size per run (best size starred). Right: eval ``metric``
@@ -90,7 +105,7 @@ def double_descent_figure(trials: pd.DataFrame, runs: pd.DataFrame | None, path:
         right.set_xlabel("training examples (log)")
         right.set_ylabel(f"{metric} (%)")
         right.legend(fontsize=8)
-    right.set_title("quality vs subset size", fontsize=10)
+    right.set_title(f"quality vs subset size\n{scale_note(runs, metric)}", fontsize=9)
     return _save(fig, path)
 
 
@@ -152,7 +167,7 @@ def ablations_figure(runs: pd.DataFrame | None, path: Path, metric: str = METRIC
     _ours(axes[1, 1], runs, "k", metric, "ours: sampler.k")
     _ours(axes[2, 0], runs, "lam", metric, "ours: scorer.lam (0 = D only, 1 = I only)")
     _ours(axes[2, 1], runs, "backbone", metric, "ours: backbone (model size)")
-    fig.suptitle(f"ADG ablations ({published.ADG_SOURCE})", fontsize=9)
+    fig.suptitle(f"ADG ablations ({published.ADG_SOURCE})\n{scale_note(runs, metric)}", fontsize=9)
     return _save(fig, path)
 
 
