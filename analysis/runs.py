@@ -258,17 +258,26 @@ def _signed(v: float) -> str:
     return f"{v:+.3g}" if abs(v) < 1 else f"{v:+.2f}"
 
 
+def _same_column(table: pd.DataFrame, a: str, b: str) -> bool:
+    return all(table[f"{a}{s}"].equals(table[f"{b}{s}"]) if f"{a}{s}" in table and f"{b}{s}" in table
+               else (f"{a}{s}" in table) == (f"{b}{s}" in table) for s in ("", " std", " Δ", " CI low", " CI high"))
+
+
 def summary_markdown(table: pd.DataFrame) -> str:
     """The summary as a Table-1-shaped Markdown table: per metric ``mean ± std`` (over seeds) and
     ``Δ [low, high]`` against random (95% bootstrap CI; "*" when it excludes 0, "n.s." when it covers 0). heldout_loss:
-    lower is better, so a negative Δ favours the method."""
+    lower is better, so a negative Δ favours the method. A column equal to an earlier one in every row
+    (a group of one task, the Avg of one group) is shown once."""
     from selectlab.stats import LOWER_IS_BETTER
 
     if table.empty:
         return "(no evaluated runs)"
     fixed = [c for c in ("label", "scorer", "variant", "n_train", "n_seeds") if c in table]
-    metrics = [c for c in table.columns if c not in fixed and not c.endswith(
-        (" std", " Δ", " CI low", " CI high", " significant")) and table[c].notna().any()]
+    metrics = []
+    for c in table.columns:  # a column equal to an earlier one (a group of one task, Avg of one group) once
+        if c not in fixed and not c.endswith((" std", " Δ", " CI low", " CI high", " significant")) \
+                and table[c].notna().any() and not any(_same_column(table, c, k) for k in metrics):
+            metrics.append(c)
     header = fixed + [f"{m} ↓" if m in LOWER_IS_BETTER else m for m in metrics] + [f"{m} Δ vs random" for m in metrics
                                                                                     if f"{m} Δ" in table]
 

@@ -295,3 +295,14 @@ def test_scale_note_names_model_pool_and_seeds(run_root):
     note = figures.scale_note(runs.runs_table([run_root]), "gsm8k")
     assert note == "ours: smollm2_135m on alpaca (48 examples); 1 seed(s) per point"
     assert "no runs" in figures.scale_note(None, "gsm8k")
+
+
+def test_summary_markdown_shows_a_repeated_column_once():
+    """A group of one task (and the Avg of one group) equals the task in every row: shown once."""
+    import pandas as pd
+
+    table = pd.DataFrame([{"label": "random", "scorer": "random", "n_train": 3, "n_seeds": 2,
+                           "arc_challenge": 27.5, "arc_challenge std": 0.2, "arc": 27.5, "arc std": 0.2,
+                           "Avg": 27.5, "Avg std": 0.2, "heldout_loss": 1.9, "heldout_loss std": 0.04}])
+    header = runs.summary_markdown(table).splitlines()[0]
+    assert header == "| label | scorer | n_train | n_seeds | arc_challenge | heldout_loss ↓ |"
