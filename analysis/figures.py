@@ -57,7 +57,7 @@ def scale_note(runs: pd.DataFrame | None, metric: str) -> str:
     if rows.empty:
         return f"ours: no runs with an evaluated {metric}"
     pools = sorted({f"{p} ({int(n):,} examples)" if pd.notna(n) else str(p)
-                    for p, n in zip(rows["pool"], rows.get("n_pool", pd.Series(np.nan, index=rows.index)))})
+                    for p, n in zip(rows["pool"], rows["n_pool"])})
     backbones = sorted(set(rows["backbone"].dropna().astype(str)))
     point = [c for c in ("label", "eval_scorer", "n_train", "pool", "backbone", "layers", "k", "lam") if c in rows]
     seeds = rows.groupby([rows[c].astype(str) for c in point]).size()

@@ -243,10 +243,11 @@ def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_bo
         manifest = load_manifest(run_dir)
         if manifest is not None:
             loaded.append((run_info(run_dir, manifest), manifest, load_results(run_dir)))
+    varying = {info["scorer"]: _varying_knobs(loaded, info["scorer"]) for info, _, _ in loaded}
     rows, groups = [], {}
     for info, manifest, results in loaded:
         groups.update(_get(manifest["config"], "eval.groups") or {})
-        variant = ",".join(f"{k}={info[k]}" for k in _varying_knobs(loaded, info["scorer"]))
+        variant = ",".join(f"{k}={info[k]}" for k in varying[info["scorer"]])
         rows += [{**r, "variant": variant} if r["label"] == "selected" and variant else r for r in results]
     if not rows:
         return pd.DataFrame(columns=["label", "scorer", "n_train", "n_seeds"])
@@ -258,9 +259,12 @@ def _signed(v: float) -> str:
     return f"{v:+.3g}" if abs(v) < 1 else f"{v:+.2f}"
 
 
+STAT_SUFFIXES = (" std", " Δ", " CI low", " CI high")  # summary columns beside each metric's mean
+
+
 def _same_column(table: pd.DataFrame, a: str, b: str) -> bool:
     return all(table[f"{a}{s}"].equals(table[f"{b}{s}"]) if f"{a}{s}" in table and f"{b}{s}" in table
-               else (f"{a}{s}" in table) == (f"{b}{s}" in table) for s in ("", " std", " Δ", " CI low", " CI high"))
+               else (f"{a}{s}" in table) == (f"{b}{s}" in table) for s in ("", *STAT_SUFFIXES))
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
@@ -275,7 +279,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
     fixed = [c for c in ("label", "scorer", "variant", "n_train", "n_seeds") if c in table]
     metrics = []
     for c in table.columns:  # a column equal to an earlier one (a group of one task, Avg of one group) once
-        if c not in fixed and not c.endswith((" std", " Δ", " CI low", " CI high", " significant")) \
+        if c not in fixed and not c.endswith((*STAT_SUFFIXES, " significant")) \
                 and table[c].notna().any() and not any(_same_column(table, c, k) for k in metrics):
             metrics.append(c)
     header = fixed + [f"{m} ↓" if m in LOWER_IS_BETTER else m for m in metrics] + [f"{m} Δ vs random" for m in metrics

@@ -533,7 +533,7 @@ class Planner:
         baselines = list(cfg.compare.baselines)
         unknown = set(baselines) - set(BASELINES)
         if unknown:
-            raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from untrained, random")
+            raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
         if "untrained" in baselines or cfg.train.name == "none":
             stages.append(eval_stage(self, "untrained", None, "the untouched backbone"))
         if cfg.train.name != "none":

@@ -12,7 +12,6 @@ from .scoring import score_stage
 from .selection import select_stage
 
 
-
 def random_baseline_cfg(cfg, budget: int, seed: int | None = None):
     """The run's config with the random scorer and top-k at ``budget`` (``compare.random_scorer``,
     ``compare.random_selector``, composed by Hydra from conf/scorer/random.yaml and
