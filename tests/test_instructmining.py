@@ -155,23 +155,49 @@ RECORDS = [
 ]
 
 
-def test_judge_rating_equals_hand_computation(tiny_model_dir):
+def _rating_by_hand(model, tok, prompt: str, digits) -> float:
+    """One prompt alone, no padding, no cache: softmax over the digit logits at its last position."""
     import torch
+
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1]
+    p = torch.softmax(logits[digits].double(), dim=0).numpy()
+    return float(np.dot(p, np.arange(1, 7)))
+
+
+def test_judge_rating_equals_hand_computation(tiny_model_dir):
     from selectlab.models import load_causal_lm, load_tokenizer
 
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu"), load_tokenizer(str(tiny_model_dir))
     template = "Rate the answer.\n#Question#:\n{question}\n#Response#:\n{response}\n##Quality: "
     prompts = [ind.judge_prompt(r, template, tok, True) for r in RECORDS]
     digits = ind.digit_token_ids(tok)
-    batched = ind.expected_rating(ind.last_token_logits(model, tok, prompts, add_special_tokens=False), digits)
+    batched = ind.prompt_ratings(model, tok, prompts, digits, batch_size=8, add_special_tokens=False)
     assert np.all((batched >= 1) & (batched <= 6))
-    # by hand, unbatched: softmax over the six digit logits at the last prompt position, expectation of 1..6
-    ids = tok(prompts[1], add_special_tokens=False, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, -1]
-    p = torch.softmax(logits[digits].double(), dim=0).numpy()
-    assert batched[1] == pytest.approx(float(np.dot(p, np.arange(1, 7))), abs=1e-5)
+    assert batched[1] == pytest.approx(_rating_by_hand(model, tok, prompts[1], digits), abs=1e-5)
     assert "<|im_start|>user" in prompts[1] and "2 and 3" in prompts[1]
+
+
+def test_shared_prefix_runs_once_and_changes_no_rating(tiny_model_dir):
+    """Prompts of different lengths sharing a long template prefix, in batches of 2 (so several batches
+    reuse the prefix's cache, with right padding): every rating equals its whole prompt's, alone."""
+    from selectlab.models import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(str(tiny_model_dir), device="cpu"), load_tokenizer(str(tiny_model_dir))
+    template = "You are a careful grader of answers.\n#Question#:\n{question}\n#Response#:\n{response}\n##Quality: "
+    records = RECORDS + [{"id": "c", "instruction": "Write one long sentence about rivers and their deltas.",
+                          "input": "", "output": "Rivers carry silt to the sea, where it settles into deltas " * 3},
+                         {"id": "d", "instruction": "Say hi.", "input": "", "output": "Hi."}]
+    prompts = [ind.judge_prompt(r, template, tok, True) for r in records]
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    shared = ind.shared_prefix_length(ids)
+    assert shared >= 10 and all(x[:shared] == ids[0][:shared] for x in ids)
+    digits = ind.digit_token_ids(tok)
+    ratings = ind.prompt_ratings(model, tok, prompts, digits, batch_size=2, add_special_tokens=False)
+    assert ratings == pytest.approx([_rating_by_hand(model, tok, p, digits) for p in prompts], abs=1e-5)
+    assert ind.shared_prefix_length([[1, 2, 3], [1, 2]]) == 1  # each keeps a token of its own
+    assert ind.shared_prefix_length([[5, 2], [1, 2]]) == 0
 
 
 # ---------------------------------------------------------------- the scorer, composed from the real configs

@@ -102,20 +102,61 @@ def sentence_embeddings(model, tokenizer, texts: Sequence[str], max_length: int 
     return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
 
 
-def last_token_logits(model, tokenizer, prompts: Sequence[str], add_special_tokens: bool = True):
-    """Next-token logits after each prompt (right padding, gathered at each prompt's last token)."""
-    import torch
+def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens every sequence in ``ids`` starts with, leaving each at least one token of its own."""
+    first, limit = ids[0], min(len(x) for x in ids) - 1
+    n = 0
+    while n < limit and all(x[n] == first[n] for x in ids):
+        n += 1
+    return n
 
-    enc = tokenizer(list(prompts), padding=True, add_special_tokens=add_special_tokens, return_tensors="pt")
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    last = enc["attention_mask"].sum(1) - 1
-    if tokenizer.padding_side == "left":
-        last = torch.full_like(last, enc["input_ids"].shape[1] - 1)
-    # Vocabulary logits only at the positions read below (logits_to_keep), not batch x length x vocab.
-    keep = torch.unique(last)
+
+def prompt_ratings(model, tokenizer, prompts: Sequence[str], digit_ids: Sequence[int], batch_size: int,
+                   add_special_tokens: bool = True, share_prefix: bool = True) -> np.ndarray:
+    """:func:`expected_rating` after each prompt, in order, ``batch_size`` prompts per forward pass.
+
+    The token prefix every prompt shares (the judge template's instructions, a chat template's
+    system turn: 46 of 77 tokens of DEITA's complexity prompt through SmolLM2's chat template) runs
+    once; each batch runs only the rest of its prompts over a copy of that prefix's key/value cache.
+    Causal attention makes the prefix's states the same in every prompt, so the logits are those
+    of each whole prompt. Prompts are tokenized whole first, so the shared part is a prefix of the
+    very token ids the whole prompt has. Batches group similar lengths (right padding); only the
+    last position of each prompt gets vocabulary logits. ``share_prefix=False`` runs every prompt
+    whole (bench/bench_judge.py compares the two)."""
+    import torch
+    from transformers import DynamicCache
+
+    if not prompts:
+        return np.empty(0, np.float64)
+    device = model.device
+    ids = [tokenizer(p, add_special_tokens=add_special_tokens).input_ids for p in prompts]
+    shared = shared_prefix_length(ids) if share_prefix else 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = np.empty(len(ids), np.float64)
     with torch.no_grad():
-        logits = model(**enc, logits_to_keep=keep).logits.float()
-    return logits[torch.arange(len(prompts)), torch.searchsorted(keep, last)]
+        prefix = []
+        if shared:
+            cache = model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True).past_key_values
+            prefix = [(layer.keys, layer.values) for layer in cache.layers]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            rest = [ids[i][shared:] for i in rows]
+            width = max(map(len, rest))
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            for r, seq in enumerate(rest):
+                input_ids[r, :len(seq)] = torch.tensor(seq)
+                mask[r, shared:shared + len(seq)] = 1
+            last = torch.tensor([len(seq) - 1 for seq in rest])
+            keep = torch.unique(last)
+            past = DynamicCache(ddp_cache_data=[(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+                                                for k, v in prefix], config=model.config) if shared else None
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), past_key_values=past,
+                           logits_to_keep=keep.to(device)).logits
+            out[rows] = expected_rating(logits[torch.arange(len(rows)), torch.searchsorted(keep, last)], digit_ids)
+    return out
 
 
 def digit_token_ids(tokenizer, scale: int = 6) -> list[int]:

@@ -181,12 +181,8 @@ def judge_ratings(ctx, name, spec, load: Callable, model_id) -> tuple[np.ndarray
         model, tok = load()
         digits = ind.digit_token_ids(tok, int(spec["scale"]))
         prompts = [ind.judge_prompt(r, spec["question_template"], tok, use_chat) for r in records]
-        by_length = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths share a padded batch
-        ratings, flags = _chunked([prompts[i] for i in by_length], int(spec["batch_size"]), lambda ps: (
-            ind.expected_rating(ind.last_token_logits(model, tok, ps, not use_chat), digits)))
-        out = np.empty_like(ratings)
-        out[by_length] = ratings
-        return out, flags
+        return ind.prompt_ratings(model, tok, prompts, digits, int(spec["batch_size"]), not use_chat), \
+            np.zeros(len(records))  # no degenerate flag (stored as 0)
 
     return _per_example(ctx, name, spec, model_id, None, compute)
 
