@@ -85,6 +85,20 @@ def test_summarize_mean_std_over_seeds_and_difference_to_random():
     assert adg["heldout_loss CI low"] < -1.0 < adg["heldout_loss CI high"] < 0 and adg["heldout_loss significant"]
 
 
+def test_a_methods_interval_does_not_depend_on_the_other_rows_of_its_table():
+    """The pipeline summarises one run, analysis.runs a whole sweep: a method's CI must be the same in both."""
+    rng = np.random.default_rng(3)
+    ids = [f"e{i}" for i in range(50)]
+    noisy = lambda: {"heldout_loss": dict(zip(ids, rng.normal(2.0, 0.3, len(ids))))}  # noqa: E731
+    randoms = [_row("random", "random", s, noisy()) for s in (1, 2)]
+    adg, ifd = _row("selected", "adg", 1, noisy()), _row("selected", "ifd", 1, noisy())
+    alone = {s["scorer"]: s for s in summarize([*randoms, adg])}["adg"]
+    for table in ([*randoms, ifd, adg], [adg, *randoms, ifd]):
+        with_others = {s["scorer"]: s for s in summarize(table)}["adg"]
+        assert (with_others["heldout_loss CI low"], with_others["heldout_loss CI high"]) == \
+            (alone["heldout_loss CI low"], alone["heldout_loss CI high"])
+
+
 # --- the held-out set -------------------------------------------------------------------------
 
 

@@ -8,10 +8,13 @@ both sides: the pairing by example removes the between-example variance they sha
 when a side has several seeds, that side's seeds (independently: the method's seed-s model
 and random's seed-s model share a training seed but not their data, so nothing pairs them).
 A CI that covers 0 is marked not significant. The pipeline (W&B ``results_summary`` table)
-and ``analysis.runs`` both call :func:`summarize`.
+and ``analysis.runs`` both call :func:`summarize`; each method draws its resamples from its own
+random stream (seeded by the seed and the method's label, scorer, variant and size), so its CI
+is the same number in a one-run table and in a whole sweep's.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 
@@ -127,7 +130,6 @@ def summarize(rows: list[dict], groups: dict[str, list[str]] | None = None, n_bo
     metrics = list(dict.fromkeys(m for r in rows for m in r.get("metrics") or {}))
     group_names = list(dict.fromkeys(g for r in rows for g in r.get("groups") or {}))
     groups = {g: list(ts) for g, ts in (groups or {}).items() if g in group_names}
-    rng = np.random.default_rng(seed)
     out = []
     for (label, scorer, variant, n_train), method_rows in by_method.items():
         summary = {"label": label, "scorer": scorer, **({"variant": variant} if variant else {}), "n_train": n_train,
@@ -142,9 +144,16 @@ def summarize(rows: list[dict], groups: dict[str, list[str]] | None = None, n_bo
         for name, values in columns.items():
             summary[name], summary[f"{name} std"] = _mean_std(values)
         if baseline and (label, scorer) != ("random", "random"):
+            rng = method_rng(seed, (label, scorer, variant, n_train))
             summary.update(_differences(method_rows, baseline, metrics, groups, rng, n_boot, level))
         out.append(summary)
     return out
+
+
+def method_rng(seed: int, method: tuple) -> np.random.Generator:
+    """The bootstrap stream of one method: the same whichever other rows share its table."""
+    digest = hashlib.sha256(repr(tuple(str(x) for x in method)).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
 def _differences(method_rows, baseline_rows, metrics, groups, rng, n_boot, level) -> dict:
