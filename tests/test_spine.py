@@ -122,3 +122,23 @@ def test_a_small_model_selects_and_another_is_trained(smol_tokenizer_dir, tiny_m
     (row,) = [r for r in json.loads((Path(manifest["run_dir"]) / "results.json").read_text())["rows"]
               if r["label"] == "selected"]
     assert store.meta("checkpoints", Path(row["model"]).name)["base_model"] == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("choice, name", [("deita_judge", "deita"), ("mig_offline", "mig"), ("ifd", "ifd")])
+def test_results_rows_name_the_scorer_option_the_run_chose(choice, name):
+    """A substitute shares its release's scorer.name; the results rows and tables say which ran."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from selectlab.config import scorer_label
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(SRC.parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"scorer={choice}"], return_hydra_config=True)
+    assert cfg.scorer.name == name and scorer_label(cfg) == name  # no Hydra run: the name
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert scorer_label(cfg) == choice
+    finally:
+        HydraConfig.instance().cfg = None

@@ -43,3 +43,16 @@ def plain(section) -> dict | None:
     if OmegaConf.is_config(section):
         return OmegaConf.to_container(section, resolve=True)
     return dict(section)
+
+
+def scorer_label(cfg) -> str:
+    """The scorer as the run chose it, for results rows and tables: the ``scorer=`` config option
+    (``deita_judge`` and ``mig_offline`` are the offline substitutes of ``deita`` and ``mig`` and
+    share their ``scorer.name``), or ``scorer.name`` outside a Hydra run (a composed test config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("scorer")
+        if choice:
+            return str(choice)
+    return str(cfg.scorer.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..config import scorer_label
 from ..context import RunContext, with_sections
 from ..errors import SelectlabError
 from ..validate import BASELINES
@@ -66,5 +67,5 @@ def results_rows(ctx: RunContext, subset: list[dict], subset_key: str) -> list[d
     for seed in comparison_seeds(cfg, "selected_seeds"):
         chosen = random_subset(ctx, len(subset), seed) if selected_is_random and seed is not None \
             else (subset, subset_key)
-        rows.append(train_and_evaluate(ctx, *chosen, "selected", cfg.scorer.name, seed))
+        rows.append(train_and_evaluate(ctx, *chosen, "selected", scorer_label(cfg), seed))
     return rows
