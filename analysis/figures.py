@@ -23,6 +23,9 @@ from . import published
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 DEFAULT_FIGURES = REPO_ROOT / "analysis" / "figures"
+# Executed copies of the notebooks (with their outputs) go here, not over the committed sources,
+# so `make figures` changes no tracked file but the PNGs whose pictures changed.
+EXECUTED = REPO_ROOT / "build" / "notebooks"
 METRIC = "Avg"
 # Where make figures looks for runs: your own, and the evidence committed with the repository
 # (analysis/evidence/: the CPU replication's run folders, manifests and per-example results).
@@ -282,6 +285,7 @@ def execute_notebook(notebook: Path, runs: list[str], figures: Path, output: Pat
     NotebookClient(nb, kernel_name=kernel_name, timeout=timeout,
                    resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
     output = Path(output or notebook)
+    output.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, output)
     return output
 
@@ -304,7 +308,7 @@ def main() -> None:
         raise SystemExit(f"no notebooks in {NOTEBOOKS}")
     for nb in notebooks:
         print(f"executing {nb.relative_to(REPO_ROOT)} (runs: {', '.join(runs)})", flush=True)
-        execute_notebook(nb, runs, figures)
+        execute_notebook(nb, runs, figures, EXECUTED / nb.name)
     for png in sorted((REPO_ROOT / figures).glob("*.png")):
         print(f"  {png} ({png.stat().st_size:,} bytes)")
 

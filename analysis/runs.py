@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+from selectlab.paths import localize, run_places
 
 DEFAULT_ROOTS = ("outputs", "multirun")
 RUN_COLUMNS = ["run_dir", "run", "pool", "backbone", "scorer", "selector", "budget", "seed", "layers", "k", "lam",
@@ -51,9 +52,11 @@ def _read_json(path: Path) -> dict | None:
 
 
 def load_manifest(run_dir: Path) -> dict | None:
-    """The manifest, or None (with a warning naming the file) when it is unreadable or has no config."""
+    """The manifest, or None (with a warning naming the file) when it is unreadable or has no config.
+    Its places (``run:``, ``cache:``, ``data:``) are resolved on this machine (``selectlab.paths``)."""
     path = Path(run_dir) / "manifest.json"
     manifest = _read_json(path)
+    manifest = None if manifest is None else localize(manifest, run_places(run_dir))
     if manifest is not None and not isinstance(manifest.get("config"), dict):
         warnings.warn(f"{path}: no 'config' object (not a selectlab manifest?); left out", RunFileWarning,
                       stacklevel=2)
@@ -110,7 +113,7 @@ def load_results(run_dir: Path) -> list[dict]:
         warnings.warn(f"{path}: 'rows' must be a list of objects with a 'label'; left out", RunFileWarning,
                       stacklevel=2)
         return []
-    return rows
+    return localize(rows, run_places(run_dir))
 
 
 def runs_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) -> pd.DataFrame:

@@ -21,9 +21,11 @@ PUBLISHED_PARAMS = {"llama3_8b": 8_030_261_248, "llama3_8b_instruct": 8_030_261_
 
 @pytest.fixture
 def data_env(monkeypatch):
-    shared = REPO.parent / "shared" / "data"
+    from selectlab.paths import data_dir
+
+    shared = data_dir()  # $SELECTLAB_DATA or ../shared/data, as a run resolves it
     if not shared.is_dir():
-        shared = Path("/work/shared/data")
+        pytest.fail(f"no data folder at {shared}: put the shared data beside the repository or set SELECTLAB_DATA")
     monkeypatch.setenv("SELECTLAB_DATA", str(shared))
 
 

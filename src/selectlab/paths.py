@@ -38,3 +38,52 @@ def safe_component(value) -> str:
         digest = hashlib.sha256(text.encode()).hexdigest()[:10]
         name = f"{name[:MAX_COMPONENT - 11]}-{digest}"
     return name
+
+
+# ---- run records that travel ---------------------------------------------------------------
+# A run record (manifest.json, results.json) names its places relative to roots every reader
+# knows: ``run:subset.jsonl`` (inside the run folder), ``cache:checkpoints/<key>`` (the artifact
+# store), ``data:pools/alpaca_52k`` (the shipped data). Readers turn them back into paths of their
+# own machine (``localize``), so committed evidence publishes no machine's layout.
+PLACE = re.compile(r"^(run|cache|data):([^\s:]*)$")
+
+
+def run_places(run_dir: str | Path, cache: str | Path | None = None) -> dict[str, Path]:
+    """The roots a run record is written against: its run folder, the store and the data folder."""
+    return {"run": Path(run_dir), "cache": Path(cache) if cache else cache_dir(), "data": data_dir()}
+
+
+def _spellings(places: dict[str, Path]) -> list[tuple[str, str]]:
+    """(root as written, place name), longest root first so a nested root wins over its parent."""
+    pairs = {(str(Path(p)), name) for name, p in places.items()}
+    pairs |= {(str(Path(p).resolve()), name) for name, p in places.items()}
+    return sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+def portable_text(text: str, places: dict[str, Path]) -> str:
+    """``text`` with every absolute path under one of ``places`` written as ``<place>:<relative>``."""
+    for root, name in _spellings(places):
+        text = re.sub(re.escape(root) + r"(/|(?![\w.-]))", f"{name}:", text)
+    return text
+
+
+def portable(value, places: dict[str, Path]):
+    """A JSON-like value with ``portable_text`` applied to every string in it."""
+    if isinstance(value, dict):
+        return {k: portable(v, places) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, places) for v in value]
+    return portable_text(value, places) if isinstance(value, str) else value
+
+
+def localize(value, places: dict[str, Path]):
+    """The inverse of ``portable`` for whole-string places: ``data:pools/x`` -> ``<data dir>/pools/x``."""
+    if isinstance(value, dict):
+        return {k: localize(v, places) for k, v in value.items()}
+    if isinstance(value, list):
+        return [localize(v, places) for v in value]
+    match = PLACE.match(value) if isinstance(value, str) else None
+    if match is None:
+        return value
+    root = Path(places[match.group(1)])
+    return str(root / match.group(2)) if match.group(2) else str(root)

@@ -23,7 +23,7 @@ from .context import RunContext, with_sections
 from .errors import SelectlabError
 from .export import export_subsets
 from .orphans import watch_children
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, portable, run_places
 from .pools import announce_demo_slice, load_pool
 from .report import selection_report
 from .stages.scoring import pool_content_key, score_stage
@@ -54,8 +54,13 @@ class Run:
     def write_manifest(self, **extra) -> dict:
         self.manifest.update(extra, stages=[asdict(e) for e in self.ctx.store.events],
                              seconds=round(time.perf_counter() - self.started, 2))
-        atomic_write_text(self.run_dir / "manifest.json", json.dumps(self.manifest, indent=2, default=str))
+        self.write_record("manifest.json", self.manifest)
         return self.manifest
+
+    def write_record(self, name: str, record: dict) -> None:
+        """``<run_dir>/<name>`` with its paths written against the run's places (``paths.portable``)."""
+        places = run_places(self.run_dir, self.ctx.cfg.cache_dir)
+        atomic_write_text(self.run_dir / name, json.dumps(portable(record, places), indent=2, default=str))
 
     def finish(self, **extra) -> dict:
         self.tracker.finish()
@@ -196,7 +201,7 @@ def evaluate_task(run: Run, subset: list[dict], subset_key: str) -> None:
     from .stages.compare import results_rows
 
     rows = results_rows(run.ctx, subset, subset_key)
-    atomic_write_text(run.run_dir / "results.json", json.dumps({"rows": rows}, indent=2, default=str))
+    run.write_record("results.json", {"rows": rows})
     log_results(run.tracker, rows, plain(getattr(run.ctx.cfg.eval, "groups", None)) or {})
     run.write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "seed", "groups", "avg")}
                                 for r in rows])
