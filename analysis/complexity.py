@@ -11,6 +11,7 @@ sample of its pool of the same size; every other listed scorer adds its top subs
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -78,9 +79,11 @@ def task_requests(records: list[dict], task: dict, options: list[str], max_chars
 
 
 def judge_frame(subsets: dict[str, list[dict]], cfg: dict, store: ArtifactStore | None = None,
-                judge=None) -> tuple[pd.DataFrame, dict]:
+                judge=None, categorize=None) -> tuple[pd.DataFrame, dict]:
     """One row per (subset, example): ``subset``, ``id``, ``category``, then one column per rating;
-    and the judge's counts (off-list or empty answers, ratings not found) over all requests."""
+    and the judge's counts (off-list or empty answers, ratings not found) over all requests.
+    ``categorize`` (records -> categories) replaces the judge's own classification (a substitute
+    category judge of ``analysis.judge_check``)."""
     from selectlab.paths import cache_dir
 
     store = store or ArtifactStore(cache_dir())
@@ -90,10 +93,13 @@ def judge_frame(subsets: dict[str, list[dict]], cfg: dict, store: ArtifactStore 
     # Each example is asked once however many subsets hold it (the answers are cached by prompt).
     unique = list({row["id"]: row["record"] for row in rows}.values())
     task = cfg["classification"]
-    labels, counts = classify(judge, task_requests(unique, task, task["categories"], cfg.get("max_field_chars")),
-                              store, batch)
+    if categorize is None:
+        labels, counts = classify(judge, task_requests(unique, task, task["categories"], cfg.get("max_field_chars")),
+                                  store, batch)
+        counts = {f"classification/{k}": v for k, v in counts.items()}
+    else:
+        labels, counts = categorize(unique), {}
     columns = {CATEGORY: dict(zip((r["id"] for r in unique), labels))}
-    counts = {f"classification/{k}": v for k, v in counts.items()}
     for name, task in cfg["ratings"].items():
         scale = [int(s) for s in task["scale"]]
         values, c = rate(judge, task_requests(unique, task, [str(s) for s in scale], cfg.get("max_field_chars")),
@@ -185,19 +191,74 @@ def comparison_subsets(runs: list[str], scorers: list[str], limit: int | None, s
     return subsets
 
 
+def chosen_judge(cfg: dict, checks: dict) -> str:
+    """``check.category_judge``, or with ``auto`` the most accurate judge on the check set."""
+    name = cfg["check"]["category_judge"]
+    if name == "auto":
+        return max(checks, key=lambda k: checks[k]["accuracy"])
+    if name not in checks:
+        raise JudgeError(f"check.category_judge={name!r}: choose auto or one of {sorted(checks)}")
+    return name
+
+
+def run_analysis(cfg: dict, store: ArtifactStore | None = None, judge=None, data: Path | None = None) -> Path:
+    """Measure the judges (``analysis.judge_check``), judge the compared subsets, and write the
+    evidence folder the figure is drawn from (``cfg['evidence']``):
+
+    - ``check_set.jsonl``: the labelled items with every judge's prediction;
+    - ``judge_check.json``: each category judge's accuracy, CI, majority baseline, confusion matrix,
+      the judge chosen for the figure, and the rating contrasts;
+    - ``judged.csv``: one row per (subset, example) with the chosen judge's category and the LM
+      judge's ratings; ``subsets.json``: where each subset came from.
+    """
+    from selectlab.paths import cache_dir, data_dir
+    from selectlab.store import atomic_write_text
+
+    from .judge_check import CategoryJudges, category_judges, check_set, rating_contrasts
+
+    folder, data = Path(cfg["evidence"]), Path(data or data_dir())
+    store = store or ArtifactStore(cache_dir())
+    judge = judge or make_judge(cfg["judge"], store)
+    samples = int(cfg["bootstrap"]["samples"])
+    items = check_set(cfg, data, folder / "pool_labels.jsonl")
+    judges = CategoryJudges(cfg, judge, store, items)
+    checks = category_judges(judges, samples)
+    chosen = chosen_judge(cfg, checks)
+    contrasts = rating_contrasts(cfg, judge, store, data, samples)
+    subsets = comparison_subsets(cfg["runs"], cfg["scorers"], cfg["limit"], int(cfg["uniform_seed"]))
+    frame, counts = judge_frame(subsets, cfg, store, judge, lambda records: judges.predict(chosen, records))
+    folder.mkdir(parents=True, exist_ok=True)
+    predicted = {name: check.pop("predicted") for name, check in checks.items()}
+    atomic_write_text(folder / "check_set.jsonl", "".join(
+        json.dumps({**{k: r.get(k) for k in ("id", "label", "alt", "source")}, "instruction": r["instruction"],
+                    "predicted": {name: predicted[name][i] for name in predicted}}) + "\n" for i, r in enumerate(items)))
+    atomic_write_text(folder / "judge_check.json", json.dumps({
+        "categories": cfg["classification"]["categories"], "lm_judge": judge_name(cfg), "chosen": chosen,
+        "category_judges": checks, "rating_contrasts": contrasts, "judge_counts": counts}, indent=2) + "\n")
+    frame.to_csv(folder / "judged.csv", index=False, float_format="%.6g")
+    atomic_write_text(folder / "subsets.json", json.dumps({name: len(records) for name, records in subsets.items()},
+                                                          indent=2) + "\n")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
-    """python -m analysis.complexity [hydra overrides]: judge the subsets, write the figure, print the table."""
+    """python -m analysis.complexity [hydra overrides]: measure the judges, judge the subsets, write
+    the evidence folder and the figure."""
     from .figures import complexity_figure
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(sys.argv[1:] if argv is None else argv)
-    subsets = comparison_subsets(cfg["runs"], cfg["scorers"], cfg["limit"], int(cfg["uniform_seed"]))
-    frame, counts = judge_frame(subsets, cfg) if subsets else (pd.DataFrame(), {})
-    table = summary(frame, cfg) if subsets else pd.DataFrame()
-    png = complexity_figure(table, Path(cfg["figures"]) / "cognitive_complexity.png", judge_name(cfg),
-                            cfg["classification"]["categories"], list(cfg["ratings"]))
-    print(table.round(3).to_string() if len(table) else "no runs with a subset.jsonl")
-    print(f"judge counts: {counts}\n-> {png}")
+    folder = run_analysis(cfg)
+    png = complexity_figure(folder, Path(cfg["figures"]) / "cognitive_complexity.png", cfg)
+    check = json.loads((folder / "judge_check.json").read_text())
+    for name, c in check["category_judges"].items():
+        print(f"{name:18} accuracy {c['accuracy']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]  majority "
+              f"{c['majority_accuracy']:.3f}  minus majority {c['minus_majority']:+.3f} "
+              f"[{c['minus_majority_ci'][0]:+.3f}, {c['minus_majority_ci'][1]:+.3f}]  {c['by_part']}")
+    for name, c in check["rating_contrasts"].items():
+        print(f"{name:22} high {c['high_mean']:.2f} low {c['low_mean']:.2f} diff {c['diff']:+.3f} "
+              f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] {'separable' if c['separable'] else 'NOT separable'}")
+    print(f"chosen: {check['chosen']}\n-> {folder}\n-> {png}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ headless job. A panel with nothing to show says so in the picture instead of van
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _say(ax, message: str) -> None:
+EMPTY_PANELS: list[str] = []  # what each panel drawn with nothing to show said (tests read it)
+
+
+def _say(ax, message: str, empty: bool = True) -> None:
+    """Write ``message`` in the panel instead of a plot: an empty panel (recorded in
+    EMPTY_PANELS), or with ``empty=False`` a measured finding told in words."""
+    if empty:
+        EMPTY_PANELS.append(message)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=9,
             color="0.35")
     ax.set_xticks([])
@@ -68,47 +76,71 @@ def scale_note(runs: pd.DataFrame | None, metric: str) -> str:
     return f"ours: {', '.join(backbones)} on {', '.join(pools)}; {span} seed(s) per point"
 
 
-def double_descent_figure(trials: pd.DataFrame, runs: pd.DataFrame | None, path: Path,
-                          metric: str = METRIC) -> Path:
-    """Left: size-search loss vs subset size per run (best size starred). Right: eval ``metric``
-    vs training-set size of evaluated models (one line per scorer). Both log-x."""
-    fig = Figure(figsize=(11, 4.2))
-    left, right = fig.subplots(1, 2)
-    if trials is None or trials.empty:
-        _say(left, "no size_search.json under the run roots\n(run an InstructMining size search)")
-    else:
-        for run_dir, t in trials.groupby("run_dir", sort=True):
-            t = t.sort_values("n")
-            label = " / ".join(str(t[c].iloc[0]) for c in ("scorer", "pool", "search") if c in t) or Path(run_dir).name
-            line, = left.plot(t["n"], t["loss"], "o-", ms=4, label=label)
-            best = t.loc[t["loss"].idxmin()]
-            left.plot([best["n"]], [best["loss"]], "*", ms=14, color=line.get_color())
-        left.set_xscale("log")
-        left.xaxis.set_major_formatter(ScalarFormatter())
-        left.xaxis.set_minor_formatter(NullFormatter())
-        left.set_xlabel("subset size n (log)")
-        left.set_ylabel("eval loss of the fine-tune on the top-n")
-        left.legend(fontsize=8)
-    im = published.INSTRUCTMINING_SIZE_SEARCH
-    left.set_title(f"size search (paper: best n = {im['best_n']:,} of {im['pool_n']:,})", fontsize=10)
+def double_descent_figure(curve: pd.DataFrame, steps: pd.DataFrame, trials: pd.DataFrame, path: Path,
+                          scale: str, metric: str = "heldout_loss") -> Path:
+    """InstructMining's quality vs subset size from committed runs (``analysis.runs.size_curve``).
+    Left: ``metric`` of the rule's top-n and of random n-subsets (mean over seeds, 95% bootstrap CI),
+    BlendSearch's trials and chosen n on the same axes, the paper's best fraction scaled to this
+    pool. Right: the rule minus random at each size (paired CI; filled = CI excludes 0). The title
+    says whether the rule's curve descends twice (a significant fall, rise, fall between sizes)."""
+    from .runs import descends_twice
 
-    rows = _evaluated(runs, metric)
-    rows = rows[rows["label"] != "untrained"] if not rows.empty else rows
-    if rows.empty or rows["n_train"].nunique() < 2:
-        _say(right, f"fewer than two training-set sizes with an evaluated '{metric}'\n"
-                    "(runs with eval != none and different budgets)")
-    else:
-        for name, g in rows.groupby(rows["eval_scorer"].fillna(rows["label"])):
-            g = g.groupby("n_train")[metric].agg(["mean", "std"]).reset_index()
-            right.errorbar(g["n_train"], g["mean"], yerr=g["std"].fillna(0), fmt="o-", ms=4, capsize=3, label=name)
-        right.set_xscale("log")
-        sizes = sorted(rows["n_train"].unique())
-        right.set_xticks(sizes, [f"{n:g}" for n in sizes])  # a narrow log range has no decade ticks
-        right.xaxis.set_minor_formatter(NullFormatter())
-        right.set_xlabel("training examples (log)")
-        right.set_ylabel(f"{metric} (%)")
-        right.legend(fontsize=8)
-    right.set_title(f"quality vs subset size\n{scale_note(runs, metric)}", fontsize=9)
+    fig = Figure(figsize=(12, 4.8))
+    left, right = fig.subplots(1, 2)
+    if curve is None or curve.empty or curve["n_train"].nunique() < 2:
+        _say(left, "no committed runs with per-example held-out loss at two or more sizes\n"
+                   "(python src/run.py -m experiment=sweep_double_descent_cpu)")
+        _say(right, "nothing to compare")
+        return _save(fig, path)
+    names = {"selected": "rule top-n", "random": "random n"}
+    for label, color in (("selected", "C0"), ("random", "0.45")):
+        g = curve[curve["label"] == label].sort_values("n_train")
+        if g.empty:
+            continue
+        seeds = f"{g['n_seeds'].min()}" if g["n_seeds"].min() == g["n_seeds"].max() else \
+            f"{g['n_seeds'].min()}-{g['n_seeds'].max()}"
+        left.plot(g["n_train"], g["mean"], "o-", ms=4, color=color,
+                  label=f"{names[label]} ({g['scorer'].iloc[0]}, {seeds} seeds)")
+        left.fill_between(g["n_train"], g["low"], g["high"], color=color, alpha=0.15, lw=0)
+    if trials is not None and not trials.empty:
+        left.plot(trials["n"], trials["loss"], "x", color="C3", ms=6, label="BlendSearch trials (1 seed)")
+        best = trials.loc[trials["loss"].idxmin()]
+        left.axvline(best["n"], color="C3", ls="--", lw=1)
+        left.annotate(f"BlendSearch n = {int(best['n'])}", (best["n"], best["loss"]), fontsize=8, color="C3",
+                      xytext=(5, 12), textcoords="offset points")
+    im = published.INSTRUCTMINING_SIZE_SEARCH
+    pool_n = curve.attrs.get("pool_n")
+    if pool_n:
+        scaled = im["best_n"] / im["pool_n"] * pool_n
+        left.axvline(scaled, color="C2", ls=":", lw=1.5,
+                     label=f"paper's best fraction ({im['best_n']:,}/{im['pool_n']:,}) x this pool = {scaled:.0f}")
+    sizes = sorted(curve["n_train"].unique())
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{n:g}" for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("training examples n (log)")
+    left.set_ylabel(f"{metric} (95% bootstrap CI over examples and seeds)")
+    left.legend(fontsize=7)
+    left.set_title("paper: quality vs size descends twice (double descent);\nits BlendSearch picked "
+                   f"n = {im['best_n']:,} of {im['pool_n']:,}. Ours:", fontsize=9)
+    d = curve[(curve["label"] == "selected") & curve.get("Δ", pd.Series(dtype=float)).notna()].sort_values("n_train") \
+        if "Δ" in curve else curve.iloc[0:0]
+    for _, r in d.iterrows():
+        sig = bool(r["significant"])
+        right.errorbar(r["n_train"], r["Δ"], yerr=[[r["Δ"] - r["Δ low"]], [r["Δ high"] - r["Δ"]]], fmt="o",
+                       capsize=3, color="C0", mfc="C0" if sig else "white")
+    right.plot(d["n_train"], d["Δ"], "-", color="C0", lw=0.8)
+    right.axhline(0, color="0.6", ls="--", lw=1)
+    right.set_ylabel(f"Δ {metric}: rule − random at the same n (lower is better)")
+    twice = descends_twice(steps)
+    moves = ", ".join(f"{int(s['from'])}->{int(s['to'])} {s['change']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}]"
+                      f"{'' if s['direction'] == 'n.s.' else '*'}" for _, s in steps.iterrows())
+    right.set_title(f"rule minus random (filled: 95% CI excludes 0)\nrule's curve descends twice: "
+                    f"{'YES' if twice else 'NO'}", fontsize=9)
+    fig.suptitle(scale, fontsize=9)
+    fig.text(0.01, -0.04, "rule's steps between sizes (paired CI; * = excludes 0): " + moves, fontsize=6.5,
+             color="0.3", wrap=True)
     return _save(fig, path)
 
 
@@ -188,33 +220,96 @@ def _grouped_bars(ax, table: pd.DataFrame, measures: list[str], subsets: list[st
     ax.set_xticks(np.arange(len(measures)) + width * (len(subsets) - 1) / 2)
 
 
-def complexity_figure(table: pd.DataFrame, path: Path, judge: str, categories: list[str],
-                      ratings: list[str]) -> Path:
-    """Left: mean rating (1-6) per subset. Right: the share of each of the release's task
-    categories per subset. Error bars: bootstrap percentile intervals (``analysis.complexity.summary``)."""
-    fig = Figure(figsize=(15, 5))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.2]})
-    fig.suptitle(f"Cognitive-complexity analysis (ADG paper, release classifier) - judge: {judge}", fontsize=11)
-    if table is None or table.empty:
-        _say(left, "no subsets to judge (no runs with a subset.jsonl found)")
-        _say(right, "no task categories to show")
-        return _save(fig, path)
+def _judge_accuracy_panel(ax, check: dict) -> None:
+    """Each category judge's accuracy on the labelled check set (95% CI), the majority-class line."""
+    judges = check["category_judges"]
+    names = list(judges)
+    acc = np.array([judges[n]["accuracy"] for n in names])
+    err = np.array([[judges[n]["accuracy"] - judges[n]["ci"][0], judges[n]["ci"][1] - judges[n]["accuracy"]]
+                    for n in names]).T
+    colors = ["C0" if n == check["chosen"] else "0.6" for n in names]
+    bars = ax.bar(range(len(names)), acc, yerr=err, capsize=3, color=colors)
+    ax.bar_label(bars, labels=[f"{a:.2f}" for a in acc], fontsize=7, padding=2)
+    majority = judges[names[0]]["majority_accuracy"]
+    ax.axhline(majority, color="C3", ls="--", lw=1)
+    ax.text(len(names) - 0.5, majority, f"majority class ({judges[names[0]]['majority_class']}) {majority:.2f}",
+            ha="right", va="bottom", fontsize=7, color="C3")
+    ax.set_xticks(range(len(names)), [n.replace("_", "\n", 1) for n in names], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% bootstrap CI)")
+    ax.set_title(f"category judges on the labelled check set (n={judges[names[0]]['n']})", fontsize=9)
+
+
+def _confusion_panel(ax, check: dict) -> None:
+    """The chosen judge's confusion matrix, rows normalised (counts written in the cells)."""
+    cats = check["categories"]
+    counts = np.asarray(check["category_judges"][check["chosen"]]["confusion"], dtype=float)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i, j in zip(*np.nonzero(counts)):
+        ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=6,
+                color="white" if share[i, j] > 0.6 else "black")
+    short = [c.replace("Instruction_Following", "Instr_Follow").replace("Discrete_Decision", "Discrete")
+             .replace("Summarization", "Summary") for c in cats]
+    ax.set_xticks(range(len(cats)), short, fontsize=6, rotation=60, ha="right")
+    ax.set_yticks(range(len(cats)), short, fontsize=6)
+    ax.set_xlabel("judged", fontsize=8)
+    ax.set_ylabel("label", fontsize=8)
+    ax.set_title(f"{check['chosen']}: confusion on the check set (rows: label)", fontsize=9)
+
+
+def _rating_panel(ax, table: pd.DataFrame, check: dict, subsets: list[str]) -> None:
+    """Ratings that separate their constructed contrast, per subset; the rest named with why not."""
+    contrasts = check["rating_contrasts"]
+    separable = [name for name, c in contrasts.items() if c["separable"]]
+    failing = [f"{name}: {c['high_mean']:.2f} vs {c['low_mean']:.2f}, diff {c['diff']:+.2f} "
+               f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]\n    ({c['contrast']})"
+               for name, c in contrasts.items() if not c["separable"]]
+    if not separable:
+        _say(ax, f"no rating shown: the judge ({check['lm_judge']}) cannot separate\n"
+                 "constructed contrasts where one side must rate higher (n=" +
+                 f"{next(iter(contrasts.values()))['n']} pairs each, 95% CI):\n\n" + "\n".join(failing), empty=False)
+        ax.set_title("ratings (1-6): not a finding at this judge", fontsize=9)
+        return
+    _grouped_bars(ax, table[table["kind"] == "rating"], separable, subsets, label_values=True)
+    ax.set_xticklabels([r.replace("_", "\n") for r in separable], fontsize=8)
+    ax.set_ylim(1, 6.3)
+    ax.set_ylabel("mean rating (1-6)")
+    note = ("not shown (contrast not separated): " + "; ".join(failing)) if failing else ""
+    ax.set_title("ratings that pass their contrast check" + (f"\n{note}" if note else ""), fontsize=7)
+
+
+def complexity_figure(folder: Path, path: Path, cfg: dict) -> Path:
+    """The cognitive-complexity analysis from its evidence folder (``analysis.complexity.run_analysis``):
+    the category judges' measured accuracy, the chosen judge's confusion matrix, the category shares
+    per subset (bootstrap CIs) and the ratings whose contrast check passed."""
+    from .complexity import summary
+
+    folder = Path(folder)
+    check = json.loads((folder / "judge_check.json").read_text())
+    frame = pd.read_csv(folder / "judged.csv")
+    table = summary(frame, cfg)
     subsets = list(dict.fromkeys(table["subset"]))
-    rated = table[table["kind"] == "rating"]
-    _grouped_bars(left, rated, ratings, subsets, label_values=True)
-    left.set_xticklabels([r.replace("_", "\n") for r in ratings], fontsize=8)
-    left.set_ylim(1, 6.3)
-    left.set_ylabel("mean rating (1-6)")
-    left.set_title("ratings (our prompts; the paper's are unpublished)", fontsize=9)
-    _grouped_bars(right, table[table["kind"] == "share"], categories, subsets, label_values=False)
-    right.set_xticklabels([c.replace("_", "\n").replace("Summarization", "Summari-\nzation") for c in categories],
-                          fontsize=8)
-    right.set_ylabel("share of the subset")
-    right.set_title("task categories (ADG release prompt, 10 categories)", fontsize=9)
-    right.legend(fontsize=7, loc="upper right")
-    conf = table.attrs.get("confidence")
-    fig.text(0.01, 0.005, f"error bars: {conf or 'bootstrap'} percentile intervals of the subset mean "
-             "(examples resampled with replacement)", fontsize=7, color="0.35")
+    chosen = check["category_judges"][check["chosen"]]
+    fig = Figure(figsize=(15, 9.5))
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 1.4])
+    _judge_accuracy_panel(fig.add_subplot(grid[0, 0]), check)
+    _confusion_panel(fig.add_subplot(grid[0, 1]), check)
+    _rating_panel(fig.add_subplot(grid[0, 2]), table, check, subsets)
+    shares = fig.add_subplot(grid[1, :])
+    _grouped_bars(shares, table[table["kind"] == "share"], check["categories"], subsets, label_values=False)
+    shares.set_xticklabels([c.replace("_", "\n") for c in check["categories"]], fontsize=8)
+    shares.set_ylabel("share of the subset (95% bootstrap CI)")
+    shares.legend(fontsize=7, loc="upper right")
+    shares.set_title(f"task categories by {check['chosen']} (a substitute for the release's GPT-4o-mini judge)",
+                     fontsize=9)
+    lo, hi = chosen["minus_majority_ci"]
+    verdict = "beats" if chosen["beats_majority"] else "does NOT beat"
+    fig.suptitle(f"Cognitive-complexity analysis (ADG paper) on the committed CPU replication's subsets\n"
+                 f"category judge {check['chosen']}: accuracy {chosen['accuracy']:.2f} "
+                 f"[{chosen['ci'][0]:.2f}, {chosen['ci'][1]:.2f}] on {chosen['n']} labelled items; it {verdict} the "
+                 f"majority class ({chosen['majority_accuracy']:.2f}) by {chosen['minus_majority']:+.2f} "
+                 f"[{lo:+.2f}, {hi:+.2f}]", fontsize=10)
     return _save(fig, path)
 
 
@@ -262,6 +357,41 @@ def evidence_figure(summary: pd.DataFrame, path: Path, metric: str, scale: str) 
                  f"filled = CI excludes 0", fontsize=9)
     ax.margins(x=0.35)
     return _save(fig, path)
+
+
+# ---- the committed figures, each from its evidence folder --------------------------------
+
+def build_evidence(evidence: Path, out: Path, metric: str = "heldout_loss") -> Path:
+    """evidence.png: each method's Δ vs random on the CPU replication."""
+    from .runs import scale_line, summary_table
+
+    return evidence_figure(summary_table([evidence]), out / "evidence.png", metric,
+                           "CPU replication: " + scale_line([evidence]))
+
+
+def build_double_descent(evidence: Path, out: Path, metric: str = "heldout_loss") -> Path:
+    from .runs import pool_size, scale_line, size_curve, size_search_table, size_steps
+
+    curve = size_curve([evidence], metric)
+    curve.attrs["pool_n"] = pool_size([evidence])
+    return double_descent_figure(curve, size_steps([evidence], "selected", metric), size_search_table([evidence]),
+                                 out / "double_descent.png", "InstructMining double descent: " + scale_line([evidence]),
+                                 metric)
+
+
+def build_complexity(evidence: Path, out: Path) -> Path:
+    from .complexity import load_config
+
+    return complexity_figure(evidence, out / "cognitive_complexity.png", load_config([f"evidence={evidence}"]))
+
+
+# figure -> (the evidence folder it is drawn from, its builder). Every committed PNG is one of these
+# (tests/test_figures_evidence.py), and each notebook calls its builder.
+COMMITTED = {
+    "evidence.png": ("analysis/evidence/cpu_replication", build_evidence),
+    "double_descent.png": ("analysis/evidence/double_descent", build_double_descent),
+    "cognitive_complexity.png": ("analysis/evidence/complexity", build_complexity),
+}
 
 
 def execute_notebook(notebook: Path, runs: list[str], figures: Path, output: Path | None = None,

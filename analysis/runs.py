@@ -241,6 +241,15 @@ def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_bo
     ``variant``."""
     from selectlab.stats import N_BOOT, summarize, summary_columns
 
+    rows, groups = _variant_rows(roots)
+    if not rows:
+        return pd.DataFrame(columns=["label", "scorer", "n_train", "n_seeds"])
+    summaries = summarize(rows, groups, n_boot=n_boot or N_BOOT)
+    return pd.DataFrame(summaries, columns=summary_columns(summaries))
+
+
+def _variant_rows(roots) -> tuple[list[dict], dict]:
+    """Every results row under ``roots`` (selected rows tagged with their ``variant``) and the eval groups."""
     loaded = []
     for run_dir in find_run_dirs(roots):
         manifest = load_manifest(run_dir)
@@ -252,10 +261,85 @@ def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_bo
         groups.update(_get(manifest["config"], "eval.groups") or {})
         variant = ",".join(f"{k}={info[k]}" for k in varying[info["scorer"]])
         rows += [{**r, "variant": variant} if r["label"] == "selected" and variant else r for r in results]
-    if not rows:
-        return pd.DataFrame(columns=["label", "scorer", "n_train", "n_seeds"])
-    summaries = summarize(rows, groups, n_boot=n_boot or N_BOOT)
-    return pd.DataFrame(summaries, columns=summary_columns(summaries))
+    return rows, groups
+
+
+def size_curve(roots: str | Path | Iterable[str | Path], metric: str = "heldout_loss",
+               n_boot: int | None = None) -> pd.DataFrame:
+    """``metric`` against training-set size, one row per (method, size): the mean over seeds and
+    eval examples with its 95% bootstrap CI (``mean``, ``low``, ``high``, ``n_seeds``), and for
+    selected rows the paired difference to random at the same size (``Δ``, ``Δ low``, ``Δ high``,
+    ``significant``), from :func:`summary_table`'s per-method streams."""
+    from selectlab.stats import N_BOOT, _per_example_matrix, dedupe_rows, mean_interval, method_rng
+
+    rows = [r for r in dedupe_rows(_variant_rows(roots)[0]) if r["label"] != "untrained"]
+    methods: dict[tuple, list[dict]] = {}
+    for r in rows:
+        methods.setdefault((r["label"], r["scorer"], r.get("n_train")), []).append(r)
+    summary = summary_table(roots, n_boot).set_index(["label", "scorer", "n_train"])
+    out = []
+    for (label, scorer, n), group in sorted(methods.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        matrix = _per_example_matrix(group, metric)
+        if matrix is None:
+            continue
+        mean, low, high = mean_interval(matrix[1], method_rng(1, (label, scorer, n, metric)), n_boot or N_BOOT)
+        row = {"label": label, "scorer": scorer, "n_train": n, "n_seeds": len(group), "mean": mean, "low": low,
+               "high": high}
+        stats = summary.loc[(label, scorer, n)] if (label, scorer, n) in summary.index else None
+        if stats is not None and f"{metric} Δ" in stats and pd.notna(stats[f"{metric} Δ"]):
+            row.update({"Δ": stats[f"{metric} Δ"], "Δ low": stats[f"{metric} CI low"],
+                        "Δ high": stats[f"{metric} CI high"], "significant": bool(stats[f"{metric} significant"])})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def size_steps(roots: str | Path | Iterable[str | Path], label: str = "selected", metric: str = "heldout_loss",
+               n_boot: int | None = None) -> pd.DataFrame:
+    """The change of ``metric`` from each size to the next for one method (``label``): the models of
+    the two sizes are scored on the same eval examples, so the difference is paired by example
+    (seeds resampled on each side); a step whose CI excludes 0 is a significant rise or fall."""
+    from selectlab.stats import N_BOOT, _per_example_matrix, dedupe_rows, interval, method_rng, difference_replicates
+
+    rows = [r for r in dedupe_rows(_variant_rows(roots)[0]) if r["label"] == label]
+    sizes = sorted({r["n_train"] for r in rows})
+    out = []
+    for a, b in zip(sizes, sizes[1:]):
+        before = _per_example_matrix([r for r in rows if r["n_train"] == a], metric)
+        after = _per_example_matrix([r for r in rows if r["n_train"] == b], metric)
+        reps = difference_replicates(after[1], before[1], method_rng(2, (label, a, b, metric)), n_boot or N_BOOT)
+        low, high = interval(reps)
+        out.append({"from": a, "to": b, "change": float(after[1].mean() - before[1].mean()), "low": low,
+                    "high": high, "direction": "rise" if low > 0 else "fall" if high < 0 else "n.s."})
+    return pd.DataFrame(out)
+
+
+def descends_twice(steps: pd.DataFrame) -> bool:
+    """A significant fall, later a significant rise, later again a significant fall (for a loss)."""
+    seen = ""
+    for direction in steps["direction"] if len(steps) else []:
+        if direction != "n.s." and (not seen or seen[-1] != direction[0]):
+            seen += direction[0]
+    return "frf" in seen
+
+
+def scale_line(roots: str | Path | Iterable[str | Path]) -> str:
+    """What the runs under ``roots`` are, for a figure's title: backbone, pool and its size,
+    budgets, the fine-tune and the held-out set."""
+    manifests = [m for m in (load_manifest(d) for d in find_run_dirs(roots)) if m]
+    if not manifests:
+        return "no runs"
+    c, pool = manifests[0]["config"], manifests[0]["pool"]
+    budgets = sorted({m["config"]["selection"]["budget"] for m in manifests}, key=float)
+    train = c["train"]
+    held = c.get("heldout") or {}
+    return (f"{c['backbone']['name']}, {pool['n']:,} of {pool['n_total']:,} {pool['name']}, "
+            f"budget{'s' if len(budgets) > 1 else ''} {', '.join(str(b) for b in budgets)}, train {train['name']} "
+            f"(lr {train['lr']}, {train['epochs']} epochs), held-out {held.get('limit')} {held.get('name')}")
+
+
+def pool_size(roots: str | Path | Iterable[str | Path]) -> int | None:
+    manifests = [m for m in (load_manifest(d) for d in find_run_dirs(roots)) if m]
+    return int(manifests[0]["pool"]["n"]) if manifests else None
 
 
 def _signed(v: float) -> str:

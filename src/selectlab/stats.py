@@ -73,6 +73,17 @@ def paired_difference(method: np.ndarray, baseline: np.ndarray, n_boot: int = N_
     return {"diff": diff, "low": low, "high": high, "significant": not (low <= 0 <= high)}
 
 
+def mean_interval(values: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT,
+                  level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of ``values`` (seeds × examples) and its percentile bootstrap CI, resampling the
+    examples and, with several seeds, the seeds (as :func:`difference_replicates` does per side)."""
+    values = np.atleast_2d(np.asarray(values, float))
+    n = values.shape[1]
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    replicates = _mean_per_seed_replicates(values, counts, _seed_picks(rng, values.shape[0], n_boot))
+    return (float(values.mean()), *interval(replicates, level))
+
+
 # ------------------------------------------------------------------ results rows -> summary rows
 
 

@@ -63,10 +63,30 @@ class Rating(JudgeQuestion):
 
 
 @dataclass
+class Prototype:
+    description: str = MISSING
+    exemplars: List[str] = MISSING
+
+
+@dataclass
+class JudgeCheck:
+    """The labelled check set and the rating contrasts the judge is measured on (analysis/judge_check.py)."""
+
+    per_source: int = MISSING
+    seed: int = MISSING
+    folds: int = MISSING
+    contrast_n: int = MISSING
+    category_judge: str = MISSING
+    prototypes: Dict[str, Prototype] = MISSING
+
+
+@dataclass
 class ComplexityConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     runs: List[str] = MISSING
     figures: str = MISSING
+    evidence: str = MISSING
+    check: JudgeCheck = field(default_factory=JudgeCheck)
     scorers: List[str] = MISSING
     limit: Optional[int] = MISSING
     uniform_seed: int = MISSING
