@@ -1,4 +1,4 @@
-"""The papers' published numbers, as data with provenance (transcribed in the project's METHODS.md).
+"""The papers' published numbers, as data with provenance (transcribed in the project's docs/methods.md).
 
 Figures draw these beside our own runs; nothing here is computed.
 """
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-ADG_SOURCE = "ADG paper (arXiv 2604.10448, ACL 2026), as transcribed in METHODS.md §1"
-INSTRUCTMINING_SOURCE = "InstructMining paper (arXiv 2307.06290), as transcribed in METHODS.md §2"
+ADG_SOURCE = "ADG paper (arXiv 2604.10448, ACL 2026), as transcribed in docs/methods.md §1"
+INSTRUCTMINING_SOURCE = "InstructMining paper (arXiv 2307.06290), as transcribed in docs/methods.md §2"
 
 # Reason / Know / Code / Avg, 10K budget, LLaMA3-8B backbone.
 _MAIN = {

@@ -1,4 +1,4 @@
-"""ADG as the authors released it (METHODS.md §1b): the seven cloud metrics on hand-built Gram
+"""ADG as the authors released it (docs/methods.md §1b): the seven cloud metrics on hand-built Gram
 matrices, the per-bin quota and the three subsets, empty answers, answer-token pooling, the
 release's own bin embedding, and the sampling knobs reaching both samplers."""
 from __future__ import annotations

@@ -108,20 +108,12 @@ def _is_png(path: Path) -> bool:
 def test_figures_write_pngs(run_root, tmp_path):
     with pytest.warns(runs.RunFileWarning):
         table_runs, trials = runs.runs_table(run_root), runs.size_search_table(run_root)
-    cfg = complexity.load_config()
-    frame = pd.DataFrame({
-        "subset": ["top"] * 3 + ["uniform"] * 3, "id": list("abcdef"), "category": ["Math", "Coding", "Math",
-                                                                                    "Writing", "Others", "Math"],
-        "cognitive_complexity": [4, 5, 3.5, 2, 2.5, 3], "instruction_precision": [4, 4, 3, 3, 2, 3],
-        "educational_value": [3, 4, 4, 2, 2, 3]})
-    table = complexity.summary(frame, cfg)
     out = tmp_path / "fig"
-    categories, ratings = cfg["classification"]["categories"], list(cfg["ratings"])
-    pngs = [figures.double_descent_figure(trials, table_runs, out / "dd.png"),
+    curve = runs.size_curve(run_root)
+    pngs = [figures.double_descent_figure(curve, runs.size_steps(run_root), trials, out / "dd.png", "scale"),
+            figures.double_descent_figure(curve.iloc[0:0], curve.iloc[0:0], None, out / "dd_empty.png", "scale"),
             figures.ablations_figure(table_runs, out / "abl.png"),
-            figures.ablations_figure(None, out / "abl_empty.png"),
-            figures.complexity_figure(table, out / "cc.png", "tiny", categories, ratings),
-            figures.complexity_figure(table.iloc[0:0], out / "cc_empty.png", "tiny", categories, ratings)]
+            figures.ablations_figure(None, out / "abl_empty.png")]
     assert all(_is_png(p) for p in pngs)
 
 
@@ -129,7 +121,7 @@ def test_published_numbers():
     main = published.adg_main_table()
     adg = main[(main["method"] == "ADG") & (main["pool"] == "alpaca_gpt4")].iloc[0]
     assert (adg["Reasoning"], adg["Knowledge"], adg["Code"], adg["Avg"]) == (50.11, 60.31, 42.14, 50.85)
-    # METHODS.md: the reported Avg is the mean of the three group means
+    # docs/methods.md: the reported Avg is the mean of the three group means
     assert np.allclose(main[["Reasoning", "Knowledge", "Code"]].mean(axis=1), main["Avg"], atol=0.011)
     assert published.adg_ablation("k")["Avg"].tolist() == [49.32, 50.85, 46.79, 45.72]
     assert published.adg_ablation("layers")["value"].tolist() == ["0-3", "16-19", "24-27", "28-31"]
@@ -137,22 +129,17 @@ def test_published_numbers():
 
 def test_notebook_executes_headless(run_root, tmp_path):
     fig_dir = tmp_path / "figures"
-    executed = figures.execute_notebook(figures.NOTEBOOKS / "double_descent.ipynb", [str(run_root)], fig_dir,
-                                        output=tmp_path / "dd.ipynb")
-    assert _is_png(fig_dir / "double_descent.png")
-    text = executed.read_text()
-    assert "1 size-search run(s), 3 trial(s)" in text and "injected-parameters" in text
-
     executed = figures.execute_notebook(figures.NOTEBOOKS / "ablations.ipynb", [str(run_root)], fig_dir,
                                         output=tmp_path / "abl.ipynb")
     assert _is_png(fig_dir / "ablations.png") and "knobs that vary: layers, k" in executed.read_text()
+    assert "injected-parameters" in executed.read_text()
 
 
-@pytest.mark.parametrize("name", ["double_descent", "ablations", "cognitive_complexity"])
-def test_make_figures_outputs_are_committed_pngs(name):
-    """Each notebook's figure, as `make figures` last wrote it from the CI-sized experiment runs."""
-    assert (figures.NOTEBOOKS / f"{name}.ipynb").is_file()
-    assert _is_png(figures.DEFAULT_FIGURES / f"{name}.png")
+def test_ablations_notebook_writes_no_figure_without_ablation_runs(tmp_path):
+    fig_dir = tmp_path / "figures"
+    executed = figures.execute_notebook(figures.NOTEBOOKS / "ablations.ipynb", [str(tmp_path / "none")], fig_dir,
+                                        output=tmp_path / "abl.ipynb")
+    assert not (fig_dir / "ablations.png").exists() and "ablations.png not written" in executed.read_text()
 
 
 def test_summary_shares_means_and_bootstrap_intervals():
@@ -211,18 +198,13 @@ def test_comparison_subsets_from_run_folders(tmp_path):
     assert [r["id"] for r in subsets["adg: bottom 2"]] == ["p0", "p1"] and len(subsets["adg: top 2"]) == 2
 
 
-def test_complexity_notebook_executes_with_the_tiny_judge(tmp_path, tiny_model_dir, monkeypatch):
-    """make figures' path: the notebook judges the run's subsets with judge=local on the tiny model
-    (SELECTLAB_JUDGE) and writes the figure."""
-    _adg_run_with_pool(tmp_path)
-    monkeypatch.setenv("SELECTLAB_JUDGE", f"judge=local judge.model.path={tiny_model_dir} judge.model.name=tiny")
-    monkeypatch.setenv("SELECTLAB_CACHE", str(tmp_path / "cache"))
+@pytest.mark.parametrize("name", sorted(figures.COMMITTED))
+def test_notebook_draws_its_committed_figure_from_evidence(name, tmp_path):
+    """make figures' path: each committed figure's notebook draws it from its evidence folder alone."""
+    notebook = figures.NOTEBOOKS / name.replace(".png", ".ipynb")
     fig_dir = tmp_path / "figures"
-    executed = figures.execute_notebook(figures.NOTEBOOKS / "cognitive_complexity.ipynb", [str(tmp_path / "outputs")],
-                                        fig_dir, output=tmp_path / "cc.ipynb")
-    assert _is_png(fig_dir / "cognitive_complexity.png")
-    text = executed.read_text()
-    assert "judge: tiny (local, likelihood of the allowed answers)" in text and "'adg: lowest 3 by score': 3" in text
+    figures.execute_notebook(notebook, [], fig_dir, output=tmp_path / notebook.name)
+    assert _is_png(fig_dir / name)
 
 
 def test_selection_report_png(tmp_path):

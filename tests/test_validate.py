@@ -44,6 +44,8 @@ def _artifacts(tmp_path: Path) -> list[Path]:
      r"fit.subsets=3 cannot fit 3 coefficients"),
     (["shard.index=2", "shard.count=2"], r"shard.index=2 must be in 0..1"),
     (["compare.baselines=[untrained,best]"], r"compare.baselines: unknown \['best'\]"),
+    (["selector=zip"], r"selector=zip needs scorer=zip .* not scorer=random"),
+    (["scorer.name=nonexistent"], r"scorer.name='nonexistent' is not registered; known: adg, .*zip"),
 ])
 def test_bad_config_value_fails_with_its_key_before_any_work(compose, tmp_path, overrides, message):
     with pytest.raises(SelectlabError, match=message):

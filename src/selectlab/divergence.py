@@ -1,4 +1,4 @@
-"""ADG's score from one instruction's K answer vectors (METHODS.md §1 "Score"): dispersion D,
+"""ADG's score from one instruction's K answer vectors (docs/methods.md §1 "Score"): dispersion D,
 anisotropy I, the release's other cloud metrics, and the combined score s = (1-λ)D + λI.
 
 The vectors come from :mod:`selectlab.embedding`; the scorer that ties both to a run is

@@ -1,4 +1,4 @@
-"""ADG's answer embedding (METHODS.md §1 "Embedding of one answer").
+"""ADG's answer embedding (docs/methods.md §1 "Embedding of one answer").
 
 An answer's vector is the token-weighted mean of a few of the backbone's hidden-state
 layers over the text ``instruction + " " + answer``, L2-normalised. The K answer vectors

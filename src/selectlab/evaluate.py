@@ -20,13 +20,15 @@ import os
 import time
 from pathlib import Path
 
+from .errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 ENTRY_FIELDS = ("lm_eval", "num_fewshot", "metric", "filter")
 
 
-class EvalError(RuntimeError):
+class EvalError(SelectlabError):
     pass
 
 

@@ -31,6 +31,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .errors import SelectlabError
 from .store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ STAGE = "judge_answers"
 VERSION = 1
 
 
-class JudgeError(ValueError):
+class JudgeError(SelectlabError):
     """A judge that cannot answer (bad config, unreachable server, an error that is not transient)."""
 
 

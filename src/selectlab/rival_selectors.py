@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .diverse import sbert_embeddings
+from .errors import SelectlabError
 from .facility_location import euclidean_similarity, facility_location, ifd_prefilter, release_text
 from .mig import example_label_matrix, label_graph, mig_greedy, propagation_matrix
 from .mig_labels import mig_inputs
@@ -26,7 +27,7 @@ def zip_greedy(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     """ZIP's three-stage greedy over scorer=zip's texts and single ratios (see zip_selection)."""
     text = scores.meta.get("text")
     if text not in FORMS or "compression_ratio" not in scores.columns or ctx is None:
-        raise ValueError("selector=zip needs scorer=zip (its text form and per-example compression ratios)")
+        raise SelectlabError("selector=zip needs scorer=zip (its text form and per-example compression ratios)")
     by_id = {r["id"]: r for r in ctx.pool.records}
     texts = [example_text(by_id[i], text) for i in scores.ids]
     ks = {k: int(cfg[k]) for k in ("k1", "k2", "k3")}

@@ -1,7 +1,7 @@
 """ADG's first stage: K sampled answers per instruction, from vLLM or transformers.
 
 One interface, two backends (``sampler.name``: ``vllm`` | ``hf``). Both build the prompt
-the same way (METHODS.md §1, Sampling): the Alpaca no-input template (or the backbone's
+the same way (docs/methods.md §1, Sampling): the Alpaca no-input template (or the backbone's
 chat template), tokenized, the token ids cut to the first ``prompt_max_tokens`` (80 in the
 release, which cuts silently; here every cut is recorded per record as ``prompt_cut`` so the
 scorer can count it), K answers drawn at temperature 1.4 / top-p 0.9, decoded with our

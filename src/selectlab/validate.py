@@ -136,6 +136,9 @@ def check_selector(selector: dict, scorer: str) -> None:
         what = "selector=binwise" if name == "binwise" else "selector.embeddings=features"
         raise SelectlabError(f"{what} needs per-example features, which scorer={scorer} does not give; "
                              f"use a scorer that does ({', '.join(SCORERS_WITH_FEATURES)}) or selector=topk")
+    if name == "zip" and scorer != "zip":
+        raise SelectlabError(f"selector=zip needs scorer=zip (its text form and per-example compression ratios), "
+                             f"not scorer={scorer}")
 
 
 def check_fit(fit: DictConfig) -> None:

@@ -1,4 +1,4 @@
-"""InstructMining (METHODS.md §2): indicators, linear rules, rule fitting, subset-size search (the math;
+"""InstructMining (docs/methods.md §2): indicators, linear rules, rule fitting, subset-size search (the math;
 the workflows that fine-tune, task=fit_rule and the size search, are stages: ``selectlab.stages``).
 
 The scorer that ties them to a run is ``selectlab.scorers.instructmining``.

@@ -1,4 +1,4 @@
-"""Fitting an InstructMining rule on one's own fine-tunes (METHODS.md §2).
+"""Fitting an InstructMining rule on one's own fine-tunes (docs/methods.md §2).
 
 Draw M random subsets of the pool, fine-tune on each and measure the held-out eval loss
 (``train_and_eval``, wired by the pipeline to ``selectlab.train``), then least-squares fit

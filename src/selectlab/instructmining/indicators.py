@@ -1,4 +1,4 @@
-"""InstructMining's natural-language indicators (METHODS.md §2), one small function each.
+"""InstructMining's natural-language indicators (docs/methods.md §2), one small function each.
 
 Pure functions here take texts (and a loaded model) and return one number per example;
 the scorer (``selectlab.scorers.instructmining``) caches each indicator as its own artifact.

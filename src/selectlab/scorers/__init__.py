@@ -9,6 +9,7 @@ function decorated by :func:`register` plus one YAML in ``conf/scorer/``.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,5 +79,6 @@ def get_scorer(name: str) -> Callable[[RunContext], Scores]:
             if e.name != f"{__name__}.{name}":
                 raise
     if name not in SCORERS:
-        raise SelectlabError(f"scorer.name={name!r} is not registered; known: {sorted(SCORERS)}")
+        known = sorted({*SCORERS, *(m.name for m in pkgutil.iter_modules(__path__))})
+        raise SelectlabError(f"scorer.name={name!r} is not registered; known: {', '.join(known)}")
     return SCORERS[name]

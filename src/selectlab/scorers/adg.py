@@ -1,7 +1,7 @@
 """ADG: sample K answers per instruction, embed them, score how the answer cloud spreads.
 
 The score is the release's ``weight_1·metric_1 + weight_2·metric_2`` over the seven cloud
-metrics (default 0.6·D + 0.4·I, i.e. s = (1 - λ)·D + λ·I with λ = 0.4; METHODS.md §1, §1b);
+metrics (default 0.6·D + 0.4·I, i.e. s = (1 - λ)·D + λ·I with λ = 0.4; docs/methods.md §1, §1b);
 all seven go out as score columns. The instruction embeddings for ``selector=binwise`` go out
 as ``features``: by default the release's own bin recipe (embed.py), an artifact of its own per
 pool × backbone × recipe, so embedding ablations keep the same bins. Both embedding stages are
@@ -91,7 +91,7 @@ def bin_embeddings(ctx: RunContext, path: str, bins: dict, emb_cfg: EmbeddingCon
 
 @register("adg")
 def score_adg(ctx: RunContext) -> Scores:
-    """Sample K answers per instruction, embed them, score their cloud (METHODS.md §1)."""
+    """Sample K answers per instruction, embed them, score their cloud (docs/methods.md §1)."""
     from ..sampling import sample_answers
 
     cfg = ctx.cfg

@@ -22,6 +22,7 @@ import logging
 import numpy as np
 
 from ..backbone import resolve_model
+from ..errors import SelectlabError
 from ..models import load_causal_lm, load_tokenizer
 from ..config import plain
 from ..context import RunContext
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 AXES = ("complexity", "quality")
 
 
-class DeitaConfigError(ValueError):
+class DeitaConfigError(SelectlabError):
     pass
 
 

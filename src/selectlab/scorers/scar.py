@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..backbone import resolve_model
+from ..errors import SelectlabError
 from ..diverse import example_text
 from ..models import default_device
 from ..config import plain
@@ -39,7 +40,7 @@ VERSION = 1
 ASCII_LETTER = re.compile(r"[a-zA-Z]")
 
 
-class ScarError(ValueError):
+class ScarError(SelectlabError):
     pass
 
 

@@ -3,7 +3,7 @@
 M random subsets, each fine-tuned and evaluated on the held-out set (``stages.size_search``'s
 ``finetuned_eval_loss``), then least squares of log loss on subset-mean indicators. The fitted
 rule is written to ``<run_dir>/fitted_<fit.name>.yaml``; a run never edits ``conf/`` (to use it:
-copy it into ``conf/scorer/rule/``, README "InstructMining").
+copy it into ``conf/scorer/rule/``, docs/rivals.md).
 """
 from __future__ import annotations
 
