@@ -13,7 +13,7 @@ TORCH_cpu := torch==2.13.0
 TORCH_gpu :=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test figures post-install clean-cache
+.PHONY: venv demo test test-fast figures post-install clean-cache
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+# The edit-and-check loop: everything but the tests marked slow (the embedded backbone end to end,
+# real engines, multi-process runs); `make test` (CI) runs them all.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
 
 figures: venv
 	$(BIN)/python -m analysis.figures

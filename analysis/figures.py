@@ -361,7 +361,7 @@ def evidence_figure(summary: pd.DataFrame, path: Path, metric: str, scale: str) 
 
 # ---- the committed figures, each from its evidence folder --------------------------------
 
-def build_evidence(evidence: Path, out: Path, metric: str = "heldout_loss") -> Path:
+def build_evidence(out: Path, evidence: Path, metric: str = "heldout_loss") -> Path:
     """evidence.png: each method's Δ vs random on the CPU replication."""
     from .runs import scale_line, summary_table
 
@@ -369,29 +369,38 @@ def build_evidence(evidence: Path, out: Path, metric: str = "heldout_loss") -> P
                            "CPU replication: " + scale_line([evidence]))
 
 
-def build_double_descent(evidence: Path, out: Path, metric: str = "heldout_loss") -> Path:
+def build_double_descent(out: Path, evidence: Path, search: Path | None = None, metric: str = "heldout_loss") -> Path:
+    """The size grid's runs (``evidence``) and BlendSearch's run (``search``: its trials)."""
     from .runs import pool_size, scale_line, size_curve, size_search_table, size_steps
 
     curve = size_curve([evidence], metric)
     curve.attrs["pool_n"] = pool_size([evidence])
-    return double_descent_figure(curve, size_steps([evidence], "selected", metric), size_search_table([evidence]),
+    trials = size_search_table([search]) if search is not None else None
+    return double_descent_figure(curve, size_steps([evidence], "selected", metric), trials,
                                  out / "double_descent.png", "InstructMining double descent: " + scale_line([evidence]),
                                  metric)
 
 
-def build_complexity(evidence: Path, out: Path) -> Path:
+def build_complexity(out: Path, evidence: Path) -> Path:
     from .complexity import load_config
 
     return complexity_figure(evidence, out / "cognitive_complexity.png", load_config([f"evidence={evidence}"]))
 
 
-# figure -> (the evidence folder it is drawn from, its builder). Every committed PNG is one of these
-# (tests/test_figures_evidence.py), and each notebook calls its builder.
+# figure -> (the evidence folders it is drawn from, its builder: builder(out, *folders)). Every
+# committed PNG is one of these (tests/test_figures_evidence.py), and each notebook calls its builder.
 COMMITTED = {
-    "evidence.png": ("analysis/evidence/cpu_replication", build_evidence),
-    "double_descent.png": ("analysis/evidence/double_descent", build_double_descent),
-    "cognitive_complexity.png": ("analysis/evidence/complexity", build_complexity),
+    "evidence.png": (("analysis/evidence/cpu_replication",), build_evidence),
+    "double_descent.png": (("analysis/evidence/double_descent", "analysis/evidence/double_descent_search"),
+                           build_double_descent),
+    "cognitive_complexity.png": (("analysis/evidence/complexity",), build_complexity),
 }
+
+
+def build_committed(name: str, out: Path, root: Path = REPO_ROOT) -> Path:
+    """One committed figure drawn into ``out`` from its evidence folders under ``root``."""
+    folders, build = COMMITTED[name]
+    return build(Path(out), *(Path(root) / f for f in folders))
 
 
 def execute_notebook(notebook: Path, runs: list[str], figures: Path, output: Path | None = None,

@@ -203,3 +203,14 @@ def test_train_none_and_config_errors(tiny_model_dir, compose, tmp_path):
     assert paper.grad_accum_for(1) == 16 and paper.grad_accum_for(8) == 2
     with pytest.raises(ValueError, match="effective_batch_size=64 is not a multiple"):
         paper.grad_accum_for(3)
+
+
+def test_finetune_reports_on_the_stage_bar_not_the_trainers_dicts(tiny_model_dir, compose, tmp_path, capsys):
+    """One voice on the console: the project's 'finetune' bar (steps, last loss), no printed log dicts."""
+    cfg = train_cfg(compose, "cpu_small", lr=3e-3, max_steps=3, per_device_batch_size=2, grad_accum=1,
+                    warmup_ratio=0.0, save_steps=100)
+    finetune(RECORDS, str(tiny_model_dir), cfg, ArtifactStore(tmp_path / "store"), {"subset": "bar"})
+    captured = capsys.readouterr()
+    console = captured.out + captured.err
+    assert "finetune" in captured.err and "3/3" in captured.err and "loss=" in captured.err
+    assert "{'loss'" not in console and "'grad_norm'" not in console

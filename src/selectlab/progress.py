@@ -18,11 +18,11 @@ _active: list[tqdm] = []  # the stage bar now open (stages do not nest their bar
 
 
 @contextmanager
-def stage_bar(stage: str, total: int, done: int = 0) -> Iterator[tqdm]:
+def stage_bar(stage: str, total: int, done: int = 0, unit: str = "ex") -> Iterator[tqdm]:
     """A bar for ``total`` items of ``stage``, ``done`` of them already stored. On a terminal it redraws
     each second; in a file (a log, CI) it writes a line at most every 30 s, and its last line on close."""
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    bar = tqdm(total=total, initial=done, desc=stage, unit="ex", dynamic_ncols=True, file=sys.stderr,
+    bar = tqdm(total=total, initial=done, desc=stage, unit=unit, dynamic_ncols=True, file=sys.stderr,
                mininterval=1.0 if interactive else 30.0)
     _active.append(bar)
     try:

@@ -306,6 +306,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     args = training_arguments(tc, partial / "trainer", tc.grad_accum_for(world_size))
     trainer = Trainer(model=build_model(base_model_path, tc), args=args, train_dataset=examples,
                       data_collator=ResponseOnlyCollator(tokenizer.pad_token_id), callbacks=list(callbacks or []))
+    on_stage_bar(trainer)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("resuming fine-tune %s from %s", key, last)
@@ -324,6 +325,39 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
         publish(store, key, partial, tokenizer, meta, started)
     trainer.accelerator.wait_for_everyone()
     return str(final)
+
+
+def on_stage_bar(trainer) -> None:
+    """The fine-tune reports like every other stage: the project's bar (optimizer steps, rate, ETA,
+    the last logged loss) instead of the Trainer's bar and the log dicts it prints at each step."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    from .progress import stage_bar
+
+    class StageBar(TrainerCallback):
+        bar = opened = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.opened = stage_bar("finetune", total=state.max_steps, done=state.global_step, unit="step")
+                self.bar = self.opened.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.opened is not None:
+                self.opened.__exit__(None, None, None)
+                self.bar = self.opened = None
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StageBar())
 
 
 def build_model(base_model_path: str, tc: TrainConfig):
