@@ -291,7 +291,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], cfg: EmbeddingConfig, we
     vector (``zero``) or the plain mean of its tokens (``uniform``, embed.py's fallback).
     """
     if unweighted not in ("zero", "uniform"):
-        raise ValueError(f"unweighted={unweighted!r}; choose zero or uniform")
+        raise SelectlabError(f"unweighted={unweighted!r}; choose zero or uniform")
     w = _weights_tensor(model, tokenizer, weights)
     kept = [t if t.strip() else "" for t in texts]
     ids = tokenizer(kept, add_special_tokens=add_special_tokens)["input_ids"] if kept else []

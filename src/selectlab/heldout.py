@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 
+from .errors import SelectlabError
 from .pools import load_pool
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def heldout_loss_eval(model_path: str, records: list[dict], loss_cfg: dict) -> d
                              batch_size=int(loss_cfg.get("batch_size", 8)), dtype=loss_cfg.get("dtype", "float32"))
     per_example = {r["id"]: loss for r, loss in zip(records, losses) if loss is not None}
     if not per_example:
-        raise ValueError(f"eval.heldout_loss: none of the {len(records)} held-out examples has a response token "
+        raise SelectlabError(f"eval.heldout_loss: none of the {len(records)} held-out examples has a response token "
                          f"within eval.heldout_loss.max_length={loss_cfg.get('max_length', 512)}")
     return {"score": sum(per_example.values()) / len(per_example), "per_example": per_example,
             "n_samples": len(per_example), "n_unscored": len(records) - len(per_example)}

@@ -20,6 +20,8 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 PHI_TYPES = ("pow", "exp")
@@ -68,7 +70,7 @@ def d_phi(x: np.ndarray, phi_type: str, a: float, b: float, alpha: float) -> np.
         return b * (x + a) ** (b - 1)
     if phi_type == "exp":
         return alpha * np.exp(-alpha * x)
-    raise ValueError(f"selector.phi_type={phi_type!r}; choose one of {PHI_TYPES}")
+    raise SelectlabError(f"selector.phi_type={phi_type!r}; choose one of {PHI_TYPES}")
 
 
 def mig_greedy(vec_prop: sp.spmatrix, budget: int, phi_type: str = "pow", a: float = 1e-6, b: float = 0.8,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SelectlabError
 from .diverse import example_text, sbert_embeddings, unit_rows
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def instag_labels(records: list[dict], valid_tags: str | None) -> tuple[list[lis
     if valid_tags:
         path = Path(valid_tags)
         if not path.is_file():
-            raise ValueError(f"selector.valid_tags={valid_tags}: no such file (a JSON list of tags)")
+            raise SelectlabError(f"selector.valid_tags={valid_tags}: no such file (a JSON list of tags)")
         allowed = set(json.loads(path.read_text()))
     out, annotated = [], np.zeros(len(records), dtype=bool)
     for n, r in enumerate(records):
@@ -42,7 +43,7 @@ def instag_labels(records: list[dict], valid_tags: str | None) -> tuple[list[lis
         annotated[n] = bool(tags)
         out.append([t for t in tags if isinstance(t, str) and (allowed is None or t in allowed)])
     if not annotated.any():
-        raise ValueError("selector.labels=instag: no record has annotation.instag.content tags; "
+        raise SelectlabError("selector.labels=instag: no record has annotation.instag.content tags; "
                          "use a pre-annotated pool (pool=json) or selector.labels=clusters")
     return out, annotated
 
@@ -85,4 +86,4 @@ def mig_inputs(records: list[dict], store, cfg: dict, seed: int
         label_ids, centroids, n_clusters = cluster_labels(records, store, cfg, seed)
         return (label_ids, centroids, np.ones(len(records), dtype=bool),
                 {"labels": "clusters of all-MiniLM-L6-v2 instruction embeddings (substitute)", "n_labels": n_clusters})
-    raise ValueError(f"selector.labels={source!r}; choose one of {LABEL_SOURCES}")
+    raise SelectlabError(f"selector.labels={source!r}; choose one of {LABEL_SOURCES}")

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import SelectlabError
 from .backbone import ModelLocation, locate_model
 from .flops import Arch, arch_from_config, config_only_dir
 from .paths import REPO_ROOT, data_dir
@@ -344,7 +345,7 @@ def instructmining_stages(p: "Planner") -> list[StagePlan]:
     for name in names:
         spec = specs.get(name)
         if spec is None:
-            raise ValueError(f"indicator {name!r} (scorer.rule or scorer.log_indicators) is not in scorer.indicators")
+            raise SelectlabError(f"indicator {name!r} (scorer.rule or scorer.log_indicators) is not in scorer.indicators")
         kind = spec.get("kind")
         if kind in ("length", "mtld"):
             continue
@@ -533,7 +534,7 @@ class Planner:
         baselines = list(cfg.compare.baselines)
         unknown = set(baselines) - set(BASELINES)
         if unknown:
-            raise ValueError(f"compare.baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
+            raise SelectlabError(f"compare.baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
         if "untrained" in baselines or cfg.train.name == "none":
             stages.append(eval_stage(self, "untrained", None, "the untouched backbone"))
         if cfg.train.name != "none":
@@ -556,7 +557,7 @@ def check_config(cfg: DictConfig) -> None:
         for key, entry in (cfg.eval.get("tasks") or {}).items():
             absent = [f for f in ("lm_eval", "num_fewshot", "metric", "filter") if f not in (entry or {})]
             if absent:
-                raise ValueError(f"eval.tasks.{key} lacks {', '.join(absent)}")
+                raise SelectlabError(f"eval.tasks.{key} lacks {', '.join(absent)}")
 
 
 def build_plan(cfg: DictConfig) -> dict:

@@ -61,7 +61,7 @@ def mig(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
         raise ValueError("selector=mig needs the run context (pool records, store)")
     quality = np.asarray(scores.score, dtype=np.float64)
     if np.any(quality[~np.isnan(quality)] < 0):
-        raise ValueError(f"selector=mig: quality (scorer {ctx.cfg.scorer.name!r}'s score) must be >= 0; "
+        raise SelectlabError(f"selector=mig: quality (scorer {ctx.cfg.scorer.name!r}'s score) must be >= 0; "
                          "MIG spreads it over labels as information")
     by_id = {r["id"]: r for r in ctx.pool.records}
     label_ids, label_emb, labelled, facts = mig_inputs([by_id[i] for i in scores.ids], ctx.store, cfg, int(ctx.cfg.seed))

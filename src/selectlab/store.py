@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from filelock import FileLock, Timeout
 
+from .errors import SelectlabError
 from .progress import advance, move_to, stage_bar
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+                raise SelectlabError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
     return rows
 
 
@@ -230,7 +231,7 @@ class ArtifactStore:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if self.verify not in VERIFY_LEVELS:
-            raise ValueError(f"store.verify={self.verify!r}; choose one of {VERIFY_LEVELS}")
+            raise SelectlabError(f"store.verify={self.verify!r}; choose one of {VERIFY_LEVELS}")
 
     @staticmethod
     def key(stage: str, version: int | str, **inputs: Any) -> str:

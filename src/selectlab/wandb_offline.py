@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import SelectlabError
+
 BLOCK = 32 * 1024
 HEADER = 7
 CHUNK_HEADER = 7
@@ -22,7 +24,7 @@ def iter_records(path: Path):
 
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
-        raise ValueError(f"{path}: not a W&B run file")
+        raise SelectlabError(f"{path}: not a W&B run file")
     pos, pending = HEADER, b""
     while pos + CHUNK_HEADER <= len(data):
         left_in_block = BLOCK - pos % BLOCK

@@ -36,6 +36,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 TEXT_FORMS = ("repr", "plain")
@@ -61,7 +63,7 @@ def example_text(record: dict, text: str) -> bytes:
     if text == "plain":
         parts = [record["instruction"], record["input"], record["output"]]
         return "\n".join(p for p in parts if p).encode("utf-8")
-    raise ValueError(f"scorer.text={text!r}; choose one of {TEXT_FORMS}")
+    raise SelectlabError(f"scorer.text={text!r}; choose one of {TEXT_FORMS}")
 
 
 def joint_ratio(items: list[bytes], form: TextForm) -> float:
@@ -177,7 +179,7 @@ def zip_select(texts: list[bytes], form: TextForm, state: np.ndarray, budget: in
     (state, available, order, rounds, discarded); passing such a snapshot as ``resume``
     continues exactly where it was taken."""
     if not (k1 >= k2 >= k3 >= 1):
-        raise ValueError(f"selector: need k1 >= k2 >= k3 >= 1, got k1={k1}, k2={k2}, k3={k3}")
+        raise SelectlabError(f"selector: need k1 >= k2 >= k3 >= 1, got k1={k1}, k2={k2}, k3={k3}")
     state = np.array(state, dtype=np.float64)
     available = np.ones(len(texts), dtype=bool) if selectable is None else np.array(selectable, dtype=bool)
     result = ZipResult(order=[])

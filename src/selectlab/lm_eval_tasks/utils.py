@@ -20,6 +20,8 @@ from datasets import Dataset, DatasetDict
 from selectlab.lm_eval_tasks import sandbox
 from selectlab.paths import data_dir
 
+from ..errors import SelectlabError
+
 log = logging.getLogger(__name__)
 
 CODE_TIMEOUT_S = 3.0  # per program: code_eval's default, which lm-eval's mbpp and humaneval keep
@@ -46,7 +48,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
+                    raise SelectlabError(f"{path}:{lineno}: not valid JSON ({err})") from None
     return rows
 
 
@@ -71,7 +73,7 @@ def load_mmlu(subject: str, **_) -> DatasetDict:
         with open(path, newline="", encoding="utf-8") as f:
             for lineno, row in enumerate(csv.DictReader(f), 2):
                 if row.get("answer") not in {"0", "1", "2", "3"}:
-                    raise ValueError(f"{path}:{lineno}: answer must be 0-3, got {row.get('answer')!r}")
+                    raise SelectlabError(f"{path}:{lineno}: answer must be 0-3, got {row.get('answer')!r}")
                 rows.append({"question": row["question"], "subject": subject,
                              "choices": [row[f"choice{i}"] for i in range(4)], "answer": int(row["answer"])})
         splits[split] = Dataset.from_list(rows)

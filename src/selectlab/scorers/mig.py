@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..context import RunContext
+from ..errors import SelectlabError
 from . import Scores, register
 from .length import answer_token_counts
 
@@ -37,7 +38,7 @@ def score_mig(ctx: RunContext) -> Scores:
         score = np.array([deita_score(r) for r in records], dtype=np.float64)
         counts["no_deita_annotation"] = int(np.isnan(score).sum())
         if counts["no_deita_annotation"] == len(records):
-            raise ValueError("scorer.quality=annotation: no record has annotation.deita quality/complexity scores; "
+            raise SelectlabError("scorer.quality=annotation: no record has annotation.deita quality/complexity scores; "
                              "use a pre-annotated pool (pool=json) or scorer=mig_offline (scorer.quality=length)")
     elif quality == "length":
         score = answer_token_counts(ctx)
@@ -47,6 +48,6 @@ def score_mig(ctx: RunContext) -> Scores:
     elif quality == "uniform":
         score = np.ones(len(records), dtype=np.float64)
     else:
-        raise ValueError(f"scorer.quality={quality!r}; choose one of {QUALITIES}")
+        raise SelectlabError(f"scorer.quality={quality!r}; choose one of {QUALITIES}")
     return Scores(ids=[r["id"] for r in records], score=score, columns={"quality": score.copy()}, counts=counts,
                   meta={"quality": quality if quality == "annotation" else f"{quality} (substitute)"})

@@ -40,7 +40,7 @@ def comparison_seeds(cfg, key: str = "seeds") -> list[int | None]:
     if seeds is None or (not isinstance(seeds, int) and len(seeds) == 0):
         return [None]
     if isinstance(seeds, int) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"compare.{key}={seeds!r}: give a list of distinct ints, e.g. [1, 2, 3]")
+        raise SelectlabError(f"compare.{key}={seeds!r}: give a list of distinct ints, e.g. [1, 2, 3]")
     return [int(s) for s in seeds]
 
 
