@@ -22,7 +22,7 @@ import pandas as pd
 from selectlab.judge import JudgeError, Request, classify, make_judge, rate
 from selectlab.store import ArtifactStore
 
-from .runs import load_manifest, load_subset, random_comparison, runs_table
+from .runs import load_manifest, load_subset, random_comparison, runs_table, scale_line
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(sys.argv[1:] if argv is None else argv)
     folder = run_analysis(cfg)
-    png = complexity_figure(folder, Path(cfg["figures"]) / "cognitive_complexity.png", cfg)
+    png = complexity_figure(folder, Path(cfg["figures"]) / "cognitive_complexity.png", cfg, scale_line(cfg["runs"]))
     check = json.loads((folder / "judge_check.json").read_text())
     for name, c in check["category_judges"].items():
         print(f"{name:18} accuracy {c['accuracy']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]  majority "

@@ -232,8 +232,8 @@ def _judge_accuracy_panel(ax, check: dict) -> None:
     ax.bar_label(bars, labels=[f"{a:.2f}" for a in acc], fontsize=7, padding=2)
     majority = judges[names[0]]["majority_accuracy"]
     ax.axhline(majority, color="C3", ls="--", lw=1)
-    ax.text(len(names) - 0.5, majority, f"majority class ({judges[names[0]]['majority_class']}) {majority:.2f}",
-            ha="right", va="bottom", fontsize=7, color="C3")
+    ax.text(-0.4, majority + 0.01, f"majority class ({judges[names[0]]['majority_class']}) {majority:.2f}",
+            ha="left", va="bottom", fontsize=7, color="C3")
     ax.set_xticks(range(len(names)), [n.replace("_", "\n", 1) for n in names], fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (95% bootstrap CI)")
@@ -272,14 +272,16 @@ def _rating_panel(ax, table: pd.DataFrame, check: dict, subsets: list[str]) -> N
         ax.set_title("ratings (1-6): not a finding at this judge", fontsize=9)
         return
     _grouped_bars(ax, table[table["kind"] == "rating"], separable, subsets, label_values=True)
-    ax.set_xticklabels([r.replace("_", "\n") for r in separable], fontsize=8)
+    ax.set_xticklabels([f"{r.replace('_', ' ')}\ncontrast {contrasts[r]['diff']:+.2f} "
+                        f"[{contrasts[r]['ci'][0]:+.2f}, {contrasts[r]['ci'][1]:+.2f}]" for r in separable], fontsize=7)
     ax.set_ylim(1, 6.3)
     ax.set_ylabel("mean rating (1-6)")
-    note = ("not shown (contrast not separated): " + "; ".join(failing)) if failing else ""
-    ax.set_title("ratings that pass their contrast check" + (f"\n{note}" if note else ""), fontsize=7)
+    note = ("\nnot shown (contrast not separated): " + "; ".join(failing)) if failing else ""
+    ax.set_title(f"ratings by {check['lm_judge']}, only those that separate their contrast\n"
+                 f"(a contrast's difference on the 1-6 scale is under its label){note}", fontsize=7)
 
 
-def complexity_figure(folder: Path, path: Path, cfg: dict) -> Path:
+def complexity_figure(folder: Path, path: Path, cfg: dict, scale: str = "") -> Path:
     """The cognitive-complexity analysis from its evidence folder (``analysis.complexity.run_analysis``):
     the category judges' measured accuracy, the chosen judge's confusion matrix, the category shares
     per subset (bootstrap CIs) and the ratings whose contrast check passed."""
@@ -291,8 +293,8 @@ def complexity_figure(folder: Path, path: Path, cfg: dict) -> Path:
     table = summary(frame, cfg)
     subsets = list(dict.fromkeys(table["subset"]))
     chosen = check["category_judges"][check["chosen"]]
-    fig = Figure(figsize=(15, 9.5))
-    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 1.4])
+    fig = Figure(figsize=(15, 10))
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 1.4], hspace=0.5)
     _judge_accuracy_panel(fig.add_subplot(grid[0, 0]), check)
     _confusion_panel(fig.add_subplot(grid[0, 1]), check)
     _rating_panel(fig.add_subplot(grid[0, 2]), table, check, subsets)
@@ -305,7 +307,7 @@ def complexity_figure(folder: Path, path: Path, cfg: dict) -> Path:
                      fontsize=9)
     lo, hi = chosen["minus_majority_ci"]
     verdict = "beats" if chosen["beats_majority"] else "does NOT beat"
-    fig.suptitle(f"Cognitive-complexity analysis (ADG paper) on the committed CPU replication's subsets\n"
+    fig.suptitle(f"Cognitive-complexity analysis (ADG paper) of the subsets of {scale or 'the compared runs'}\n"
                  f"category judge {check['chosen']}: accuracy {chosen['accuracy']:.2f} "
                  f"[{chosen['ci'][0]:.2f}, {chosen['ci'][1]:.2f}] on {chosen['n']} labelled items; it {verdict} the "
                  f"majority class ({chosen['majority_accuracy']:.2f}) by {chosen['minus_majority']:+.2f} "
@@ -383,8 +385,11 @@ def build_double_descent(out: Path, evidence: Path, search: Path | None = None, 
 
 def build_complexity(out: Path, evidence: Path) -> Path:
     from .complexity import load_config
+    from .runs import scale_line
 
-    return complexity_figure(evidence, out / "cognitive_complexity.png", load_config([f"evidence={evidence}"]))
+    cfg = load_config([f"evidence={evidence}"])
+    roots = [Path(REPO_ROOT) / r for r in cfg["runs"]]
+    return complexity_figure(evidence, out / "cognitive_complexity.png", cfg, "the CPU replication: " + scale_line(roots))
 
 
 # figure -> (the evidence folders it is drawn from, its builder: builder(out, *folders)). Every
