@@ -57,6 +57,25 @@ def test_superfiltering_d_runs_through_the_pipeline(compose, tiny_model_dir, tmp
     assert manifest["selector"]["name"] == "fla" and manifest["n_selected"] == 3
     meta = json.loads(next((tmp_path / "cache" / "subsets").glob("*/meta.json")).read_text())["selection_meta"]
     scores = [json.loads(l) for l in next((tmp_path / "cache" / "scores").glob("*/scores.jsonl")).read_text().splitlines()]
-    assert meta["ifd_num"] == 30 and meta["n_filtered"] == sum(r["score"] is not None for r in scores)
+    valid = sum(r["score"] is not None for r in scores)
+    assert meta["ifd_num"] == meta["n_filtered"] == min(max(round(0.2 * valid), 3), valid)  # 20% of the scored pool
     subset = [json.loads(l) for l in (tmp_path / "run" / "subset.jsonl").read_text().splitlines()]
     assert all(r["ifd"] < 1 for r in subset)
+
+
+def test_prefilter_is_the_release_fraction_of_the_pool_and_the_kernel_must_fit():
+    """do_fla.py keeps 10,400 of Alpaca's 52,002 (20%) whatever the budget; ifd_num overrides it;
+    never fewer than the budget; a kernel larger than free memory is one clear error, before any work."""
+    from selectlab.errors import SelectlabError
+    from selectlab.facility_location import check_kernel_fits, kernel_gib, prefilter_size
+
+    release = {"ifd_num": None, "ifd_fraction": 0.2}
+    assert prefilter_size(52_002, 1_040, release) == 10_400
+    assert prefilter_size(52_002, 10_000, release) == 10_400   # the paper's budget: the same pre-filter
+    assert prefilter_size(64, 16, release) == 16                # 20% of 64 is below the budget
+    assert prefilter_size(52_002, 1_040, {**release, "ifd_num": 2_000}) == 2_000
+    assert round(kernel_gib(10_400), 2) == 1.61
+    check_kernel_fits(10_400, available_bytes=2 * 2**30)
+    with pytest.raises(SelectlabError, match=r"52,002 pre-filtered examples needs 40.3 GiB, 24.0 GiB are free; "
+                                             r"lower selector.ifd_num or selector.ifd_fraction"):
+        check_kernel_fits(52_002, available_bytes=24 * 2**30)

@@ -2,8 +2,8 @@
 (tianyi-lab/Superfiltering ``code_diversity_fla/do_fla.py``).
 
 The release, kept: keep the examples with IFD < 1 (here: the scorer's non-NaN scores), take the
-``ifd_num`` highest (its script: 10400 of Alpaca's 52K for 1040 selected, i.e. 10x the budget,
-the default ``ifd_num: null``), embed "instruction\\ninput\\n" + output with all-MiniLM-L6-v2
+``ifd_num`` highest (its script: 10,400 of Alpaca's 52,002, i.e. 20% of the pool: the default
+``ifd_num: null`` takes ``ifd_fraction`` = 0.2 of the scored examples, never fewer than the budget), embed "instruction\\ninput\\n" + output with all-MiniLM-L6-v2
 (mean pooling, unit length, up to 512 tokens as its tokenizer truncates), then maximise the
 facility-location function f(S) = sum_i max_{j in S} s_ij with submodlib's LazyGreedy, where
 s_ij = exp(-||x_i - x_j|| / d) is submodlib's "euclidean" similarity (d = embedding width).
@@ -48,6 +48,35 @@ def facility_location(kernel: np.ndarray, budget: int) -> tuple[list[int], list[
 def release_text(record: dict) -> str:
     """do_fla.py ``combine_sentences`` with emb_type=whole: Alpaca records always have 'input'."""
     return record["instruction"] + "\n" + record["input"] + "\n" + record["output"]
+
+
+KERNEL_BYTES_PER_PAIR = 16  # the float64 kernel built here + submodlib's own dense copy of it
+
+
+def prefilter_size(n_scored: int, budget: int, cfg: dict) -> int:
+    """``selector.ifd_num``, or ``ifd_fraction`` of the scored examples (the release's 20%), at
+    least the budget and at most the examples scored."""
+    if cfg.get("ifd_num") is not None:
+        return min(int(cfg["ifd_num"]), n_scored)
+    return min(max(int(round(float(cfg["ifd_fraction"]) * n_scored)), budget), n_scored)
+
+
+def kernel_gib(n: int) -> float:
+    """Memory of facility location's dense kernel over ``n`` examples (GiB)."""
+    return KERNEL_BYTES_PER_PAIR * n * n / 2**30
+
+
+def check_kernel_fits(n: int, available_bytes: int | None = None) -> None:
+    """A clear error, before any embedding, when the dense kernel cannot fit in free memory."""
+    import psutil
+
+    from .errors import SelectlabError
+
+    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    if KERNEL_BYTES_PER_PAIR * n * n > available:
+        raise SelectlabError(f"selector=fla: facility location's dense kernel over {n:,} pre-filtered examples needs "
+                             f"{kernel_gib(n):.1f} GiB, {available / 2**30:.1f} GiB are free; lower selector.ifd_num "
+                             f"or selector.ifd_fraction")
 
 
 def ifd_prefilter(score: np.ndarray, ifd_num: int) -> np.ndarray:

@@ -509,9 +509,14 @@ class Planner:
                                 selection=True))
         skey, budget, selector = subsets_key(cfg, key or "unknown", self.n_pool)
         skey = skey if key else None
+        work = f"select {budget:,} of {self.n_pool:,} ({selector['name']})"
+        if selector["name"] == "fla":  # SuperFiltering.D: its dense kernel must fit in memory
+            from .facility_location import kernel_gib, prefilter_size
+
+            n = prefilter_size(self.n_pool, budget, selector)
+            work += f"; facility location over {n:,} pre-filtered: dense kernel {kernel_gib(n):.2f} GiB"
         stages.append(StagePlan("subsets", row, skey, artifact_status(self.store, "subsets", skey, why), None,
-                                {"budget": budget}, f"select {budget:,} of {self.n_pool:,} ({selector['name']})",
-                                selection=True))
+                                {"budget": budget}, work, selection=True))
         return stages, skey, budget
 
     def scoring(self) -> "Planner":

@@ -12,7 +12,8 @@ import numpy as np
 
 from .diverse import sbert_embeddings
 from .errors import SelectlabError
-from .facility_location import euclidean_similarity, facility_location, ifd_prefilter, release_text
+from .facility_location import (check_kernel_fits, euclidean_similarity, facility_location, ifd_prefilter,
+                                prefilter_size, release_text)
 from .mig import example_label_matrix, label_graph, mig_greedy, propagation_matrix
 from .mig_labels import mig_inputs
 from .scorers import Scores
@@ -81,7 +82,8 @@ def fla(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     sentence embeddings (see facility_location.py)."""
     if ctx is None:
         raise ValueError("selector=fla needs the run context (pool records, store)")
-    ifd_num = int(cfg["ifd_num"]) if cfg.get("ifd_num") is not None else int(cfg["ifd_factor"]) * budget
+    ifd_num = prefilter_size(int((~np.isnan(scores.score)).sum()), budget, cfg)
+    check_kernel_fits(ifd_num)
     kept = ifd_prefilter(scores.score, ifd_num)
     by_id = {r["id"]: r for r in ctx.pool.records}
     texts = [release_text(by_id[scores.ids[i]]) for i in kept]

@@ -64,7 +64,7 @@ class DeitaSelector(DiverseTopk):
 @dataclass
 class FlaSelector(SelectorConfig):
     ifd_num: Optional[int] = MISSING
-    ifd_factor: int = MISSING
+    ifd_fraction: float = MISSING
     max_seq_length: int = MISSING
     batch_size: int = MISSING
     device: Optional[str] = MISSING
