@@ -261,3 +261,35 @@ def test_sharded_runs_merge_into_the_unsharded_artifact(compose, tmp_path, monke
     assert second["artifacts"] == unsharded["artifacts"]
     merged = (tmp_path / "cache_sharded/scores" / second["artifacts"]["scores"] / "scores.jsonl").read_bytes()
     assert merged == unsharded_scores
+
+
+def test_artifact_without_integrity_records_is_checked_once_then_recorded(tmp_path, caplog):
+    """An artifact written before meta.json recorded its files: read whole, then its records are
+    written (so later reuses check sizes and rows); a damaged one is moved aside and rebuilt."""
+    import logging
+
+    store = ArtifactStore(tmp_path / "cache")
+
+    def make(tmp):
+        (tmp / "rows.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
+        np.save(tmp / "x.npy", np.arange(1000.0))
+
+    for key in ("old", "old_damaged"):
+        folder = store.build("stage", key, make)
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta["files"]
+        (folder / "meta.json").write_text(json.dumps(meta))
+    with open(store.path("stage", "old_damaged") / "x.npy", "r+b") as f:
+        f.truncate(500)
+
+    fresh = ArtifactStore(tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="selectlab.store"):
+        assert fresh.reusable("stage", "old")
+        assert not fresh.reusable("stage", "old_damaged")
+    files = json.loads((fresh.path("stage", "old") / "meta.json").read_text())["files"]
+    assert files["rows.jsonl"]["rows"] == 2 and files["x.npy"]["bytes"] > 8000
+    assert "had no integrity records" in caplog.text and "x.npy does not read whole" in caplog.text
+    assert not fresh.exists("stage", "old_damaged")
+    with open(fresh.path("stage", "old") / "rows.jsonl", "a") as f:  # now recorded: a change is seen
+        f.write('{"a": 3}\n')
+    assert not ArtifactStore(tmp_path / "cache").reusable("stage", "old")

@@ -129,13 +129,36 @@ def describe_files(folder: Path) -> dict[str, dict]:
     return files
 
 
+def unrecorded_damage(folder: Path) -> str | None:
+    """What is wrong with an artifact written before integrity records existed, as far as its files
+    can tell: every JSON and JSONL file parses to its last line, every .npy array reads whole."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META):
+        name = path.relative_to(folder).as_posix()
+        try:
+            if path.suffix == ".jsonl":
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        if line.strip():
+                            json.loads(line)
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".npy":
+                np.load(path, mmap_mode="r").sum()  # reads every byte: a short file fails
+        except (OSError, ValueError, EOFError) as e:
+            return f"{name} does not read whole ({type(e).__name__}: {str(e)[:80]})"
+    return None
+
+
 def artifact_damage(folder: Path, full: bool) -> str | None:
-    """What is wrong with a published artifact (None: intact, or written before files were recorded)."""
+    """What is wrong with a published artifact (None: intact). One written before integrity records
+    existed is checked as far as its files can tell (:func:`unrecorded_damage`)."""
     try:
         files = json.loads((folder / META).read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError) as e:
         return f"{META} is unreadable ({e})"
-    for name, want in (files or {}).items():
+    if files is None:
+        return unrecorded_damage(folder)
+    for name, want in files.items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
@@ -323,8 +346,24 @@ class ArtifactStore:
                 if (problem := artifact_damage(folder, full)) is not None:
                     self._move_aside(folder, problem)
                     return False
+        self._record_files_once(stage, key)
         self._intact.add((stage, key))
         return True
+
+    def _record_files_once(self, stage: str, key: str) -> None:
+        """An intact artifact written before integrity records existed gets them now, once (under its
+        lock), so every later reuse checks its sizes and rows like any other."""
+        folder = self.path(stage, key)
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        if "files" in meta:
+            return
+        with holding(self.lock(stage, key), f"{stage}/{key}"):
+            meta = json.loads((folder / META).read_text(encoding="utf-8"))
+            if "files" not in meta:
+                atomic_write_text(folder / META, json.dumps({**meta, "files": describe_files(folder),
+                                                             "files_recorded": "on reuse, after the check"},
+                                                            indent=2, default=str))
+                log.info("artifact %s/%s had no integrity records: its files read whole; records written", stage, key)
 
     def _move_aside(self, folder: Path, problem: str) -> None:
         """Report a damaged artifact and rename it to scratch (collected later, so a job still reading it
