@@ -10,10 +10,14 @@ The release's algorithm, kept step for step:
   taken; the k2 - k3 that stage 3 does not pick are never offered again); stage 3 picks k3 of
   the k2 one at a time, each time the one whose ratio with this round's picks so far (not the
   earlier rounds') is lowest;
-- rounds repeat until the budget. Ties go to the lower position (the release's ``torch.topk``
-  leaves them unspecified). The last round stops at the budget, which is the release's pick
-  order cut there (stage 3 is sequential). k1, k2, k3 are capped at the examples still
-  available (on a pool smaller than k1 the release would re-offer taken examples).
+- rounds repeat until the budget. Every choice is the release's own: ``torch.topk(..., largest=False)``
+  on float32 tensors (the release builds them with ``torch.tensor`` from Python floats), over the
+  whole state with taken examples set to 1,000,000 (stage 1) and over all k2 candidates with this
+  round's picks set to 1,000,000 (stage 3), so ratios that are equal in float32 tie as they tie
+  there (52,002 single-record ratios take only 22,105 distinct float32 values). The last round
+  stops at the budget, which is the release's pick order cut there (stage 3 is sequential). k1,
+  k2, k3 are capped at the examples still available (on a pool smaller than k1 the release would
+  re-offer taken examples).
 
 What is compressed (``text``): ``repr`` (release) is Python's ``str()`` of the list of records,
 each record the dict ``{'instruction', 'input', 'output'}`` as in the pool file; ``plain`` joins
@@ -165,9 +169,15 @@ class ZipResult:
     seconds: dict = field(default_factory=dict)
 
 
+TAKEN = 1000000.0  # the release's mark of an example that can no longer be chosen
+
+
 def _lowest(values: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k lowest values, ascending; ties by position."""
-    return np.argsort(values, kind="stable")[:k]
+    """Positions of the k lowest values as the release finds them: ``torch.topk`` with
+    ``largest=False`` on a float32 tensor (its rounding and its order among ties)."""
+    import torch
+
+    return torch.topk(torch.from_numpy(np.asarray(values, dtype=np.float32)), k=k, largest=False).indices.numpy()
 
 
 def zip_select(texts: list[bytes], form: TextForm, state: np.ndarray, budget: int, k1: int, k2: int, k3: int,
@@ -193,8 +203,7 @@ def zip_select(texts: list[bytes], form: TextForm, state: np.ndarray, budget: in
     try:
         while len(result.order) < budget and available.any():
             started = time.perf_counter()
-            pool_idx = np.flatnonzero(available)
-            stage1 = pool_idx[_lowest(state[pool_idx], k1)]
+            stage1 = _lowest(np.where(available, state, TAKEN), min(k1, int(available.sum())))
             joint = engine.ratios("joint", result.order, stage1)
             state[stage1] = joint
             stage2 = stage1[_lowest(joint, k2)]
@@ -202,14 +211,16 @@ def zip_select(texts: list[bytes], form: TextForm, state: np.ndarray, budget: in
             t_joint += time.perf_counter() - started
 
             started = time.perf_counter()
-            remaining = list(stage2)
-            picks: list[int] = []
-            for _ in range(min(k3, budget - len(result.order), len(remaining))):
-                ratios = engine.ratios("round", picks, np.array(remaining))
-                picks.append(int(remaining.pop(int(np.argmin(ratios)))))
+            picked: list[int] = []  # positions in stage2
+            for _ in range(min(k3, budget - len(result.order), len(stage2))):
+                remaining = np.array([j for j in range(len(stage2)) if j not in picked])
+                ratios = np.full(len(stage2), TAKEN)
+                ratios[remaining] = engine.ratios("round", [int(stage2[j]) for j in picked], stage2[remaining])
+                picked.append(int(_lowest(ratios, 1)[0]))
+            picks = [int(stage2[j]) for j in picked]
             t_round += time.perf_counter() - started
             result.order += picks
-            result.discarded += len(remaining)
+            result.discarded += len(stage2) - len(picks)
             result.rounds += 1
             if on_round is not None:
                 on_round({"state": state, "available": available, "order": np.array(result.order, dtype=np.int64),
