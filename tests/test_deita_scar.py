@@ -112,7 +112,7 @@ def test_deita_judge_end_to_end_with_last_token_embeddings(compose, tiny_model_d
     from selectlab import pipeline
 
     cfg = compose("pool=self_instruct_seed", "pool.limit=8", "scorer=deita_judge", f"backbone.path={tiny_model_dir}",
-                  "selector=deita", "selection.budget=4", "logger=none")
+                  "selector=deita_backbone", "selection.budget=4", "logger=none")
     manifest = pipeline.run(cfg)
     subset = read_jsonl(Path(manifest["subset_path"]))
     assert manifest["selector"]["threshold"] == 0.9 and manifest["selector"]["embeddings"] == "last_token"
@@ -267,3 +267,17 @@ def test_digit_ids_of_a_sentencepiece_style_tokenizer_are_the_bare_digits():
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
     assert fast("1", add_special_tokens=False).input_ids == [1, 2]
     assert digit_token_ids(fast, 6) == [2, 3, 4, 5, 6, 7]
+
+
+def test_deita_selector_embeds_with_the_releases_mistral_or_fails_offline_naming_the_key(compose):
+    """selector=deita's embedder is the release's Mistral-7B-v0.1 (bf16); offline and not cached it is
+    one error naming selector.model before any work; the backbone stand-in has its own option name."""
+    from selectlab.errors import SelectlabError
+    from selectlab.validate import validate
+
+    cfg = compose("scorer=deita", "logger=none")
+    assert cfg.selector.model.hub_id == "mistralai/Mistral-7B-v0.1" and cfg.selector.dtype == "bfloat16"
+    with pytest.raises(SelectlabError, match=r"selector.model.hub_id=mistralai/Mistral-7B-v0.1 is not in the local"):
+        validate(cfg)
+    stand_in = compose("scorer=deita_judge", "selector=deita_backbone", "logger=none")
+    assert stand_in.selector.model is None and stand_in.selector.embeddings == "last_token"

@@ -45,14 +45,22 @@ def plain(section) -> dict | None:
     return dict(section)
 
 
+# Selector options that put a stand-in inside a release's method: a run of the release's scorer
+# with one of them is labelled scorer+selector, never the release's name alone.
+SUBSTITUTE_SELECTORS = {"deita": ("deita_backbone", "deita_minilm")}
+
+
 def scorer_label(cfg) -> str:
     """The scorer as the run chose it, for results rows and tables: the ``scorer=`` config option
     (``deita_judge`` and ``mig_offline`` are the offline substitutes of ``deita`` and ``mig`` and
-    share their ``scorer.name``), or ``scorer.name`` outside a Hydra run (a composed test config)."""
+    share their ``scorer.name``), with ``+<selector>`` when a substitute selector runs inside the
+    release's scorer (``deita+deita_backbone``); ``scorer.name`` outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get("scorer")
+        choices = HydraConfig.get().runtime.choices
+        choice = choices.get("scorer")
         if choice:
-            return str(choice)
+            selector = choices.get("selector")
+            return f"{choice}+{selector}" if selector in SUBSTITUTE_SELECTORS.get(str(choice), ()) else str(choice)
     return str(cfg.scorer.name)

@@ -136,6 +136,8 @@ def check_selector(selector: dict, scorer: str) -> None:
         what = "selector=binwise" if name == "binwise" else "selector.embeddings=features"
         raise SelectlabError(f"{what} needs per-example features, which scorer={scorer} does not give; "
                              f"use a scorer that does ({', '.join(SCORERS_WITH_FEATURES)}) or selector=topk")
+    if selector.get("embeddings") == "last_token" and selector.get("model"):
+        resolve_model(selector["model"], "selector.model")  # an embedder that is not here fails now
     if name == "zip" and scorer != "zip":
         raise SelectlabError(f"selector=zip needs scorer=zip (its text form and per-example compression ratios), "
                              f"not scorer={scorer}")
