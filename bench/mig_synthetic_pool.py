@@ -4,7 +4,7 @@ tags = up to 4 distinct instruction words among the 2,000 most frequent non-stop
 quality / complexity = small deterministic numbers from the text lengths.
 
     python bench/mig_synthetic_pool.py /tmp/alpaca_annotated.jsonl
-    python src/run.py scorer=mig pool=json pool.path=/tmp/alpaca_annotated.jsonl pool.limit=10000 selection.budget=1000
+    python src/run.py scorer=mig selector=mig_minilm selector.valid_tags=all pool=json pool.path=/tmp/alpaca_annotated.jsonl pool.limit=10000 selection.budget=1000
 """
 from __future__ import annotations
 

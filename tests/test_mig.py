@@ -119,8 +119,8 @@ def test_mig_on_an_annotated_pool_through_the_pipeline(compose, tmp_path):
     from selectlab.scorers.mig import deita_score
 
     rows = annotated_pool(tmp_path / "pool.jsonl")
-    cfg = compose("scorer=mig", "pool=json", f"pool.path={tmp_path / 'pool.jsonl'}", "pool.limit=null",
-                  "selection.budget=5", "logger=none")
+    cfg = compose("scorer=mig", "selector=mig_minilm", "selector.valid_tags=all", "pool=json",
+                  f"pool.path={tmp_path / 'pool.jsonl'}", "pool.limit=null", "selection.budget=5", "logger=none")
     manifest = run(cfg)
     assert manifest["selector"]["labels"] == "instag"
     assert manifest["counts"]["no_deita_annotation"] == 1
@@ -148,3 +148,34 @@ def test_mig_offline_substitute_runs_on_the_tiny_model(compose, tiny_model_dir, 
     assert manifest["selector"]["labels"] == "clusters"
     sel_meta = json.loads(next((tmp_path / "cache" / "subsets").glob("*/meta.json")).read_text())["selection_meta"]
     assert sel_meta["n_labels"] == 10 and "substitute" in sel_meta["labels"]
+
+
+def test_mig_release_defaults_need_the_valid_tags_and_its_tag_embedder(compose, tmp_path):
+    """scorer=mig as released: the valid-tag list is required (not shipped), the tags are embedded by
+    e5-mistral-7b-instruct (offline: one error naming selector.label_model), both before any work."""
+    from selectlab.errors import SelectlabError
+    from selectlab.pipeline import run
+
+    annotated_pool(tmp_path / "pool.jsonl")
+    base = ["scorer=mig", "pool=json", f"pool.path={tmp_path / 'pool.jsonl'}", "pool.limit=null", "selection.budget=5",
+            "logger=none"]
+    assert compose(*base).selector.label_model.hub_id == "intfloat/e5-mistral-7b-instruct"
+    with pytest.raises(SelectlabError, match=r"selector.valid_tags has no value: the release keeps only the tags of its "
+                                             r"configs/valid_tag_path.json"):
+        run(compose(*base))
+    with pytest.raises(SelectlabError, match=r"selector.label_model.hub_id=intfloat/e5-mistral-7b-instruct is not in "
+                                             r"the local Hugging Face cache"):
+        run(compose(*base, "selector.valid_tags=all"))
+    assert not (tmp_path / "cache" / "scores").exists()  # nothing computed before the errors
+
+
+def test_mig_label_set_comes_from_selectable_records_only(tmp_path):
+    """A tag carried only by records without a quality (NaN) is not a label: it cannot be selected."""
+    from selectlab.mig_labels import mig_inputs
+    from selectlab.store import ArtifactStore
+
+    recs = [{"instruction": f"i{n}", "input": "", "output": "o", "annotation": {"instag": {"content": tags}}}
+            for n, tags in enumerate([["math", "code"], ["code"], ["poetry"]])]
+    cfg = {"labels": "instag", "valid_tags": "all", "label_model": None, "batch_size": 8}
+    ids, emb, labelled, facts = mig_inputs(recs, ArtifactStore(tmp_path / "c"), cfg, 0, np.array([True, True, False]))
+    assert facts["n_labels"] == 2 and ids == [[1, 0], [0], []] and labelled.all() and emb.shape == (2, 384)

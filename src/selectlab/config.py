@@ -47,7 +47,7 @@ def plain(section) -> dict | None:
 
 # Selector options that put a stand-in inside a release's method: a run of the release's scorer
 # with one of them is labelled scorer+selector, never the release's name alone.
-SUBSTITUTE_SELECTORS = {"deita": ("deita_backbone", "deita_minilm")}
+SUBSTITUTE_SELECTORS = {"deita": ("deita_backbone", "deita_minilm"), "mig": ("mig_minilm", "mig_clusters")}
 
 
 def scorer_label(cfg) -> str:

@@ -96,23 +96,24 @@ def sbert_model_dir() -> str:
 
 
 def sbert_embeddings(texts: list[str], store: ArtifactStore, batch_size: int, device: str | None = None,
-                     max_seq_length: int | None = None) -> np.ndarray:
-    """Unit-length all-MiniLM-L6-v2 embeddings of ``texts``, (N, 384), cached and batch-resumable.
-    ``max_seq_length``: tokens kept per text (None: sentence-transformers' 256; the tokenizer's 512
-    is what a plain ``AutoModel`` + ``truncation=True`` keeps, as SuperFiltering's release)."""
+                     max_seq_length: int | None = None, model: tuple[str, str] | None = None) -> np.ndarray:
+    """Unit-length sentence-transformers embeddings of ``texts``, (N, d), cached and batch-resumable:
+    all-MiniLM-L6-v2 (shipped offline), or ``model`` = (its folder, its name for the key).
+    ``max_seq_length``: tokens kept per text (None: the model's own; MiniLM's is 256; the tokenizer's
+    512 is what a plain ``AutoModel`` + ``truncation=True`` keeps, as SuperFiltering's release)."""
     from sentence_transformers import SentenceTransformer
 
-    model_dir = sbert_model_dir()
+    model_dir, name = model or (sbert_model_dir(), "all-MiniLM-L6-v2")
     length = {} if max_seq_length is None else {"max_seq_length": int(max_seq_length)}
-    key = store.key("sbert_embeddings", SBERT_VERSION, texts=content_hash(texts), model="all-MiniLM-L6-v2", **length)
-    model: list = []
+    key = store.key("sbert_embeddings", SBERT_VERSION, texts=content_hash(texts), model=name, **length)
+    loaded: list = []
 
     def compute(batch: Sequence[str]) -> np.ndarray:
-        if not model:
-            model.append(SentenceTransformer(model_dir, device=device))
+        if not loaded:
+            loaded.append(SentenceTransformer(model_dir, device=device))
             if max_seq_length is not None:
-                model[0].max_seq_length = int(max_seq_length)
-        return model[0].encode(list(batch), batch_size=batch_size, normalize_embeddings=True,
+                loaded[0].max_seq_length = int(max_seq_length)
+        return loaded[0].encode(list(batch), batch_size=batch_size, normalize_embeddings=True,
                                convert_to_numpy=True).astype(np.float32)
 
     folder = store.batched("sbert_embeddings", key, texts, 4096, compute, meta={"model_dir": model_dir})

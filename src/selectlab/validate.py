@@ -138,6 +138,13 @@ def check_selector(selector: dict, scorer: str) -> None:
                              f"use a scorer that does ({', '.join(SCORERS_WITH_FEATURES)}) or selector=topk")
     if selector.get("embeddings") == "last_token" and selector.get("model"):
         resolve_model(selector["model"], "selector.model")  # an embedder that is not here fails now
+    if name == "mig" and selector.get("labels") == "instag":
+        from .mig_labels import VALID_TAGS_MISSING
+
+        if selector.get("valid_tags") is None:
+            raise SelectlabError(VALID_TAGS_MISSING)
+        if selector.get("label_model"):
+            resolve_model(selector["label_model"], "selector.label_model")  # the tag embedder is here
     if name == "zip" and scorer != "zip":
         raise SelectlabError(f"selector=zip needs scorer=zip (its text form and per-example compression ratios), "
                              f"not scorer={scorer}")

@@ -74,6 +74,8 @@ class FlaSelector(SelectorConfig):
 class MigSelector(SelectorConfig):
     labels: str = MISSING
     valid_tags: Optional[str] = MISSING
+    # a sentence-transformers model entry (null: all-MiniLM-L6-v2). Any: see DeitaSelector.model.
+    label_model: Any = MISSING
     sim_threshold: float = MISSING
     prop_weight: float = MISSING
     norm: bool = MISSING
