@@ -3,13 +3,15 @@
 IFD, SuperFiltering and response perplexity all reduce to one quantity: the mean token
 cross-entropy over the answer tokens of ``prefix + answer``, the prefix tokens masked.
 
-Tokenization: the prefix and the answer are tokenized separately (no special tokens) and
-concatenated, so loss(A|Q) and loss(A) score exactly the same answer token ids; the
-Cherry LLM release instead re-tokenizes the joined text and counts the prefix tokens,
-which differs only where a token would straddle the prefix/answer boundary.
-Truncation keeps the prefix and cuts the answer's tail (as the release's right
-truncation does); when the prefix alone fills ``max_length`` no answer token is left and
-the loss is NaN (callers count it).
+Tokenization (``scorer.tokenize``): ``joined`` (the Cherry LLM and SuperFiltering releases)
+tokenizes prefix + answer as one text and takes the answer's tokens to start after as many
+tokens as the prefix alone has, so a token that straddles the boundary is scored as the joined
+text splits it; the unconditional text is tokenized the same way and cut at ``max_length`` minus
+the prompt's tokens plus ``uncond_length_offset`` (the releases' +4 / +1). ``apart`` tokenizes
+prefix and answer separately, so loss(A|Q) and loss(A) score exactly the same answer ids.
+Truncation keeps the prefix and cuts the answer's tail (as the releases' right truncation does);
+when the prefix alone fills ``max_length`` no answer token is left and the loss is NaN (callers
+count it).
 """
 from __future__ import annotations
 
@@ -52,9 +54,20 @@ def bos_ids(tokenizer, add_bos: bool) -> list[int]:
     return [tokenizer.bos_token_id]
 
 
-def encode_pair(tokenizer, prefix: str, answer: str, max_length: int, add_bos: bool) -> tuple[list[int], list[int]]:
-    """(prefix ids, answer ids) with the answer's tail cut so the whole fits in ``max_length``."""
+TOKENIZE = ("joined", "apart")
+
+
+def encode_pair(tokenizer, prefix: str, answer: str, max_length: int, add_bos: bool,
+                tokenize: str = "apart") -> tuple[list[int], list[int]]:
+    """(prefix ids, answer ids) with the answer's tail cut so the whole fits in ``max_length``:
+    prefix and answer tokenized ``apart``, or ``joined`` as the releases do (see the module doc)."""
     prefix_ids = bos_ids(tokenizer, add_bos) + tokenizer(prefix, add_special_tokens=False).input_ids
+    if tokenize == "joined":
+        whole = (bos_ids(tokenizer, add_bos) + tokenizer(prefix + answer, add_special_tokens=False).input_ids)[:max_length]
+        start = min(len(prefix_ids), len(whole))
+        return whole[:start], whole[start:]
+    if tokenize != "apart":
+        raise SelectlabError(f"scorer.tokenize={tokenize!r}; choose one of {TOKENIZE}")
     answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
     return prefix_ids, answer_ids[: max(0, max_length - len(prefix_ids))]
 
@@ -131,15 +144,22 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg: dict, unco
 
     tokenizer = load_tokenizer(model_path)
     template, add_bos, max_length = str(scfg["template"]), bool(scfg["add_bos"]), int(scfg["max_length"])
+    tokenize, offset = str(scfg.get("tokenize", "apart")), int(scfg.get("uncond_length_offset", 0))
     uncond_prefix = str(scfg.get("uncond_prefix") or "") if unconditional else ""
     records = ctx.pool.records
-    cond = [encode_pair(tokenizer, prompt_text(r, template, tokenizer), r["output"], max_length, add_bos)
+    cond = [encode_pair(tokenizer, prompt_text(r, template, tokenizer), r["output"], max_length, add_bos, tokenize)
             for r in records]
     uncond_prefix_ids = bos_ids(tokenizer, add_bos) + tokenizer(uncond_prefix, add_special_tokens=False).input_ids
+    if tokenize == "joined":  # the answer alone, tokenized and cut as the releases do it
+        uncond = [encode_pair(tokenizer, uncond_prefix, r["output"], max_length - len(cond[i][0]) + offset, add_bos,
+                              "joined") for i, r in enumerate(records)]
+    else:
+        uncond = [(uncond_prefix_ids, answer) for _, answer in cond]
     order = sorted(range(len(records)), key=lambda i: -(len(cond[i][0]) + len(cond[i][1])))
     settings = {"template": template, "template_hash": prompt_hash(template, tokenizer), "add_bos": add_bos,
                 "uncond_prefix": uncond_prefix, "max_length": max_length, "dtype": str(scfg["dtype"]),
-                "unconditional": unconditional}
+                "unconditional": unconditional,
+                **({"tokenize": tokenize, "uncond_length_offset": offset} if tokenize == "joined" else {})}
     key = ctx.store.key("answer_losses", LOSSES_VERSION, pool=ctx.pool_key, model=model_ident, **settings)
     device = scfg.get("device") or default_device()
     model: list = []  # loaded on the first chunk that is not stored yet
@@ -149,8 +169,7 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg: dict, unco
             model.append(load_causal_lm(model_path, str(scfg["dtype"]), device))
         batch_size = int(scfg["batch_size"])
         loss_cond = losses_from_ids(model[0], [cond[i] for i in chunk], batch_size, pad_id(tokenizer))
-        loss_uncond = (losses_from_ids(model[0], [(uncond_prefix_ids, cond[i][1]) for i in chunk], batch_size,
-                                       pad_id(tokenizer))
+        loss_uncond = (losses_from_ids(model[0], [uncond[i] for i in chunk], batch_size, pad_id(tokenizer))
                        if unconditional else np.full(len(chunk), np.nan))
         n_tokens = np.array([len(cond[i][1]) for i in chunk], dtype=np.float64)
         return np.stack([loss_cond, loss_uncond, n_tokens], axis=1)

@@ -78,6 +78,8 @@ class PerplexityScorer(LmScorer):
 class IfdScorer(LmScorer):
     uncond_prefix: str = MISSING
     ratio: str = MISSING
+    tokenize: str = MISSING
+    uncond_length_offset: int = MISSING
 
 
 @dataclass
