@@ -25,7 +25,10 @@ def _adg_on_tiny(tiny_model_dir) -> list[str]:
 
 
 def _manifests(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("manifest.json"))]
+    """Every job's manifest with its places (run:, cache:, data:) resolved here, as a reader sees it."""
+    from analysis.runs import load_manifest
+
+    return [load_manifest(p.parent) for p in sorted(root.rglob("manifest.json"))]
 
 
 def test_multirun_2x2_shares_sampling(tiny_model_dir, tmp_path):
