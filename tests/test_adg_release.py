@@ -202,6 +202,7 @@ def test_hf_sampler_applies_top_k(tiny_model_dir, tmp_path, compose):
     assert any(len(set(r["answers"])) > 1 for r in free)
 
 
+@pytest.mark.slow
 def test_bins_are_shared_across_embedding_ablations_and_reach_the_run(compose, tiny_model_dir, caplog):
     """A real scorer=adg run writes bins.npy, the three subsets and a report with the bin panel; a
     rerun with embedding=last4 reuses the bin artifact and gets identical bins."""

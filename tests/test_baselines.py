@@ -106,6 +106,7 @@ def _alpaca_losses(tiny_model_dir, records, add_bos=True):
     return answer_losses(model, tok, prompts, [r["output"] for r in records], 512, 4, add_bos)
 
 
+@pytest.mark.slow
 def test_ifd_scorer_runs_from_config_and_resumes(compose, tiny_model_dir):
     ctx = _context(compose, "scorer=ifd", f"backbone.path={tiny_model_dir}", "pool.limit=8", "scorer.chunk_size=3",
                    "scorer.tokenize=apart")  # the hand computation tokenizes prompt and answer apart
@@ -130,6 +131,7 @@ def test_ifd_scorer_runs_from_config_and_resumes(compose, tiny_model_dir):
     assert np.array_equal(again.columns["ifd"], scores.columns["ifd"], equal_nan=True)
 
 
+@pytest.mark.slow
 def test_superfiltering_uses_its_own_model_and_release_defaults(compose, tiny_model_dir):
     ctx = _context(compose, "scorer=superfiltering", f"scorer.model.path={tiny_model_dir}", "pool.limit=6")
     scores = get_scorer("superfiltering")(ctx)
@@ -211,6 +213,7 @@ def test_diverse_topk_sbert_skips_a_paraphrase(compose, tmp_path):
     assert emb[0] @ emb[1] > 0.9 > emb[0] @ emb[2]
 
 
+@pytest.mark.slow
 def test_ifd_with_diverse_topk_end_to_end(compose, tiny_model_dir, monkeypatch):
     from selectlab import pipeline
     from selectlab.selectors import SELECTORS

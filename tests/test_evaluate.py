@@ -47,6 +47,7 @@ def test_configs_compose(compose):
     assert compose("eval=adg_six", "eval.gsm8k_filter=flexible-extract").eval.tasks.gsm8k.filter == "flexible-extract"
 
 
+@pytest.mark.slow
 def test_unknown_gsm8k_filter_fails_before_the_model_loads(compose, tmp_path):
     from omegaconf import OmegaConf
 
@@ -279,6 +280,7 @@ def _hand_loglikelihoods(model_dir: Path) -> list[list[float]]:
     return out
 
 
+@pytest.mark.slow
 def test_tiny_task_through_lm_eval_matches_hand_computation(tiny_model_dir, tmp_path):
     cfg = {"eval": {"name": "tiny", "backend": "hf", "dtype": "float32", "batch_size": 2, "device": "cpu",
                     "limit": None, "offline": True, "allow_code_execution": False, "apply_chat_template": False,
@@ -299,6 +301,7 @@ def test_tiny_task_through_lm_eval_matches_hand_computation(tiny_model_dir, tmp_
     assert not math.isnan(result["avg"])
 
 
+@pytest.mark.slow
 def test_pipeline_results_rows_with_baselines(tiny_model_dir, compose, tmp_path):
     """select -> fine-tune -> evaluate through the pipeline, with the untrained and random rows."""
     from selectlab.pipeline import run
@@ -407,6 +410,7 @@ def _samples(results: dict, task: str) -> dict:
     return {(s["doc_id"], s["filter"]): {**{k: s[k] for k in keep}, **{m: s[m] for m in s["metrics"]}} for s in rows}
 
 
+@pytest.mark.slow
 def test_our_tasks_score_as_the_harness_tasks(tiny_model_dir, tmp_path, monkeypatch):
     """Our offline tasks and the harness's own, same tiny model and documents: equal per sample.
     Both run in one ``evaluate`` (one model, one task index): it hands each to simple_evaluate alike."""

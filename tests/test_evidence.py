@@ -219,6 +219,7 @@ def _tiny_task(tmp_path: Path) -> Path:
     return task_dir
 
 
+@pytest.mark.slow
 def test_seeded_rows_per_example_scores_reach_analysis_and_wandb(tiny_model_dir, compose, tmp_path):
     from omegaconf import open_dict
 

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = ("omegaconf", "hydra", "vllm", "wandb", "lm_eval", "datasets")
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_writes_its_json_without_the_heavy_packages(tmp_path):
     out = tmp_path / "gpu_check.json"
     code = (f"import sys, runpy; sys.modules.update({{m: None for m in {BLOCK!r}}}); "

@@ -220,6 +220,7 @@ def _pool(cfg, n):
     return load_pool({**pool, "limit": n, "sample": "head"}, seed=0).records
 
 
+@pytest.mark.slow
 def test_scorer_rule_b_with_judge_on_tiny_model(compose, tiny_model_dir):
     from selectlab.scorers import get_scorer
 
@@ -277,6 +278,7 @@ def test_rule_a_offline_names_the_missing_model_key(compose, tiny_model_dir):
         get_scorer("instructmining")(_context(cfg, _pool(cfg, 8)))
 
 
+@pytest.mark.slow
 def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model_dir, tmp_path):
     """selector=size_grid: a real fine-tune and held-out loss per n; the best n is the subset."""
     import json

@@ -42,6 +42,7 @@ def test_check_set_sources_and_contrasts_come_from_shipped_data():
     assert all("The answer is" in h["output"] and h["output"] != lo["output"] for h, lo in zip(high, low))
 
 
+@pytest.mark.slow
 def test_analysis_writes_evidence_and_the_figure_reads_it(tmp_path, tiny_model_dir, monkeypatch):
     """python -m analysis.complexity on the tiny judge: four category judges scored on a small
     check set, three rating contrasts, the subsets judged; the figure is drawn from the folder alone."""

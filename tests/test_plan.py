@@ -29,6 +29,7 @@ def data_env(monkeypatch):
     monkeypatch.setenv("SELECTLAB_DATA", str(shared))
 
 
+@pytest.mark.slow
 def test_every_experiment_and_backbone_plans_without_weights(compose, data_env):
     """A typo or missing key in any preset fails here, on CPU, with no weights anywhere."""
     from selectlab.plan import build_plan
@@ -75,6 +76,7 @@ def test_arch_counts_and_flops_by_hand(tiny_model_dir):
     assert arch.train_flops_per_token(10, "lora") == 2 * full
 
 
+@pytest.mark.slow
 def test_plan_keys_match_the_run_and_see_its_artifacts(compose, data_env, tiny_model_dir):
     """Plan, run the stages for real (random scorer, cheap), plan again: the same keys, now reused;
     and the sampling work of an ADG plan is prompts x K x max_new_tokens."""

@@ -74,6 +74,7 @@ def test_prompt_ids_are_the_release_template_cut_to_80(smol_tokenizer_dir):
     assert tok.decode(chat_ids[0]).startswith("<|im_start|>")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reuses_finished_batches(tiny_model_dir, tmp_path, monkeypatch):
     cfg = hf_cfg()
     whole = sample_answers(RECORDS, str(tiny_model_dir), cfg, ArtifactStore(tmp_path / "whole"), seed=3)
@@ -124,6 +125,7 @@ def vllm_tiny_model_dir(smol_tokenizer_dir, tmp_path_factory):
     return build_tiny_llama(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_llama_hd32"), 2, 1)
 
 
+@pytest.mark.slow
 def test_vllm_engine_k_distinct_answers_and_record_shape(vllm_tiny_model_dir, tmp_path):
     tiny_model_dir = vllm_tiny_model_dir
     cfg = sampler_cfg("vllm", max_new_tokens=16, batch_size=3, max_model_len=256, cpu_kvcache_space_gib=1)

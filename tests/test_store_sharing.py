@@ -262,6 +262,7 @@ def test_partial_batch_with_missing_rows_is_recomputed(tmp_path, caplog):
     assert [r["sq"] for r in read_jsonl(folder / "records.jsonl")] == [0, 1, 4, 9, 16, 25]
 
 
+@pytest.mark.slow
 def test_verify_full_catches_a_changed_byte_that_sizes_miss(compose, tmp_path, caplog):
     from selectlab.pipeline import run
 
@@ -293,6 +294,7 @@ SLOW_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_pipeline_runs_on_one_cache_score_each_batch_once(tmp_path):
     env = {**_env(), "SELECTLAB_CACHE": str(tmp_path / "cache"), "SELECTLAB_DATA": os.environ.get(
         "SELECTLAB_DATA", str(REPO.parent / "shared" / "data"))}

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,6 +33,7 @@ def _manifests(root: Path) -> list[dict]:
     return [load_manifest(p.parent) for p in sorted(root.rglob("manifest.json"))]
 
 
+@pytest.mark.slow
 def test_multirun_2x2_shares_sampling(tiny_model_dir, tmp_path):
     _cli(["-m", *_adg_on_tiny(tiny_model_dir), "scorer.lam=0,1", "selection.budget=3,5",
           f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path / "cache", tmp_path)
@@ -55,6 +58,7 @@ def test_multirun_2x2_shares_sampling(tiny_model_dir, tmp_path):
         assert [r["score"] for r in subset] == [r[column] for r in subset]
 
 
+@pytest.mark.slow
 def test_submitit_local_shards_merge_into_the_unsharded_artifact(tiny_model_dir, tmp_path):
     args = _adg_on_tiny(tiny_model_dir)
     _cli([*args, f"hydra.run.dir={tmp_path / 'plain'}"], tmp_path / "cache_plain", tmp_path)
@@ -79,6 +83,7 @@ def test_submitit_local_shards_merge_into_the_unsharded_artifact(tiny_model_dir,
     assert Path(merged["subset_path"]).read_text() == Path(plain["subset_path"]).read_text()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_subset_from_scratch(tiny_model_dir, compose, tmp_path, monkeypatch):
     from selectlab.pipeline import run
 

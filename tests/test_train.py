@@ -147,6 +147,7 @@ class FirstStep(TrainerCallback):
         self.first = self.first or state.global_step
 
 
+@pytest.mark.slow
 def test_killed_finetune_resumes_from_last_checkpoint(tiny_model_dir, compose, tmp_path):
     cfg = train_cfg(compose, "cpu_small", lr=3e-3, max_steps=8, per_device_batch_size=2, grad_accum=1,
                     save_steps=4)

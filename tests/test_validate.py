@@ -235,6 +235,7 @@ def test_cli_sweep_subdir_is_one_folder_per_job(tmp_path):
     assert not [p for p in tmp_path.rglob("escaped*") if "sweep" not in p.parts]
 
 
+@pytest.mark.slow
 def test_fitted_rule_goes_to_the_run_folder_only(compose, tiny_model_dir, tmp_path):
     """task=fit_rule on the tiny model (3 one-step fine-tunes): the rule lands in the run folder
     under a sanitised fit.name; conf/ is never written."""

@@ -1,4 +1,4 @@
-"""The foundation: artifact store, pools, configs, random selection end to end, W&B logging."""
+"""The artifact store, pools, configs, random selection end to end, W&B logging."""
 from __future__ import annotations
 
 import json

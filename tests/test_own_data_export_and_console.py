@@ -1,5 +1,5 @@
-"""A researcher's first hour: their own file scored whole, stable ids, duplicates, extra fields,
-the pool.path mistake, export, a quiet console with a summary (issue 17, items 1-3)."""
+"""Your own data: a file scored whole, stable ids, duplicates, extra fields,
+the pool.path mistake, export, a quiet console with a summary."""
 from __future__ import annotations
 
 import json
