@@ -103,3 +103,17 @@ def test_plan_keys_match_the_run_and_see_its_artifacts(compose, data_env, tiny_m
 def test_shipped_configs_cover_every_hub_preset():
     for name in BACKBONES:
         assert config_only_dir(name) is not None, f"conf/backbone/configs/{name}/config.json is missing"
+
+
+def test_plan_checks_the_config_as_a_run_does_but_not_this_machines_files(compose, data_env):
+    """task=plan validates every value first (the same checks, the same one-line errors); what is
+    missing on this machine (a hub pool, the release's embedder) it reports instead of failing."""
+    from selectlab.errors import SelectlabError
+    from selectlab.pipeline import run
+
+    with pytest.raises(SelectlabError, match=r"selection.budget=2.5: give a count >= 1"):
+        run(compose("task=plan", "selection.budget=2.5", "logger=none"))
+    with pytest.raises(SelectlabError, match=r"selector=zip needs scorer=zip"):
+        run(compose("task=plan", "selector=zip", "logger=none"))
+    plan = run(compose("task=plan", "scorer=deita", "logger=none"))  # Mistral-7B is not here: planned anyway
+    assert plan["stages"]

@@ -69,11 +69,13 @@ class Run:
 
 def run(cfg) -> dict:
     """Run the configured task; returns the manifest (also written to ``<run_dir>/manifest.json``)."""
-    if cfg.task == "plan":  # a dry run: nothing is loaded, computed or logged
+    # every value checkable without a model, named by its key, before any work; a plan (a dry run:
+    # nothing is loaded, computed or logged) checks the same values, and reports missing files itself
+    validate(cfg, here=cfg.task != "plan")
+    if cfg.task == "plan":
         from .plan import plan_run
 
         return plan_run(cfg)
-    validate(cfg)  # every value checkable without a model, named by its key, before any work
     if cfg.task not in TASKS:
         raise SelectlabError(f"task={cfg.task!r}; choose select, fit_rule or plan")
     return TASKS[cfg.task](start(cfg))

@@ -29,27 +29,29 @@ log = logging.getLogger(__name__)
 # Scorers whose Scores carry per-example features (instruction embeddings) for selectors that
 # cluster or compare examples (selector=binwise, selector=diverse_topk selector.embeddings=features).
 SCORERS_WITH_FEATURES = ("adg",)
-TASKS = ("select", "fit_rule")
+TASKS = ("select", "fit_rule", "plan")
 BASELINES = ("untrained", "random")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every config value that can be checked without a model; the first bad one is raised."""
+def validate(cfg: DictConfig, here: bool = True) -> None:
+    """Every config value that can be checked without a model; the first bad one is raised.
+    ``here=False`` (task=plan, which plans runs for other machines) leaves out whether the pool's
+    files and the named models are on this machine: the plan reports those itself."""
     check_known_keys(cfg)  # a key added with +key=value that its group's schema does not have
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
     check_run_values(cfg)
-    check_pool_config(plain(cfg.pool), "pool")
+    check_pool_config(plain(cfg.pool), "pool", here)
     check_pool_location(plain(cfg.pool))
     check_export(plain(cfg.get("export")))
     for key, model in (("backbone", cfg.backbone), ("select.backbone", getattr(cfg.get("select"), "backbone", None))):
-        if getattr(model, "path", None):
+        if here and getattr(model, "path", None):
             resolve_model(plain(model), key)  # a folder with config.json; nothing loads
     check_scorer(cfg)
     selector = plain(cfg.selector)
-    check_selector(selector, cfg.scorer.name)
-    check_fine_tuning(cfg, selector["name"])
+    check_selector(selector, cfg.scorer.name, here)
+    check_fine_tuning(cfg, selector["name"], here)
 
 
 def check_run_values(cfg: DictConfig) -> None:
@@ -87,7 +89,7 @@ def check_scorer(cfg: DictConfig) -> None:
         EmbeddingConfig.from_cfg(plain(cfg.embedding))
 
 
-def check_fine_tuning(cfg: DictConfig, selector: str) -> None:
+def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None:
     """Runs that fine-tune (size search, rule fitting, eval after selection) get a train config
     that parses, and the held-out set that the size search and the fit score against."""
     searches = selector in SIZE_SEARCH
@@ -98,7 +100,7 @@ def check_fine_tuning(cfg: DictConfig, selector: str) -> None:
         if cfg.train.name == "none":
             raise SelectlabError(f"{what} fine-tunes on subsets; choose a train config (e.g. train=cpu_small), "
                                  f"not train=none")
-        check_pool_config(plain(cfg.heldout), "heldout")
+        check_pool_config(plain(cfg.heldout), "heldout", here)
     if cfg.task == "fit_rule":
         if cfg.scorer.name != "instructmining":
             raise SelectlabError(f"task=fit_rule fits InstructMining's rule on its indicators; use "
@@ -106,14 +108,14 @@ def check_fine_tuning(cfg: DictConfig, selector: str) -> None:
         check_fit(cfg.fit)
 
 
-def check_pool_config(pool: dict, key: str) -> None:
-    """A pool (or the held-out set) that can be read: known loader, existing path, sane limit."""
+def check_pool_config(pool: dict, key: str, here: bool = True) -> None:
+    """A pool (or the held-out set) that can be read: known loader, existing path (``here``), sane limit."""
     if pool.get("loader") not in LOADERS:
         raise SelectlabError(f"{key}.loader={pool.get('loader')!r}; choose one of {sorted(LOADERS)}")
     if pool["loader"] == "hub":
         if not pool.get("hub_id"):
             raise SelectlabError(f"{key}.hub_id is not set (loader=hub)")
-    elif not pool.get("path") or not Path(pool["path"]).exists():
+    elif not pool.get("path") or (here and not Path(pool["path"]).exists()):
         raise SelectlabError(f"{key}.path={pool.get('path')} does not exist")
     limit = pool.get("limit")
     if limit is not None and _integer(limit, f"{key}.limit") < 1:
@@ -126,7 +128,7 @@ def check_pool_config(pool: dict, key: str) -> None:
         raise SelectlabError(f"{key}.duplicates={pool.get('duplicates')!r}; choose one of {', '.join(DUPLICATE_MODES)}")
 
 
-def check_selector(selector: dict, scorer: str) -> None:
+def check_selector(selector: dict, scorer: str, here: bool = True) -> None:
     """The selector exists and gets what it needs from the scorer."""
     name = selector["name"]
     if name not in SELECTORS and name not in SIZE_SEARCH:
@@ -136,14 +138,14 @@ def check_selector(selector: dict, scorer: str) -> None:
         what = "selector=binwise" if name == "binwise" else "selector.embeddings=features"
         raise SelectlabError(f"{what} needs per-example features, which scorer={scorer} does not give; "
                              f"use a scorer that does ({', '.join(SCORERS_WITH_FEATURES)}) or selector=topk")
-    if selector.get("embeddings") == "last_token" and selector.get("model"):
+    if here and selector.get("embeddings") == "last_token" and selector.get("model"):
         resolve_model(selector["model"], "selector.model")  # an embedder that is not here fails now
     if name == "mig" and selector.get("labels") == "instag":
         from .mig_labels import VALID_TAGS_MISSING
 
         if selector.get("valid_tags") is None:
             raise SelectlabError(VALID_TAGS_MISSING)
-        if selector.get("label_model"):
+        if here and selector.get("label_model"):
             resolve_model(selector["label_model"], "selector.label_model")  # the tag embedder is here
     if name == "zip" and scorer != "zip":
         raise SelectlabError(f"selector=zip needs scorer=zip (its text form and per-example compression ratios), "
