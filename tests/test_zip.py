@@ -185,3 +185,29 @@ def test_zip_runs_through_the_pipeline_without_a_model(compose, tmp_path):
     assert all(r["compression_ratio"] == pytest.approx(-r["score"]) for r in subset)
     again = run(cfg)  # cached: both stages reused
     assert all(e["reused"] for e in again["stages"])
+
+
+def test_zip_rounds_resume_through_the_store_and_leave_nothing_behind(compose, tmp_path, monkeypatch):
+    """A killed ZIP selection resumes from the store's progress file (store.save_progress) and the
+    file is gone once the subsets artifact holds the result."""
+    from selectlab import rival_selectors
+    from selectlab.pipeline import run
+
+    cfg = compose("scorer=zip", "pool.limit=40", "selection.budget=9", "selector.k1=15", "selector.k2=6",
+                  "selector.k3=3", "logger=none")
+    real = rival_selectors.zip_select
+
+    def killed_after_one_round(*args, on_round=None, **kwargs):
+        def stop(snapshot):
+            on_round(snapshot)
+            raise KeyboardInterrupt("killed after round 1")
+        return real(*args, on_round=stop, **kwargs)
+
+    monkeypatch.setattr(rival_selectors, "zip_select", killed_after_one_round)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    (progress,) = (tmp_path / "cache" / "zip_rounds").glob("*.progress.npz")
+    assert np.load(progress)["rounds"] == 1
+    monkeypatch.setattr(rival_selectors, "zip_select", real)
+    resumed = run(cfg)
+    assert resumed["n_selected"] == 9 and not progress.exists()

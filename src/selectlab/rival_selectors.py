@@ -6,7 +6,6 @@ as ``zip``, ``mig`` and ``fla``; each returns a :class:`selectlab.selectors.Sele
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
@@ -37,19 +36,11 @@ def zip_greedy(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
     key = ctx.store.key("zip_rounds", 1, texts=content_hash([t.decode("utf-8") for t in texts]), budget=budget,
                         ratios=content_hash(scores.columns["compression_ratio"].tolist()),
                         selectable=content_hash(np.isnan(scores.score).tolist()), **ks)
-    checkpoint = ctx.store.root / "zip_rounds" / f"{key}.npz"
-    resume = dict(np.load(checkpoint)) if checkpoint.exists() else None
-
-    def save(snapshot: dict) -> None:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_name(f".{key}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **snapshot)
-        os.replace(tmp, checkpoint)
-
     result = zip_select(texts, FORMS[text], scores.columns["compression_ratio"], budget, ks["k1"], ks["k2"],
-                        ks["k3"], int(cfg["n_jobs"]), selectable=~np.isnan(scores.score), resume=resume,
-                        on_round=save)
-    checkpoint.unlink(missing_ok=True)  # the subsets artifact now holds the result
+                        ks["k3"], int(cfg["n_jobs"]), selectable=~np.isnan(scores.score),
+                        resume=ctx.store.load_progress("zip_rounds", key),
+                        on_round=lambda snapshot: ctx.store.save_progress("zip_rounds", key, snapshot))
+    ctx.store.clear_progress("zip_rounds", key)  # the subsets artifact now holds the result
     log.info("zip: %d selected in %d rounds (%d stage-2 survivors discarded, %d compressions, %s s)",
              len(result.order), result.rounds, result.discarded, result.compressions, result.seconds)
     return Selection(result.order, meta={"rounds": result.rounds, "discarded": result.discarded,

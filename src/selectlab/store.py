@@ -282,6 +282,26 @@ class ArtifactStore:
     def array(self, stage: str, key: str, mmap: bool = True) -> np.ndarray:
         return np.load(self.path(stage, key) / ARRAY, mmap_mode="r" if mmap else None)
 
+    # ------------------------------------------------------------ resumable progress
+    # A long computation inside one artifact's build (ZIP's rounds) keeps arrays of its progress
+    # beside the artifact, so a killed run resumes where it stopped; the caller holds the build's lock.
+    def _progress(self, stage: str, key: str) -> Path:
+        return self.root / stage / f"{key}.progress.npz"
+
+    def load_progress(self, stage: str, key: str) -> dict | None:
+        path = self._progress(stage, key)
+        return dict(np.load(path)) if path.exists() else None
+
+    def save_progress(self, stage: str, key: str, arrays: dict) -> None:
+        path = self._progress(stage, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    def clear_progress(self, stage: str, key: str) -> None:
+        self._progress(stage, key).unlink(missing_ok=True)
+
     # ------------------------------------------------------------ locks and scratch folders
     def lock(self, stage: str, key: str) -> FileLock:
         """The artifact's lock (one object per artifact, so a job may take it again while holding it)."""
