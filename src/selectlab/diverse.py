@@ -24,6 +24,7 @@ from .config import plain
 from .errors import SelectlabError
 from .scorers import Scores
 from .store import ArtifactStore, content_hash
+from .subset import Selection
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,5 @@ def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None):
     log.info("diverse_topk: took %d of budget %d; skipped %d candidates with cosine > %s to a taken one%s",
              len(taken), budget, skipped, cfg["threshold"],
              f"; SHORT by {budget - len(taken)}: candidates ran out" if len(taken) < budget else "")
-    from .selectors import Selection
 
     return Selection(taken, meta={"skipped_similar": skipped})

@@ -1,7 +1,7 @@
 """Selectors of the ADG paper's other rivals, each as its authors released it: ZIP's three-stage
 greedy (zip_selection.py), MIG's information-gain greedy (mig.py, mig_labels.py) and
 SuperFiltering.D's facility location (facility_location.py). Registered in selectors.SELECTORS
-as ``zip``, ``mig`` and ``fla``; each returns a :class:`selectlab.selectors.Selection`.
+as ``zip``, ``mig`` and ``fla``; each returns a :class:`selectlab.subset.Selection`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from .facility_location import (check_kernel_fits, euclidean_similarity, facilit
 from .mig import example_label_matrix, label_graph, mig_greedy, propagation_matrix
 from .mig_labels import mig_inputs
 from .scorers import Scores
-from .selectors import Selection
 from .store import content_hash
+from .subset import Selection
 from .zip_selection import FORMS, example_text, zip_select
 
 log = logging.getLogger(__name__)

@@ -6,32 +6,17 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from . import rival_selectors
+from .diverse import diverse_topk as greedy_diverse_topk
 from .errors import SelectlabError
 from .scorers import Scores
+from .subset import Selection
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Selection:
-    """What every selector returns.
-
-    ``order``: indices into ``scores.ids`` of the selected examples, in rank order.
-    ``bins``: one bin label per pool example, when the selector bins the pool (written as ``bins.npy``).
-    ``subsets``: further named subsets (e.g. ADG's ``middle`` and ``bottom``), each an index order,
-    written as ``subset_<name>.jsonl`` beside ``subset.jsonl``.
-    ``meta``: small JSON-able facts about the selection (counts, chosen sizes) for the manifest.
-    """
-
-    order: list[int]
-    bins: np.ndarray | None = None
-    subsets: dict[str, list[int]] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -139,9 +124,7 @@ def order_ascending(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
 # ``ctx`` is the run's RunContext (pool records, store, backbone) for selectors that need
 # more than the scores (diversity over texts).
 def diverse_topk(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
-    from .diverse import diverse_topk as greedy
-
-    return greedy(scores, budget, cfg, ctx)
+    return greedy_diverse_topk(scores, budget, cfg, ctx)
 
 
 # InstructMining's subset-size search (selector=blendsearch | size_grid) is not a function of the
@@ -153,18 +136,9 @@ SIZE_SEARCH = ("blendsearch", "size_grid")
 READS: dict[str, tuple[str, ...]] = {name: ("train", "heldout", "backbone") for name in SIZE_SEARCH}
 
 
-def rival(name: str) -> Callable[..., Selection]:
-    """A selector of rival_selectors.py (ZIP, MIG, SuperFiltering.D), imported when used."""
-    def run(scores: Scores, budget: int, cfg: dict, ctx=None) -> Selection:
-        from . import rival_selectors
-
-        return getattr(rival_selectors, name)(scores, budget, cfg, ctx)
-
-    return run
-
-
 SELECTORS: dict[str, Callable[..., Selection]] = {
-    "topk": topk, "binwise": binwise, "diverse_topk": diverse_topk, "zip": rival("zip_greedy"), "mig": rival("mig"), "fla": rival("fla"),
+    "topk": topk, "binwise": binwise, "diverse_topk": diverse_topk, "zip": rival_selectors.zip_greedy,
+    "mig": rival_selectors.mig, "fla": rival_selectors.fla,
 }
 
 

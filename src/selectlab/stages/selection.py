@@ -9,7 +9,8 @@ import numpy as np
 from ..config import plain
 from ..context import RunContext
 from ..scorers import Scores
-from ..selectors import READS, SIZE_SEARCH, Selection, resolve_budget, select
+from ..selectors import READS, SIZE_SEARCH, resolve_budget, select
+from ..subset import Selection
 from ..store import ArtifactStore, read_jsonl, write_jsonl
 
 SUBSET_VERSION = 1
