@@ -32,6 +32,7 @@ damaged one is reported and recomputed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -97,7 +98,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def _save_array(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
-    np.save(tmp, array)
+    try:
+        np.save(tmp, array)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a short write (full disk) leaves no half file behind
+        raise
     os.replace(tmp, path)
 
 
@@ -194,6 +199,35 @@ def batch_damage(path: Path, n_rows: int) -> str | None:
 
 
 # ---------------------------------------------------------------- store
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only"}
+
+
+class StoreWriteError(SelectlabError):
+    """The store's disk refused a write (full, over quota, read-only): nothing half-written was published."""
+
+
+@contextmanager
+def disk_errors(root: Path, what: str) -> Iterator[None]:
+    """Turn a full or read-only disk under the store into one clear error naming the store folder,
+    what was being written and the space left; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as e:
+        short_write = e.errno is None and "written" in str(e)  # numpy's tofile: "N requested and M written"
+        if e.errno not in DISK_ERRORS and not short_write:
+            raise
+        reason = DISK_ERRORS.get(e.errno, "no space left on the device (a short write)")
+        try:
+            free = f"; {shutil.disk_usage(root).free:,} bytes free there"
+        except OSError:
+            free = ""
+        where = f" ({e.filename})" if e.filename else ""
+        raise StoreWriteError(f"store {root}: {reason} while writing {what}{where}{free}; nothing "
+                              f"half-written was published: free space (or make the store writable) and run the "
+                              f"same command again") from None
+
+
 class ShardIncomplete(Exception):
     """This job finished its shard of a batched stage; other shards are still missing."""
 
@@ -429,7 +463,8 @@ class ArtifactStore:
         self._sweep_once(stage)
         if self.reusable(stage, key):
             return self._reused(stage, key, start)
-        with holding(self.lock(stage, key), f"{stage}/{key}") if exclusive else nullcontext():
+        with disk_errors(self.root, f"{stage}/{key}"), \
+                holding(self.lock(stage, key), f"{stage}/{key}") if exclusive else nullcontext():
             if exclusive and self.reusable(stage, key):  # built by another job while this one waited
                 return self._reused(stage, key, start)
             with self._scratch(stage, key) as tmp:
@@ -461,7 +496,7 @@ class ArtifactStore:
             self._leave_partial(stage, key, None)  # a job killed between publishing and clean-up left it
             return self._reused(stage, key, start)
         n_batches = (len(items) + batch_size - 1) // batch_size
-        with self._partial_user(stage, key) as partial_root:
+        with disk_errors(self.root, f"{stage}/{key}"), self._partial_user(stage, key) as partial_root:
             partial = partial_root / f"bs{batch_size}"
             reused, computed = self._fill(stage, key, partial, items, batch_size, compute)
             if self.reusable(stage, key):  # another job assembled it while this one was filling

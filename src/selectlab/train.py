@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from .errors import SelectlabError
 from .prompts import render_prompt, template_hash
-from .store import ArtifactStore, content_hash
+from .store import ArtifactStore, content_hash, disk_errors
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,9 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("resuming fine-tune %s from %s", key, last)
-    result = trainer.train(resume_from_checkpoint=last)
-    export_model(trainer, tc, partial / "final")
+    with disk_errors(store.root, f"{STAGE}/{key} (Trainer checkpoints and the exported model)"):
+        result = trainer.train(resume_from_checkpoint=last)
+        export_model(trainer, tc, partial / "final")
     if trainer.is_world_process_zero():
         meta = {
             "base_model": str(base_model_path), "method": tc.method, "train": dataclasses.asdict(tc),
