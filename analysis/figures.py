@@ -138,7 +138,7 @@ def double_descent_figure(curve: pd.DataFrame, steps: pd.DataFrame, trials: pd.D
                       f"{'' if s['direction'] == 'n.s.' else '*'}" for _, s in steps.iterrows())
     right.set_title(f"rule minus random (filled: 95% CI excludes 0)\nrule's curve descends twice: "
                     f"{'YES' if twice else 'NO'}", fontsize=9)
-    fig.suptitle(scale, fontsize=9)
+    fig.suptitle(scale, fontsize=9, y=1.04)
     fig.text(0.01, -0.04, "rule's steps between sizes (paired CI; * = excludes 0): " + moves, fontsize=6.5,
              color="0.3", wrap=True)
     return _save(fig, path)
