@@ -85,8 +85,8 @@ def double_descent_figure(curve: pd.DataFrame, steps: pd.DataFrame, trials: pd.D
     says whether the rule's curve descends twice (a significant fall, rise, fall between sizes)."""
     from .runs import descends_twice
 
-    fig = Figure(figsize=(12, 4.8))
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(13, 4.8))
+    left, right = fig.subplots(1, 2, gridspec_kw={"wspace": 0.5})
     if curve is None or curve.empty or curve["n_train"].nunique() < 2:
         _say(left, "no committed runs with per-example held-out loss at two or more sizes\n"
                    "(python src/run.py -m experiment=sweep_double_descent_cpu)")
@@ -103,11 +103,15 @@ def double_descent_figure(curve: pd.DataFrame, steps: pd.DataFrame, trials: pd.D
                   label=f"{names[label]} ({g['scorer'].iloc[0]}, {seeds} seeds)")
         left.fill_between(g["n_train"], g["low"], g["high"], color=color, alpha=0.15, lw=0)
     if trials is not None and not trials.empty:
-        left.plot(trials["n"], trials["loss"], "x", color="C3", ms=6, label="BlendSearch trials (1 seed)")
+        # The search's objective is the token-weighted held-out loss of one fine-tune (train.eval_loss), not the
+        # per-example mean of the curves: its trials get their own axis, its chosen n the shared x axis.
+        search = left.twinx()
+        search.plot(trials["n"], trials["loss"], "x", color="C3", ms=7)
+        search.set_ylabel("BlendSearch objective: token-weighted held-out loss (1 seed)", color="C3", fontsize=8)
+        search.tick_params(axis="y", colors="C3", labelsize=7)
         best = trials.loc[trials["loss"].idxmin()]
-        left.axvline(best["n"], color="C3", ls="--", lw=1)
-        left.annotate(f"BlendSearch n = {int(best['n'])}", (best["n"], best["loss"]), fontsize=8, color="C3",
-                      xytext=(5, 12), textcoords="offset points")
+        left.axvline(best["n"], color="C3", ls="--", lw=1,
+                     label=f"BlendSearch's n = {int(best['n'])} ({len(trials)} trials, x: right axis)")
     im = published.INSTRUCTMINING_SIZE_SEARCH
     pool_n = curve.attrs.get("pool_n")
     if pool_n:
