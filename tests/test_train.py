@@ -215,3 +215,31 @@ def test_finetune_reports_on_the_stage_bar_not_the_trainers_dicts(tiny_model_dir
     console = captured.out + captured.err
     assert "finetune" in captured.err and "3/3" in captured.err and "loss=" in captured.err
     assert "{'loss'" not in console and "'grad_norm'" not in console
+
+
+@pytest.mark.slow
+def test_two_jobs_needing_the_same_fine_tune_train_it_once(tiny_model_dir, compose, tmp_path):
+    """Two processes start the same fine-tune on one store: one trains, the other waits for the
+    artifact's lock and reuses the checkpoint (counted from their logs)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from selectlab.config import plain
+
+    cfg = plain(train_cfg(compose, "cpu_small", lr=3e-3, max_steps=8, per_device_batch_size=2, grad_accum=1,
+                          warmup_ratio=0.0, save_steps=100))
+    job = ("import json, logging, sys; logging.basicConfig(level=logging.INFO); sys.path.insert(0, 'src')\n"
+           "from selectlab.store import ArtifactStore\nfrom selectlab.train import finetune\n"
+           f"cfg, records = json.loads({json.dumps(json.dumps(cfg))}), json.loads({json.dumps(json.dumps(RECORDS))})\n"
+           f"print(finetune(records, {str(tiny_model_dir)!r}, cfg, ArtifactStore({str(tmp_path / 'store')!r}), {{'subset': 'same'}}))\n")
+    repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", job], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    logs = "".join(err for _, err in outs)
+    assert logs.count("built artifact checkpoints/") == 1 and logs.count("reusing artifact checkpoints/") == 1
+    assert outs[0][0].split()[-1] == outs[1][0].split()[-1]  # the same checkpoint folder

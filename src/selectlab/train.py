@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from .errors import SelectlabError
 from .prompts import render_prompt, template_hash
-from .store import ArtifactStore, content_hash, disk_errors
+from .store import ArtifactStore, content_hash, disk_errors, holding
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,6 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     evaluated). ``out_key_inputs`` adds the caller's provenance (e.g. the subset artifact key)
     to the artifact key. ``callbacks`` are extra ``TrainerCallback`` objects.
     """
-    from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
-
     from .models import load_tokenizer
 
     tc = TrainConfig.from_cfg(cfg)
@@ -291,12 +288,33 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
         records = [{**r, "input": ""} for r in records]
     tokenizer = load_tokenizer(base_model_path, padding_side="right")
     key = checkpoint_key(records, base_model_path, tc, tokenizer, store, out_key_inputs or {})
-    final, partial = store.path(STAGE, key), store.root / STAGE / f"{key}.partial"
-    if store.reusable(STAGE, key):  # a damaged checkpoint is moved aside and trained again
-        store.build(STAGE, key, lambda tmp: None)  # records the reuse event
-        shutil.rmtree(partial, ignore_errors=True)  # left by a kill between publish and clean-up
-        return str(final)
+    if reuse_checkpoint(store, key):
+        return str(store.path(STAGE, key))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the ranks of one job train together: no lock between them
+        return train_and_publish(records, base_model_path, tc, tokenizer, store, key, out_key_inputs, callbacks)
+    # One job trains it; another that needs the same fine-tune waits for this lock and reuses the result.
+    with holding(store.lock(STAGE, key), f"{STAGE}/{key}"):
+        if reuse_checkpoint(store, key):
+            return str(store.path(STAGE, key))
+        return train_and_publish(records, base_model_path, tc, tokenizer, store, key, out_key_inputs, callbacks)
 
+
+def reuse_checkpoint(store: ArtifactStore, key: str) -> bool:
+    """Whether the fine-tune is stored intact (recording the reuse); a damaged one is moved aside."""
+    if not store.reusable(STAGE, key):
+        return False
+    store.build(STAGE, key, lambda tmp: None)  # records the reuse event
+    shutil.rmtree(store.root / STAGE / f"{key}.partial", ignore_errors=True)  # a kill between publish and clean-up
+    return True
+
+
+def train_and_publish(records: Sequence[dict], base_model_path: str, tc: TrainConfig, tokenizer, store: ArtifactStore,
+                      key: str, out_key_inputs: dict | None, callbacks: Sequence | None) -> str:
+    """Train (resuming from the last Trainer checkpoint in the partial folder) and publish the checkpoint."""
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    final, partial = store.path(STAGE, key), store.root / STAGE / f"{key}.partial"
     started = time.perf_counter()
     examples, counts = encode_records(records, tokenizer, tc.template, tc.max_length)
     if not examples:
