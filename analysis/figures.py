@@ -128,8 +128,8 @@ def double_descent_figure(curve: pd.DataFrame, steps: pd.DataFrame, trials: pd.D
     left.legend(fontsize=7)
     left.set_title("paper: quality vs size descends twice (double descent);\nits BlendSearch picked "
                    f"n = {im['best_n']:,} of {im['pool_n']:,}. Ours:", fontsize=9)
-    d = curve[(curve["label"] == "selected") & curve.get("Δ", pd.Series(dtype=float)).notna()].sort_values("n_train") \
-        if "Δ" in curve else curve.iloc[0:0]
+    d = curve[(curve["label"] == "selected") & curve["Δ"].notna()].sort_values("n_train") if "Δ" in curve \
+        else curve.iloc[0:0]
     for _, r in d.iterrows():
         sig = bool(r["significant"])
         right.errorbar(r["n_train"], r["Δ"], yerr=[[r["Δ"] - r["Δ low"]], [r["Δ high"] - r["Δ"]]], fmt="o",

@@ -37,7 +37,7 @@ import numpy as np
 
 from selectlab.store import ArtifactStore, read_jsonl
 
-from .complexity import task_requests
+from .complexity import bootstrap_interval, task_requests
 
 CONTENT_FREE = {"id": "content-free", "instruction": "N/A", "input": "", "output": ""}
 # BBH tasks that are logic or deduction puzzles (arithmetic, counting and sorting tasks are left out).
@@ -102,10 +102,9 @@ def check_set(cfg: dict, data: Path, labels_path: Path) -> list[dict]:
 # ---- accuracy with its uncertainty --------------------------------------------------------
 
 def bootstrap_mean(values: np.ndarray, samples: int, seed: int) -> tuple[float, float, float]:
-    """Mean and 95% percentile bootstrap interval over items."""
+    """Mean and 95% percentile bootstrap interval over items (``complexity.bootstrap_interval``)."""
     values = np.asarray(values, dtype=np.float64)
-    means = values[np.random.default_rng(seed).integers(0, len(values), (samples, len(values)))].mean(1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    return (float(np.nanmean(values)), *bootstrap_interval(values, samples, 0.95, np.random.default_rng(seed)))
 
 
 def scored(truth: list[str], predicted: list[str], categories: list[str], samples: int, seed: int,

@@ -96,14 +96,20 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
+def _save_numpy(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` (np.save / np.savez into a temporary name beside ``path``), then an atomic
+    rename; a failed write (a full disk's short write) leaves no half file behind."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{path.suffix}")
     try:
-        np.save(tmp, array)
+        write(tmp)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a short write (full disk) leaves no half file behind
+        tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    _save_numpy(path, lambda tmp: np.save(tmp, array))
 
 
 # ---------------------------------------------------------------- integrity
@@ -329,9 +335,7 @@ class ArtifactStore:
     def save_progress(self, stage: str, key: str, arrays: dict) -> None:
         path = self._progress(stage, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        _save_numpy(path, lambda tmp: np.savez(tmp, **arrays))
 
     def clear_progress(self, stage: str, key: str) -> None:
         self._progress(stage, key).unlink(missing_ok=True)

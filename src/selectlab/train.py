@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -290,11 +291,11 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     key = checkpoint_key(records, base_model_path, tc, tokenizer, store, out_key_inputs or {})
     if reuse_checkpoint(store, key):
         return str(store.path(STAGE, key))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the ranks of one job train together: no lock between them
-        return train_and_publish(records, base_model_path, tc, tokenizer, store, key, out_key_inputs, callbacks)
-    # One job trains it; another that needs the same fine-tune waits for this lock and reuses the result.
-    with holding(store.lock(STAGE, key), f"{STAGE}/{key}"):
-        if reuse_checkpoint(store, key):
+    # One job trains it; another that needs the same fine-tune waits for this lock and reuses the result
+    # (as store.build does). The ranks of one torchrun job train together: no lock between them.
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    with holding(store.lock(STAGE, key), f"{STAGE}/{key}") if alone else nullcontext():
+        if alone and reuse_checkpoint(store, key):
             return str(store.path(STAGE, key))
         return train_and_publish(records, base_model_path, tc, tokenizer, store, key, out_key_inputs, callbacks)
 
