@@ -13,6 +13,7 @@ configure_environment()  # offline defaults before datasets/transformers are imp
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from selectlab import preemption  # noqa: E402
 from selectlab.errors import USER_ERROR_EXIT_CODE, SelectlabError, one_line  # noqa: E402
 from selectlab.pipeline import run  # noqa: E402
 from selectlab.schema import check_known_keys  # noqa: E402
@@ -21,9 +22,12 @@ from selectlab.schema import check_known_keys  # noqa: E402
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("selectlab").setLevel(logging.INFO)
+    preemption.install()  # SIGTERM / SIGUSR1: stop at the next safe point, keep everything, requeue
     try:
         check_known_keys(cfg)  # composition checked types and plain keys; this, keys added with +
         run(cfg)
+    except preemption.Preempted as stopped:
+        preemption.hand_off(stopped)
     except SelectlabError as error:
         # A user error (bad value, bad file, missing model): what and where in one line, no traceback.
         # Caught here because Hydra would print a traceback for it; any other exception reaches

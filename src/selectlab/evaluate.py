@@ -1,9 +1,11 @@
 """Evaluation stage: lm-evaluation-harness on a fine-tuned model, then the paper's group means.
 
 ``evaluate(model_path, cfg, run_dir)`` runs ``lm_eval.simple_evaluate`` once per entry of
-``cfg.eval.tasks`` (each entry has its own shot count; one model instance serves all),
-reads the metric the paper reports for it, writes ``<run_dir>/eval_results.json`` and
-returns the per-task scores (percent) with ``aggregate``'s group means.
+``cfg.eval.tasks`` (each entry has its own shot count; one model instance serves all, loaded
+only if some task is not stored), reads the metric the paper reports for it, writes
+``<run_dir>/eval_results.json`` and returns the per-task scores (percent) with ``aggregate``'s
+group means. The pipeline stores each task of each model as its own artifact
+(``stages/evaluation.py``).
 
 Tasks come from ``selectlab/lm_eval_tasks`` (offline copies of the harness's own tasks on
 the files under ``selectlab.paths.data_dir()``) or from lm-eval's built-in tasks, which
@@ -19,7 +21,9 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
+from . import preemption
 from .errors import SelectlabError
 
 log = logging.getLogger(__name__)
@@ -189,12 +193,17 @@ def per_doc_scores(key: str, entry: dict, results: dict, leaves: list[str]) -> d
     return scores
 
 
-def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
+def evaluate(model_path: str | Path, cfg, run_dir: str | Path | None, task_result: Callable | None = None) -> dict:
     """Run ``cfg.eval`` on the model folder; returns {"metrics": {task: percent}, "groups",
-    "avg", "complete", "missing", "tasks": per-task details, ...}; {} when eval.name=none."""
-    from lm_eval import simple_evaluate
-    from lm_eval.utils import handle_non_serializable
+    "avg", "complete", "missing", "tasks": per-task details, "per_example", ...}; {} when eval.name=none.
 
+    Every task is checked before the model loads. ``task_result(key, entry, compute)`` returns one
+    task's result; ``compute(folder)`` evaluates the task, writes its lm-eval output
+    (``lm_eval_<key>.json``) and per-doc scores (``per_doc_<key>.json``) into ``folder`` and returns
+    ``{"details", "per_example", "raw_path"}``. By default each task runs into ``run_dir``; the
+    pipeline's stage stores each task as its own artifact, so a killed evaluation redoes at most one
+    task. With a ``run_dir``, ``eval_results.json`` there holds the summary and every task's output.
+    """
     from omegaconf import OmegaConf
 
     ev = cfg["eval"]
@@ -212,36 +221,62 @@ def evaluate(model_path: str | Path, cfg, run_dir: str | Path) -> dict:
         _check_leaves(key, entries[key], leaves, ev["allow_code_execution"])
     if ev["allow_code_execution"]:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # lm-eval's built-in code tasks check it
+    lm: list = []  # the model, loaded by the first task that is not stored
 
-    lm = _make_lm(model_path, ev)
-    gen_kwargs = ev.get("gen_kwargs") or None
-    details, raw, per_example = {}, {}, {}
+    def compute(key: str, folder: Path) -> dict:
+        if not lm:
+            lm.append(_make_lm(model_path, ev))
+        return run_task(lm[0], manager, loaded[key], key, entries[key], ev, Path(folder))
+
+    if task_result is None:
+        task_result = lambda key, entry, run: run(Path(run_dir))  # noqa: E731
+    results = {}
     for key, entry in entries.items():
-        top, leaves = loaded[key]
-        log.info("eval %s: %s, %d-shot, limit=%s", key, entry["lm_eval"], entry["num_fewshot"], ev["limit"])
-        results = simple_evaluate(
-            model=lm, tasks=top, num_fewshot=entry["num_fewshot"],
-            limit=ev["limit"], batch_size=ev["batch_size"], task_manager=manager, gen_kwargs=gen_kwargs,
-            apply_chat_template=ev["apply_chat_template"], log_samples=True,  # per-doc scores are always kept
-            bootstrap_iters=ev["bootstrap_iters"], confirm_run_unsafe_code=ev["allow_code_execution"],
-        )
-        details[key] = {**_score_every_filter(key, entry, results, leaves), "lm_eval": entry["lm_eval"], "metric": f"{entry['metric']},{entry['filter']}",
-                        "num_fewshot": entry["num_fewshot"],
-                        "data": sorted({"local" if t.config.custom_dataset else f"hub:{t.config.dataset_path}"
-                                        for t in leaves.values()})}
-        per_example[key] = per_doc_scores(key, entry, results, list(leaves))
-        if not ev["log_samples"]:  # the full prompts and responses only on request: they are large
-            results.pop("samples", None)
-        raw[key] = results
-        log.info("eval %s: %s = %.2f", key, details[key]["metric"], details[key]["score"])
+        preemption.check(f"eval task {key}")
+        results[key] = task_result(key, entry, functools.partial(compute, key))
+    return summarize(results, ev, str(model_path), time.time() - started, run_dir)
 
+
+def run_task(lm, manager, loaded: tuple[list, dict], key: str, entry: dict, ev: dict, folder: Path) -> dict:
+    """One ``eval.tasks`` entry through ``lm_eval.simple_evaluate``; its output files go to ``folder``."""
+    from lm_eval import simple_evaluate
+    from lm_eval.utils import handle_non_serializable
+
+    top, leaves = loaded
+    log.info("eval %s: %s, %d-shot, limit=%s", key, entry["lm_eval"], entry["num_fewshot"], ev["limit"])
+    results = simple_evaluate(
+        model=lm, tasks=top, num_fewshot=entry["num_fewshot"],
+        limit=ev["limit"], batch_size=ev["batch_size"], task_manager=manager, gen_kwargs=ev.get("gen_kwargs") or None,
+        apply_chat_template=ev["apply_chat_template"], log_samples=True,  # per-doc scores are always kept
+        bootstrap_iters=ev["bootstrap_iters"], confirm_run_unsafe_code=ev["allow_code_execution"],
+    )
+    details = {**_score_every_filter(key, entry, results, leaves), "lm_eval": entry["lm_eval"],
+               "metric": f"{entry['metric']},{entry['filter']}", "num_fewshot": entry["num_fewshot"],
+               "data": sorted({"local" if t.config.custom_dataset else f"hub:{t.config.dataset_path}"
+                               for t in leaves.values()})}
+    per_example = per_doc_scores(key, entry, results, list(leaves))
+    if not ev["log_samples"]:  # the full prompts and responses only on request: they are large
+        results.pop("samples", None)
+    folder.mkdir(parents=True, exist_ok=True)
+    raw_path = folder / f"lm_eval_{key}.json"
+    raw_path.write_text(json.dumps(results, indent=2, default=handle_non_serializable))
+    (folder / f"per_doc_{key}.json").write_text(json.dumps(per_example))
+    log.info("eval %s: %s = %.2f", key, details["metric"], details["score"])
+    return {"details": details, "per_example": per_example, "raw_path": str(raw_path)}
+
+
+def summarize(results: dict[str, dict], ev: dict, model_path: str, wall_s: float, run_dir: str | Path | None) -> dict:
+    """The per-task results of one model assembled: metrics, the paper's group means, per-doc scores."""
+    details = {key: r["details"] for key, r in results.items()}
     metrics = {key: d["score"] for key, d in details.items()}
     summary = {"metrics": metrics, **aggregate(metrics, ev.get("groups") or {}), "tasks": details,
-               "model_path": str(model_path), "backend": ev["backend"], "limit": ev["limit"], "gen_kwargs": gen_kwargs,
-               "wall_s": time.time() - started}
-    out = Path(run_dir) / "eval_results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "lm_eval": raw}, indent=2, default=handle_non_serializable))
-    for key, scores in per_example.items():  # compact per-doc files beside it, one per task
-        (out.parent / f"per_doc_{key}.json").write_text(json.dumps(scores))
-    return {**summary, "results_path": str(out), "per_example": per_example}
+               "model_path": model_path, "backend": ev["backend"], "limit": ev["limit"],
+               "gen_kwargs": ev.get("gen_kwargs") or None, "wall_s": wall_s}
+    out = {**summary, "per_example": {key: r["per_example"] for key, r in results.items()}}
+    if run_dir is not None:
+        path = Path(run_dir) / "eval_results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = {key: json.loads(Path(r["raw_path"]).read_text()) for key, r in results.items()}
+        path.write_text(json.dumps({"summary": summary, "lm_eval": raw}, indent=2))
+        out["results_path"] = str(path)
+    return out

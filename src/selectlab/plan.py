@@ -39,7 +39,7 @@ from .config import plain
 from .context import with_sections
 from .stages.compare import random_baseline_cfg
 from .validate import BASELINES
-from .stages.evaluation import eval_key
+from .stages.evaluation import task_keys
 from .stages.scoring import pool_content_key, scores_key
 from .stages.selection import subsets_key
 from .pools import PoolError, load_pool
@@ -468,11 +468,16 @@ def eval_stage(p: "Planner", row: str, model_key: str | None, model_note: str) -
     requests = sum(t["requests"] for t in ok)
     gen = sum(t["generated_tokens_max"] for t in ok)
     model_path = p.store.path("checkpoints", model_key) if model_key else p.backbone.location.folder if row == "untrained" else None
-    key = eval_key(p.store, str(model_path), ev) if model_path else None
+    keys = list(task_keys(p.store, str(model_path), ev).values()) if model_path else []
+    stored = sum(p.store.exists("evals", k) for k in keys)
+    key = next((k for k in keys if not p.store.exists("evals", k)), keys[-1]) if keys else None
+    status = artifact_status(p.store, "evals", key, "it names the fine-tuned model")
+    if 0 < stored < len(keys):
+        status = f"partial: {stored} of {len(keys)} tasks stored, the rest to compute"
     bb = p.backbone
     flops = bb.arch.forward_flops_per_token(1024) * gen if bb.arch else None
     detail = ", ".join(f"{t['task']} {t['docs']:,}/{t['requests']:,}" for t in ok)
-    return StagePlan("evals", row, key, artifact_status(p.store, "evals", key, "it names the fine-tuned model"),
+    return StagePlan("evals", row, key, status,
                      model_note, {"requests": requests, "generated_tokens_max": gen, "tasks": tasks},
                      f"{requests:,} requests (docs/requests: {detail}); {_fmt(gen)} generated tokens at most "
                      f"(only these are timed){skipped}", flops, f"generate_{ev.get('backend', 'hf')}")

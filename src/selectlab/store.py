@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from filelock import FileLock, Timeout
 
+from . import preemption
 from .errors import SelectlabError
 from .progress import advance, move_to, stage_bar
 
@@ -596,6 +597,7 @@ class ArtifactStore:
                 return False
             log.warning("damaged batch %s: %s; recomputing it", stored, problem)
             stored.unlink()
+        preemption.check(f"batch {b + 1}/{n_batches} of {stage}/{key}")
         out = compute(batch)
         if len(out) != len(batch):
             raise RuntimeError(f"{stage}: compute returned {len(out)} entries for a batch of {len(batch)} items "

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import preemption
 from .errors import SelectlabError
 from .prompts import render_prompt, template_hash
 from .store import ArtifactStore, content_hash, disk_errors, holding
@@ -324,13 +325,15 @@ def train_and_publish(records: Sequence[dict], base_model_path: str, tc: TrainCo
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(tc, partial / "trainer", tc.grad_accum_for(world_size))
     trainer = Trainer(model=build_model(base_model_path, tc), args=args, train_dataset=examples,
-                      data_collator=ResponseOnlyCollator(tokenizer.pad_token_id), callbacks=list(callbacks or []))
+                      data_collator=ResponseOnlyCollator(tokenizer.pad_token_id),
+                      callbacks=[*(callbacks or []), preemption.stop_on_signal_callback()])
     on_stage_bar(trainer)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
-        log.info("resuming fine-tune %s from %s", key, last)
+        log.info("resuming fine-tune %s from step %s (%s)", key, Path(last).name.split("-")[-1], last)
     with disk_errors(store.root, f"{STAGE}/{key} (Trainer checkpoints and the exported model)"):
         result = trainer.train(resume_from_checkpoint=last)
+        preemption.check(f"the end of fine-tune {key} (Trainer checkpoint saved at step {trainer.state.global_step})")
         export_model(trainer, tc, partial / "final")
     if trainer.is_world_process_zero():
         meta = {

@@ -13,28 +13,46 @@ from ..config import plain
 from ..context import RunContext
 from ..store import ArtifactStore, atomic_write_text, content_hash
 
-EVAL_VERSION = 2  # 2: ARC few-shot from train, code scored as code_eval in the sandbox, every filter recorded
+EVAL_VERSION = 3  # 3: one artifact per (model, task); 2: ARC few-shot from train, code scored as code_eval in the sandbox
 HELDOUT_LOSS_VERSION = 1
+# eval keys that do not change a task's numbers: how results are grouped and named, the held-out loss (its own stage)
+NOT_IN_TASK_KEY = ("name", "tasks", "groups", "heldout_loss")
 
 
-def eval_key(store: ArtifactStore, model_path: str, eval_cfg: dict) -> str:
-    return store.key("evals", EVAL_VERSION, model=store.identity(model_path), eval=eval_cfg)
+def task_keys(store: ArtifactStore, model_path: str, eval_cfg: dict) -> dict[str, str]:
+    """Each ``eval.tasks`` entry's artifact key for one model: the task's entry and the lm-eval settings."""
+    settings = {k: v for k, v in eval_cfg.items() if k not in NOT_IN_TASK_KEY}
+    model = store.identity(model_path)
+    return {name: store.key("evals", EVAL_VERSION, model=model, task={name: entry}, settings=settings)
+            for name, entry in (eval_cfg.get("tasks") or {}).items()}
 
 
 def lm_eval_stage(ctx: RunContext, model_path: str, label: str) -> dict:
-    """lm-eval results of one model, cached per (model, eval config)."""
-    from ..evaluate import evaluate
+    """lm-eval results of one model, each task its own artifact (a killed evaluation redoes at most
+    the task it was in; a second job that needs the same task waits for it and reuses it)."""
+    import time
+
+    from ..evaluate import evaluate, summarize
 
     eval_cfg = plain(ctx.cfg.eval)
-    key = eval_key(ctx.store, model_path, eval_cfg)
+    keys = task_keys(ctx.store, model_path, eval_cfg)
 
-    def make(tmp: Path) -> dict:
-        result = evaluate(model_path, {"eval": eval_cfg}, tmp)
-        atomic_write_text(tmp / "result.json", json.dumps(result, indent=2, default=str))
-        return {"label": label}
+    def stored_task(name: str, entry: dict, compute) -> dict:
+        def make(tmp: Path) -> dict:
+            result = compute(tmp)
+            result["raw_path"] = Path(result["raw_path"]).name  # relative: the folder moves when published
+            atomic_write_text(tmp / "result.json", json.dumps(result, indent=2, default=str))
+            return {"label": label, "task": name}
 
-    folder = ctx.store.build("evals", key, make, {"model": model_path})
-    return json.loads((folder / "result.json").read_text())
+        folder = ctx.store.build("evals", keys[name], make, {"model": model_path})
+        result = json.loads((folder / "result.json").read_text())
+        return {**result, "raw_path": str(folder / result["raw_path"])}
+
+    started = time.time()
+    if all(ctx.store.reusable("evals", key) for key in keys.values()):  # no task loading, no model
+        results = {name: stored_task(name, entry, None) for name, entry in eval_cfg["tasks"].items()}
+        return summarize(results, eval_cfg, model_path, time.time() - started, None)
+    return evaluate(model_path, {"eval": eval_cfg}, None, stored_task)
 
 
 def heldout_loss_stage(ctx: RunContext, model_path: str) -> dict:
