@@ -157,56 +157,92 @@ def _knob_values(values: pd.Series) -> list:
     return sorted(values.dropna().unique(), key=order)
 
 
-ABLATION_KNOBS = ["pool", "scorer", "selector", "budget", "backbone", "layers", "k", "lam"]
+# The ablation axes drawn: (knob, what it is, the release's value as analysis.runs writes it)
+ABLATION_AXES = (("layers", "embedding.layers (hidden_states indices)", "-4,-3,-2"),
+                 ("k", "sampler.k (answers per instruction)", "5"),
+                 ("lam", "scorer.lam (0 = D only, 1 = I only)", "0.4"))
 
 
-def _ours(ax, runs: pd.DataFrame, knob: str, metric: str, title: str) -> None:
-    """One line per set of evaluated selected runs that agree on every other knob and differ in
-    ``knob`` (mean ± std over seeds): a change in two knobs at once is no ablation of either."""
-    rows = _evaluated(runs, metric, "selected")
-    rows = rows[rows[knob].notna()] if not rows.empty and knob in rows else pd.DataFrame()
-    fixed = [k for k in ABLATION_KNOBS if k != knob]
-    series = [] if rows.empty else [
-        (key, g) for key, g in rows.groupby([rows[k].astype(str) for k in fixed], sort=True) if g[knob].nunique() > 1]
-    if not series:
-        _say(ax, f"no evaluated runs that differ only in {knob}\n(this panel fills in when ablation runs exist)")
-    else:
-        values = _knob_values(pd.concat([g[knob] for _, g in series]))
-        x = {v: i for i, v in enumerate(values)}
-        for key, g in series:
-            stats = g.groupby(knob)[metric].agg(["mean", "std"])
-            info = dict(zip(fixed, key))
-            ax.errorbar([x[v] for v in stats.index], stats["mean"], yerr=stats["std"].fillna(0), fmt="o-",
-                        capsize=3, label=f"{info['scorer']} / {info['pool']} / {info['backbone']}")
-        ax.set_xticks(range(len(values)), [str(v) for v in values], fontsize=8)
-        ax.set_ylabel(f"{metric} (%) of the selected subset")
-        ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=10)
+def _knob_value(variant: str, knob: str) -> str:
+    value = variant.split(f"{knob}=", 1)[1]
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value
 
 
-def _published(ax, knob: str, title: str) -> None:
+def _ablation_points(table: pd.DataFrame, knob: str, metric: str) -> pd.DataFrame:
+    """The selected rows of one axis with their knob value, Δ and CI, in the knob's order."""
+    if table is None or table.empty or f"{metric} Δ" not in table:
+        return pd.DataFrame()
+    rows = table[(table["label"] == "selected") & table[f"{metric} Δ"].notna()].copy()
+    if "variant" not in rows or rows.empty:
+        return pd.DataFrame()
+    rows = rows[rows["variant"].fillna("").str.startswith(f"{knob}=")]
+    rows["value"] = [_knob_value(v, knob) for v in rows["variant"]]
+    order = _knob_values(rows["value"])
+    if knob == "layers":  # negative indices count from the top: after every window given from the bottom
+        order = sorted(order, key=lambda v: float(str(v).split(",")[0]) < 0)
+    return rows.set_index("value").loc[order].reset_index()
+
+
+def _ours_delta(ax, table: pd.DataFrame, knob: str, title: str, default: str, metric: str) -> None:
+    """Δ ``metric`` vs random at the same size per value of ``knob`` (95% CI; filled = excludes 0)."""
+    from selectlab.stats import LOWER_IS_BETTER
+
+    points = _ablation_points(table, knob, metric)
+    if len(points) < 2:
+        _say(ax, f"fewer than two evaluated values of {knob} at the other knobs' release defaults")
+        ax.set_title(title, fontsize=9)
+        return
+    for i, r in points.iterrows():
+        sig = bool(r[f"{metric} significant"])
+        d, low, high = r[f"{metric} Δ"], r[f"{metric} CI low"], r[f"{metric} CI high"]
+        ax.errorbar(i, d, yerr=[[d - low], [high - d]], fmt="o", capsize=3, color="C0", mfc="C0" if sig else "white")
+        ax.annotate(f"{d:+.3f}\n[{low:+.3f}, {high:+.3f}]", (i, high), textcoords="offset points", xytext=(0, 4),
+                    ha="center", fontsize=6.5)
+    ax.axhline(0, color="0.6", ls="--", lw=1)
+    labels = [f"{v}\n(release)" if v == default else str(v) for v in points["value"]]
+    ax.set_xticks(range(len(points)), labels, fontsize=7)
+    ax.set_xlim(-0.6, len(points) - 0.4)
+    ax.margins(y=0.25)
+    seeds = f"{points['n_seeds'].min()}" if points["n_seeds"].min() == points["n_seeds"].max() else \
+        f"{points['n_seeds'].min()}-{points['n_seeds'].max()}"
+    better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    ax.set_ylabel(f"Δ {metric} vs random ({better})", fontsize=8)
+    ax.set_title(f"{title}\nours: {seeds} training seeds per point, 95% CI; filled = excludes 0", fontsize=8)
+
+
+def _published_delta(ax, knob: str, title: str) -> None:
+    """The paper's Avg for each value of ``knob`` minus its random row (Alpaca-GPT4, LLaMA3-8B)."""
+    if knob not in published.ADG_ABLATIONS:
+        _say(ax, f"the paper reports no numbers for this axis\n(docs/methods.md lists {knob} among the ablations "
+                 "it needs, without values)", empty=False)
+        ax.set_title(f"published: {title}", fontsize=9)
+        return
     pub = published.adg_ablation(knob)
-    bars = ax.bar(range(len(pub)), pub["Avg"], color="0.7")
-    ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(range(len(pub)), [str(v) for v in pub["value"]], fontsize=8)
-    ax.set_ylim(pub["Avg"].min() - 3, pub["Avg"].max() + 1.5)
-    ax.set_ylabel("Avg (%)")
-    ax.set_title(title, fontsize=10)
+    random_avg = published.adg_random_avg("alpaca_gpt4")
+    bars = ax.bar(range(len(pub)), pub["Avg"] - random_avg, color="0.7")
+    ax.bar_label(bars, fmt="%+.2f", fontsize=7)
+    ax.set_xticks(range(len(pub)), [str(v) for v in pub["value"]], fontsize=7)
+    ax.axhline(0, color="0.6", ls="--", lw=1)
+    ax.set_ylabel(f"Δ Avg vs random ({random_avg:.2f}), points", fontsize=8)
+    ax.set_title(f"published: {title}", fontsize=9)
 
 
-def ablations_figure(runs: pd.DataFrame | None, path: Path, metric: str = METRIC) -> Path:
-    """ADG ablations: published (grey bars, LLaMA3-8B / Alpaca-GPT4) beside ours for the layer
-    window and K; ours only for lambda and the backbone (model size)."""
-    fig = Figure(figsize=(11, 10))
-    axes = fig.subplots(3, 2)
-    runs = runs if runs is not None else pd.DataFrame()
-    _published(axes[0, 0], "layers", "published: layer window (decoder layers of 32)")
-    _ours(axes[0, 1], runs, "layers", metric, "ours: embedding.layers (hidden_states indices)")
-    _published(axes[1, 0], "k", "published: K answers per instruction")
-    _ours(axes[1, 1], runs, "k", metric, "ours: sampler.k")
-    _ours(axes[2, 0], runs, "lam", metric, "ours: scorer.lam (0 = D only, 1 = I only)")
-    _ours(axes[2, 1], runs, "backbone", metric, "ours: backbone (model size)")
-    fig.suptitle(f"ADG ablations ({published.ADG_SOURCE})\n{scale_note(runs, metric)}", fontsize=9)
+def ablations_figure(tables: dict[str, pd.DataFrame], path: Path, scale: str, metric: str = "heldout_loss") -> Path:
+    """ADG's ablations, one row per axis (layer window, K, λ): the paper's Avg minus random (grey
+    bars, LLaMA3-8B on Alpaca-GPT4) beside ours, each point Δ ``metric`` vs random at the same
+    size with its 95% CI (``analysis.runs.ablation_table``). The level cannot be compared (other
+    model, pool, metric), the shape can."""
+    fig = Figure(figsize=(11, 10.5))
+    axes = fig.subplots(3, 2, gridspec_kw={"hspace": 0.75, "wspace": 0.3})
+    pub_titles = {"layers": "layer window (decoder layers of 32)", "k": "K answers per instruction",
+                  "lam": "λ (D/I weighting)"}
+    for row, (knob, title, default) in enumerate(ABLATION_AXES):
+        _published_delta(axes[row, 0], knob, pub_titles[knob])
+        _ours_delta(axes[row, 1], tables.get(knob), knob, f"ours: {title}", default, metric)
+    fig.suptitle(f"ADG ablations ({published.ADG_SOURCE})\nours: {scale}", fontsize=9)
     return _save(fig, path)
 
 
@@ -396,6 +432,14 @@ def build_complexity(out: Path, evidence: Path) -> Path:
     return complexity_figure(evidence, out / "cognitive_complexity.png", cfg, "the CPU replication: " + scale_line(roots))
 
 
+def build_ablations(out: Path, *folders: Path, metric: str = "heldout_loss") -> Path:
+    """ablations.png: each axis from the evidence folders (the release's point is in the λ sweep)."""
+    from .runs import ablation_table, scale_line
+
+    tables = {knob: ablation_table(folders, knob) for knob, _, _ in ABLATION_AXES}
+    return ablations_figure(tables, out / "ablations.png", scale_line(folders), metric)
+
+
 # figure -> (the evidence folders it is drawn from, its builder: builder(out, *folders)). Every
 # committed PNG is one of these (tests/test_figures_evidence.py), and each notebook calls its builder.
 COMMITTED = {
@@ -403,6 +447,8 @@ COMMITTED = {
     "double_descent.png": (("analysis/evidence/double_descent", "analysis/evidence/double_descent_search"),
                            build_double_descent),
     "cognitive_complexity.png": (("analysis/evidence/complexity",), build_complexity),
+    "ablations.png": (("analysis/evidence/adg_ablation_lambda", "analysis/evidence/adg_ablation_layers",
+                       "analysis/evidence/adg_ablation_k"), build_ablations),
 }
 
 

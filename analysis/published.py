@@ -46,3 +46,8 @@ def adg_ablation(knob: str) -> pd.DataFrame:
     if knob not in ADG_ABLATIONS:
         raise KeyError(f"no published ADG ablation for {knob!r}; known: {sorted(ADG_ABLATIONS)}")
     return pd.DataFrame([{"value": v, "Avg": a, "source": ADG_SOURCE} for v, a in ADG_ABLATIONS[knob]])
+
+
+def adg_random_avg(pool: str) -> float:
+    """The paper's random row (Avg) on ``pool``, the baseline its ablations are read against."""
+    return {p: a for (m, p), (_, _, _, a) in _MAIN.items() if m == "Random"}[pool]

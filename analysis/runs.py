@@ -10,7 +10,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 from selectlab.paths import localize, run_places
@@ -248,12 +248,13 @@ def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_bo
     return pd.DataFrame(summaries, columns=summary_columns(summaries))
 
 
-def _variant_rows(roots) -> tuple[list[dict], dict]:
-    """Every results row under ``roots`` (selected rows tagged with their ``variant``) and the eval groups."""
+def _variant_rows(roots, keep: Callable[[dict], bool] | None = None) -> tuple[list[dict], dict]:
+    """Every results row under ``roots`` (selected rows tagged with their ``variant``) and the eval
+    groups; ``keep(run_info)`` chooses runs."""
     loaded = []
     for run_dir in find_run_dirs(roots):
         manifest = load_manifest(run_dir)
-        if manifest is not None:
+        if manifest is not None and (keep is None or keep(run_info(run_dir, manifest))):
             loaded.append((run_info(run_dir, manifest), manifest, load_results(run_dir)))
     varying = {info["scorer"]: _varying_knobs(loaded, info["scorer"]) for info, _, _ in loaded}
     rows, groups = [], {}
@@ -262,6 +263,36 @@ def _variant_rows(roots) -> tuple[list[dict], dict]:
         variant = ",".join(f"{k}={info[k]}" for k in varying[info["scorer"]])
         rows += [{**r, "variant": variant} if r["label"] == "selected" and variant else r for r in results]
     return rows, groups
+
+
+# ADG's release defaults along the ablation axes (conf/embedding/release.yaml, conf/sampler, conf/scorer/adg.yaml)
+ABLATION_DEFAULTS = {"layers": "-4,-3,-2", "k": 5, "lam": 0.4}
+
+
+def _same_value(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def ablation_table(roots: str | Path | Iterable[str | Path], knob: str, defaults: dict | None = None,
+                   n_boot: int | None = None) -> pd.DataFrame:
+    """ADG along one ablation axis: :func:`summary_table` over the runs whose other ablation knobs
+    are at ``defaults`` (the release's), the selected rows told apart by ``knob`` alone; each row
+    has the paired difference to random at the same size with its 95% CI per metric."""
+    from selectlab.stats import N_BOOT, summarize, summary_columns
+
+    others = {k: v for k, v in (defaults or ABLATION_DEFAULTS).items() if k != knob}
+
+    def keep(info: dict) -> bool:
+        return info["scorer"] != "adg" or all(_same_value(info[k], v) for k, v in others.items())
+
+    rows, groups = _variant_rows(roots, keep)  # only ``knob`` varies among the kept ADG runs: it names the variant
+    if not rows:
+        return pd.DataFrame(columns=["label", "scorer", "n_train", "n_seeds"])
+    summaries = summarize(rows, groups, n_boot=n_boot or N_BOOT)
+    return pd.DataFrame(summaries, columns=summary_columns(summaries))
 
 
 def size_curve(roots: str | Path | Iterable[str | Path], metric: str = "heldout_loss",

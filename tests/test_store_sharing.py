@@ -139,8 +139,8 @@ def test_partial_folder_stays_while_another_job_uses_it(tmp_path):
 def test_stale_scratch_of_dead_jobs_is_collected(tmp_path):
     store = ArtifactStore(tmp_path, tmp_max_age_s=3600)
     stage = tmp_path / "st"
-    old_dead, old_live, young = (stage / f".tmp-k-{n}" for n in ("dead", "live", "young"))
-    for folder in (old_dead, old_live, young):
+    old_dead, old_live, young, young_dead = (stage / f".tmp-k-{n}" for n in ("dead", "live", "young", "young_dead"))
+    for folder in (old_dead, old_live, young, young_dead):
         folder.mkdir(parents=True)
         (folder / "big.bin").write_bytes(b"x" * 1000)
     two_hours_ago = time.time() - 7200
@@ -148,9 +148,12 @@ def test_stale_scratch_of_dead_jobs_is_collected(tmp_path):
         os.utime(folder, (two_hours_ago, two_hours_ago))
     owner = FileLock(tmp_path / ".locks" / "st" / f"{old_live.name}.lock")  # its job still runs
     owner.acquire()
+    dead_owner = FileLock(tmp_path / ".locks" / "st" / f"{young_dead.name}.lock")
+    dead_owner.acquire()
+    dead_owner.release()  # its lock file stays, held by nobody: the job was killed while it wrote
     store.build("st", "k2", lambda tmp: (tmp / "out.txt").write_text("y") and None)
-    assert not old_dead.exists()
-    assert old_live.exists() and young.exists()
+    assert not old_dead.exists() and not young_dead.exists()  # a dead owner's lock: collected at once
+    assert old_live.exists() and young.exists()  # a live owner; no owner lock on disk and young: kept
     owner.release()
 
 

@@ -22,7 +22,7 @@ job is free at once and its work is taken over):
 - every job that works in a ``.partial`` folder holds a lock file under its ``.users/``;
   the folder is removed by the last one to leave, once the artifact is published;
 - scratch folders (``.tmp-*``) carry an owner lock; one whose owner is gone and that is
-  older than ``tmp_max_age_s`` is collected.
+  older than ``tmp_max_age_s`` is collected (at once when its owner lock shows the job died).
 
 Integrity: ``meta.json`` lists every file with its size, sha256 and (``.jsonl``) row count.
 Reuse checks sizes and row counts (``verify="sizes"``, config ``store.verify``) or also the
@@ -369,8 +369,9 @@ class ArtifactStore:
             Path(owner.lock_file).unlink(missing_ok=True)
 
     def collect_garbage(self, stage: str) -> None:
-        """Remove ``.tmp-*`` folders of ``stage`` whose owner is gone and that are older than ``tmp_max_age_s``
-        (scratch of killed jobs, damaged artifacts moved aside)."""
+        """Remove ``.tmp-*`` folders of ``stage`` whose owner is gone: at once when its owner lock is on
+        disk and free (the job died holding it: the kernel frees a dead process's ``flock``), else once
+        older than ``tmp_max_age_s`` (damaged artifacts moved aside, kept that long to be looked at)."""
         now = time.time()
         for tmp in (self.root / stage).glob(f"{TMP_PREFIX}*"):
             try:
@@ -378,7 +379,8 @@ class ArtifactStore:
             except FileNotFoundError:
                 continue
             lock_file = self._scratch_lock(tmp)
-            if age < self.tmp_max_age_s or not _free(lock_file):
+            orphaned = lock_file.exists() and _free(lock_file)
+            if not orphaned and (age < self.tmp_max_age_s or not _free(lock_file)):
                 continue
             shutil.rmtree(tmp, ignore_errors=True)
             lock_file.unlink(missing_ok=True)

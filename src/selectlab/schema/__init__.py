@@ -69,7 +69,7 @@ SCHEMAS = {
     "scorer/mig": scoring.MigScorer,
     "scorer/adg": scoring.AdgScorer,
     "scorer/perplexity": scoring.PerplexityScorer,
-    "scorer/ifd": scoring.IfdScorer,
+    "scorer/ifd": scoring.CherryIfdScorer,
     "scorer/superfiltering": scoring.SuperfilteringScorer,
     "scorer/deita": scoring.DeitaScorer,
     "scorer/scar": scoring.ScarScorer,

@@ -83,6 +83,21 @@ class IfdScorer(LmScorer):
 
 
 @dataclass
+class PreExperience:
+    enabled: bool = MISSING
+    clusters: int = MISSING
+    per_cluster: int = MISSING
+    low_percentile: float = MISSING
+    high_percentile: float = MISSING
+    max_length: int = MISSING
+
+
+@dataclass
+class CherryIfdScorer(IfdScorer):
+    pre_experience: PreExperience = field(default_factory=PreExperience)
+
+
+@dataclass
 class SuperfilteringScorer(IfdScorer):
     model: ModelEntry = field(default_factory=ModelEntry)
 
