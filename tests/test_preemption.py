@@ -162,3 +162,14 @@ def test_a_run_killed_in_its_second_eval_task_redoes_only_that_task(tiny_model_d
     assert set(result["per_example"]["tiny_b"]) == {"tiny_b/0", "tiny_b/1"}
     again = lm_eval_stage(ctx, str(tiny_model_dir), "untrained")  # all stored: no task loaded, no model
     assert ran == ["tiny_a", "tiny_b", "tiny_b", "tiny_c"] and again["metrics"] == result["metrics"]
+
+
+@pytest.mark.slow
+def test_chaos_run_loses_nothing(tmp_path):
+    """bench/chaos.py at its short size: jobs killed by SIGKILL and SIGTERM, rerun, equal to a clean run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from chaos import chaos, clean_report
+
+    report = chaos(5, 3, tmp_path.resolve(), seed=1)
+    assert report["kills"], "nothing was killed"
+    assert clean_report(report), json.dumps(report, indent=2)
