@@ -1,6 +1,6 @@
 """The ADG paper's cognitive-complexity analysis: task categories and three ratings per example.
 
-A judge (``selectlab.judge``; conf/judge/) classifies each instruction into the release's ten
+A judge (``selectlab.lm.judge``; conf/judge/) classifies each instruction into the release's ten
 categories with the release's prompts (conf/complexity.yaml ``classification``) and rates
 cognitive complexity, instruction precision and educational value on 1-6 (``ratings``; our
 prompts, the paper publishes none). The compared subsets of a run: its top subset
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selectlab.judge import JudgeError, Request, classify, make_judge, rate
-from selectlab.store import ArtifactStore
+from selectlab.lm.judge import JudgeError, Request, classify, make_judge, rate
+from selectlab.infra.store import ArtifactStore
 
 from .runs import load_manifest, load_subset, random_comparison, runs_table, scale_line
 
@@ -84,7 +84,7 @@ def judge_frame(subsets: dict[str, list[dict]], cfg: dict, store: ArtifactStore 
     and the judge's counts (off-list or empty answers, ratings not found) over all requests.
     ``categorize`` (records -> categories) replaces the judge's own classification (a substitute
     category judge of ``analysis.judge_check``)."""
-    from selectlab.paths import cache_dir
+    from selectlab.infra.paths import cache_dir
 
     store = store or ArtifactStore(cache_dir())
     judge = judge or make_judge(cfg["judge"], store)
@@ -179,7 +179,7 @@ def comparison_subsets(runs: list[str], scorers: list[str], limit: int | None, s
         if scorer == "adg":
             path = run_dir / "subset_bottom.jsonl"
             if path.exists():
-                from selectlab.store import read_jsonl
+                from selectlab.infra.store import read_jsonl
 
                 subsets[f"adg: bottom {n}"] = read_jsonl(path)[:n]
             else:
@@ -211,8 +211,8 @@ def run_analysis(cfg: dict, store: ArtifactStore | None = None, judge=None, data
     - ``judged.csv``: one row per (subset, example) with the chosen judge's category and the LM
       judge's ratings; ``subsets.json``: where each subset came from.
     """
-    from selectlab.paths import cache_dir, data_dir
-    from selectlab.store import atomic_write_text
+    from selectlab.infra.paths import cache_dir, data_dir
+    from selectlab.infra.store import atomic_write_text
 
     from .judge_check import CategoryJudges, category_judges, check_set, rating_contrasts
 

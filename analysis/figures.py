@@ -188,7 +188,7 @@ def _ablation_points(table: pd.DataFrame, knob: str, metric: str) -> pd.DataFram
 
 def _ours_delta(ax, table: pd.DataFrame, knob: str, title: str, default: str, metric: str) -> None:
     """Δ ``metric`` vs random at the same size per value of ``knob`` (95% CI; filled = excludes 0)."""
-    from selectlab.stats import LOWER_IS_BETTER
+    from selectlab.outputs.stats import LOWER_IS_BETTER
 
     points = _ablation_points(table, knob, metric)
     if len(points) < 2:
@@ -376,7 +376,7 @@ def evidence_figure(summary: pd.DataFrame, path: Path, metric: str, scale: str) 
     """Each method's paired difference to random on ``metric`` with its 95% bootstrap CI (over
     eval examples and seeds; ``analysis.runs.summary_table``), one row per method; a CI that covers
     0 is drawn hollow and marked n.s. ``scale`` (pool, budget, model, eval size) goes in the title."""
-    from selectlab.stats import LOWER_IS_BETTER
+    from selectlab.outputs.stats import LOWER_IS_BETTER
 
     fig = Figure(figsize=(7.5, 0.5 + 0.45 * max(3, len(summary))))
     ax = fig.subplots()

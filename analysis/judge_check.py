@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selectlab.store import ArtifactStore, read_jsonl
+from selectlab.infra.store import ArtifactStore, read_jsonl
 
 from .complexity import bootstrap_interval, task_requests
 
@@ -136,7 +136,7 @@ def scored(truth: list[str], predicted: list[str], categories: list[str], sample
 
 def lm_logprobs(records: list[dict], cfg: dict, judge, store: ArtifactStore) -> np.ndarray:
     """(N, categories) log-likelihood of each category name under the LM judge (release prompt)."""
-    from selectlab.judge import ask
+    from selectlab.lm.judge import ask
 
     task = cfg["classification"]
     requests = task_requests(records, task, task["categories"], cfg.get("max_field_chars"))
@@ -149,7 +149,7 @@ def instruction_text(record: dict) -> str:
 
 
 def embed(texts: list[str], store: ArtifactStore) -> np.ndarray:
-    from selectlab.diverse import sbert_embeddings
+    from selectlab.selectors.diverse import sbert_embeddings
 
     return np.asarray(sbert_embeddings(list(texts), store, batch_size=64))
 
@@ -198,7 +198,7 @@ class CategoryJudges:
         return ["lm_release", *(["lm_calibrated"] if self.local else []), "minilm_prototypes", "minilm_logreg"]
 
     def predict(self, name: str, records: list[dict]) -> list[str]:
-        from selectlab.judge import classify
+        from selectlab.lm.judge import classify
 
         if name == "lm_release":
             task = self.cfg["classification"]
@@ -267,7 +267,7 @@ def contrast_pairs(data: Path, n: int, seed: int) -> dict[str, tuple[list[dict],
 
 def rating_contrasts(cfg: dict, judge, store: ArtifactStore, data: Path, samples: int) -> dict:
     """Per rating: mean on each side, the paired difference (high - low) with its CI, separable."""
-    from selectlab.judge import rate
+    from selectlab.lm.judge import rate
 
     check = cfg["check"]
     out = {}

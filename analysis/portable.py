@@ -1,11 +1,11 @@
-"""Rewrite run folders so they name no machine's paths (``selectlab.paths.portable``).
+"""Rewrite run folders so they name no machine's paths (``selectlab.infra.paths.portable``).
 
     python -m analysis.portable analysis/evidence/double_descent [MORE ...]
 
 Run it on a run or sweep folder before committing it as evidence. Each ``manifest*.json`` is
 rewritten against its own places: the run folder it records (``run_dir`` -> ``run:``), the store
 its config used (``cache_dir`` -> ``cache:``) and the data folder (``data:``, this machine's
-``selectlab.paths.data_dir``, or ``--data``); ``results.json`` and ``size_search.json`` against
+``selectlab.infra.paths.data_dir``, or ``--data``); ``results.json`` and ``size_search.json`` against
 their folder's manifest; Hydra's ``multirun.yaml`` against its sweep folder, with the repository
 it ran from written ``repo:``. Idempotent: a rewritten folder is left as it is. Prints what changed.
 """
@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from selectlab.paths import data_dir, portable, portable_text, run_places
+from selectlab.infra.paths import data_dir, portable, portable_text, run_places
 
 ABSOLUTE = re.compile(r"(?<![\w.:-])/(?:work|home|root|Users|scratch|mnt|tmp)/[^\s\"',]*")
 

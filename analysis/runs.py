@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
-from selectlab.paths import localize, run_places
+from selectlab.infra.paths import localize, run_places
 
 DEFAULT_ROOTS = ("outputs", "multirun")
 RUN_COLUMNS = ["run_dir", "run", "pool", "backbone", "scorer", "selector", "budget", "seed", "layers", "k", "lam",
@@ -53,7 +53,7 @@ def _read_json(path: Path) -> dict | None:
 
 def load_manifest(run_dir: Path) -> dict | None:
     """The manifest, or None (with a warning naming the file) when it is unreadable or has no config.
-    Its places (``run:``, ``cache:``, ``data:``) are resolved on this machine (``selectlab.paths``)."""
+    Its places (``run:``, ``cache:``, ``data:``) are resolved on this machine (``selectlab.infra.paths``)."""
     path = Path(run_dir) / "manifest.json"
     manifest = _read_json(path)
     manifest = None if manifest is None else localize(manifest, run_places(run_dir))
@@ -173,7 +173,7 @@ def size_search_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS) 
 
 def load_subset(run_dir: Path) -> list[dict]:
     """The run's selected records in rank order (``subset.jsonl``)."""
-    from selectlab.store import read_jsonl
+    from selectlab.infra.store import read_jsonl
 
     path = Path(run_dir) / "subset.jsonl"
     if not path.exists():
@@ -233,13 +233,13 @@ def _varying_knobs(loaded: list, scorer: str) -> list[str]:
 
 
 def summary_table(roots: str | Path | Iterable[str | Path] = DEFAULT_ROOTS, n_boot: int | None = None) -> pd.DataFrame:
-    """One row per method over all runs under ``roots`` (selectlab.stats.summarize): per metric
+    """One row per method over all runs under ``roots`` (selectlab.outputs.stats.summarize): per metric
     the mean and std over seeds, and the paired difference to random at the same size with its
     95% bootstrap CI over eval examples and seeds (``<metric> Δ``, ``CI low``, ``CI high``,
     ``significant``). Rows several runs share (untrained, random) count once. When a knob other
     than the scorer varies between runs (a λ sweep), the selected rows are told apart by
     ``variant``."""
-    from selectlab.stats import N_BOOT, summarize, summary_columns
+    from selectlab.outputs.stats import N_BOOT, summarize, summary_columns
 
     rows, groups = _variant_rows(roots)
     if not rows:
@@ -281,7 +281,7 @@ def ablation_table(roots: str | Path | Iterable[str | Path], knob: str, defaults
     """ADG along one ablation axis: :func:`summary_table` over the runs whose other ablation knobs
     are at ``defaults`` (the release's), the selected rows told apart by ``knob`` alone; each row
     has the paired difference to random at the same size with its 95% CI per metric."""
-    from selectlab.stats import N_BOOT, summarize, summary_columns
+    from selectlab.outputs.stats import N_BOOT, summarize, summary_columns
 
     others = {k: v for k, v in (defaults or ABLATION_DEFAULTS).items() if k != knob}
 
@@ -301,7 +301,7 @@ def size_curve(roots: str | Path | Iterable[str | Path], metric: str = "heldout_
     eval examples with its 95% bootstrap CI (``mean``, ``low``, ``high``, ``n_seeds``), and for
     selected rows the paired difference to random at the same size (``Δ``, ``Δ low``, ``Δ high``,
     ``significant``), from :func:`summary_table`'s per-method streams."""
-    from selectlab.stats import N_BOOT, _per_example_matrix, dedupe_rows, mean_interval, method_rng
+    from selectlab.outputs.stats import N_BOOT, _per_example_matrix, dedupe_rows, mean_interval, method_rng
 
     rows = [r for r in dedupe_rows(_variant_rows(roots)[0]) if r["label"] != "untrained"]
     methods: dict[tuple, list[dict]] = {}
@@ -329,7 +329,7 @@ def size_steps(roots: str | Path | Iterable[str | Path], label: str = "selected"
     """The change of ``metric`` from each size to the next for one method (``label``): the models of
     the two sizes are scored on the same eval examples, so the difference is paired by example
     (seeds resampled on each side); a step whose CI excludes 0 is a significant rise or fall."""
-    from selectlab.stats import N_BOOT, _per_example_matrix, dedupe_rows, interval, method_rng, difference_replicates
+    from selectlab.outputs.stats import N_BOOT, _per_example_matrix, dedupe_rows, interval, method_rng, difference_replicates
 
     rows = [r for r in dedupe_rows(_variant_rows(roots)[0]) if r["label"] == label]
     sizes = sorted({r["n_train"] for r in rows})
@@ -390,7 +390,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
     ``Δ [low, high]`` against random (95% bootstrap CI; "*" when it excludes 0, "n.s." when it covers 0). heldout_loss:
     lower is better, so a negative Δ favours the method. A column equal to an earlier one in every row
     (a group of one task, the Avg of one group) is shown once."""
-    from selectlab.stats import LOWER_IS_BETTER
+    from selectlab.outputs.stats import LOWER_IS_BETTER
 
     if table.empty:
         return "(no evaluated runs)"

@@ -1,4 +1,4 @@
-"""ADG embedding + scoring: selectlab.embedding (batched) against selectlab.reference (the release's way).
+"""ADG embedding + scoring: selectlab.lm.embedding (batched) against selectlab.lm.reference (the release's way).
 
 Same texts, same model, each method in its own process (so peak memory is its own):
 prints examples/s, tokens/s, peak memory, the speed ratio and the largest score difference.
@@ -10,7 +10,7 @@ prints examples/s, tokens/s, peak memory, the speed ratio and the largest score 
 Texts: real Alpaca 52K instructions (seeded sample). No sampled answers ship with the repo,
 so each instruction's K "answers" are real pool outputs: its own output and the outputs of
 the next K-1 records of the sample (real text with the pool's length spread, different per
-answer). Pass --samples FILE.jsonl (records of selectlab.sampling: id, answers) to use
+answer). Pass --samples FILE.jsonl (records of selectlab.lm.sampling: id, answers) to use
 sampled answers instead.
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def texts(n: int, k: int, seed: int, samples: str | None) -> tuple[list[str], list[list[str]]]:
-    from selectlab.paths import data_dir
+    from selectlab.infra.paths import data_dir
     from selectlab.pools import load_alpaca
-    from selectlab.store import read_jsonl
+    from selectlab.infra.store import read_jsonl
 
     pool = load_alpaca(data_dir() / "pools" / "alpaca_52k")
     if samples:
@@ -50,9 +50,9 @@ def model_path(arg: str | None) -> str:
         return arg
     from omegaconf import OmegaConf
 
-    from selectlab.backbone import resolve_backbone
-    from selectlab.paths import REPO_ROOT, cache_dir
-    from selectlab.store import ArtifactStore
+    from selectlab.lm.backbone import resolve_backbone
+    from selectlab.infra.paths import REPO_ROOT, cache_dir
+    from selectlab.infra.store import ArtifactStore
 
     cfg = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "backbone" / "smollm2_135m.yaml"))
     return resolve_backbone(cfg, ArtifactStore(cache_dir()))
@@ -71,10 +71,10 @@ def run_one(args) -> dict:
     import numpy as np
     import torch
 
-    from selectlab.divergence import adg_score, divergence
-    from selectlab.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table
-    from selectlab.models import load_causal_lm, load_tokenizer
-    from selectlab.reference import reference_scores
+    from selectlab.lm.divergence import adg_score, divergence
+    from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table
+    from selectlab.lm.models import load_causal_lm, load_tokenizer
+    from selectlab.lm.reference import reference_scores
 
     if args.threads:
         torch.set_num_threads(args.threads)

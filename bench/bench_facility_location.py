@@ -1,4 +1,4 @@
-"""SuperFiltering.D's facility location at the release's size: selectlab.facility_location against
+"""SuperFiltering.D's facility location at the release's size: selectlab.selectors.facility_location against
 the release's call (tianyi-lab/Superfiltering ``do_fla.py``), on the same real embeddings.
 
 The release hands submodlib the data (``FacilityLocationFunction(n, mode="dense", data=X,
@@ -35,11 +35,11 @@ def embeddings(n: int, seed: int) -> Path:
     """The (n, 384) MiniLM embeddings of n seeded Alpaca records, saved to a temporary .npy."""
     import numpy as np
 
-    from selectlab.diverse import sbert_embeddings
-    from selectlab.facility_location import release_text
-    from selectlab.paths import cache_dir, data_dir
+    from selectlab.selectors.diverse import sbert_embeddings
+    from selectlab.selectors.facility_location import release_text
+    from selectlab.infra.paths import cache_dir, data_dir
     from selectlab.pools import load_alpaca
-    from selectlab.store import ArtifactStore
+    from selectlab.infra.store import ArtifactStore
 
     pool = load_alpaca(data_dir() / "pools" / "alpaca_52k")
     sample = random.Random(seed).sample(pool, n)
@@ -55,7 +55,7 @@ def run_one(method: str, x_path: str, budget: int) -> dict:
     import numpy as np
     from submodlib.functions.facilityLocation import FacilityLocationFunction
 
-    from selectlab.facility_location import euclidean_similarity, facility_location
+    from selectlab.selectors.facility_location import euclidean_similarity, facility_location
 
     x = np.load(x_path)
     t0 = time.perf_counter()

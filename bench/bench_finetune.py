@@ -35,12 +35,12 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import selectlab.config  # noqa: F401  (resolvers)
-    from selectlab.backbone import resolve_backbone
+    from selectlab.lm.backbone import resolve_backbone
     from selectlab.config import plain
-    from selectlab.paths import cache_dir
+    from selectlab.infra.paths import cache_dir
     from selectlab.pools import load_pool
-    from selectlab.store import ArtifactStore
-    from selectlab.train import finetune, response_losses
+    from selectlab.infra.store import ArtifactStore
+    from selectlab.lm.train import finetune, response_losses
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["run_dir=/tmp/bench", "train=cpu_small", "train.lr=1e-4",

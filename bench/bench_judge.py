@@ -60,8 +60,8 @@ def main() -> None:
     import yaml
 
     from selectlab.instructmining import indicators as ind
-    from selectlab.models import load_causal_lm, load_tokenizer
-    from selectlab.paths import REPO_ROOT, data_dir
+    from selectlab.lm.models import load_causal_lm, load_tokenizer
+    from selectlab.infra.paths import REPO_ROOT, data_dir
     from selectlab.pools import load_alpaca
 
     path = model_path(args.model)

@@ -2,10 +2,10 @@
 
 Three ways to draw K answers for the same Alpaca 52K instructions with the embedded
 SmolLM2-135M backbone, measured in this one process:
-  vllm_*       selectlab.sampling with sampler=vllm, one run per --vllm-seeding x --vllm-dtype
+  vllm_*       selectlab.lm.sampling with sampler=vllm, one run per --vllm-seeding x --vllm-dtype
                (the engine is started and kept before the timed run; its start is printed apart)
   hf_bs1       the authors' style: one prompt per ``generate`` call, num_return_sequences=K
-  hf_batched   selectlab.sampling with sampler=hf (left-padded batches)
+  hf_batched   selectlab.lm.sampling with sampler=hf (left-padded batches)
 It prints generated tokens/s, examples/s, the peak memory of this process and its children
 (vLLM's engine and workers are child processes), and the speed ratios.
 
@@ -40,11 +40,11 @@ from pathlib import Path
 import psutil
 from omegaconf import OmegaConf
 
-from selectlab import sampling
-from selectlab.backbone import resolve_backbone
-from selectlab.paths import cache_dir, data_dir
+from selectlab.lm import sampling
+from selectlab.lm.backbone import resolve_backbone
+from selectlab.infra.paths import cache_dir, data_dir
 from selectlab.pools import load_pool
-from selectlab.store import ArtifactStore
+from selectlab.infra.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
 

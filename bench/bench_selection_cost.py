@@ -72,8 +72,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_selection_cost_") as tmp:
         cache = Path(tmp) / "cache"
         # the backbone conversion (once per cache, ~30 s) is not part of any scorer's cost
-        subprocess.run([sys.executable, "-c", "from omegaconf import OmegaConf; from selectlab.backbone import "
-                        "resolve_backbone; from selectlab.store import ArtifactStore; import sys; resolve_backbone("
+        subprocess.run([sys.executable, "-c", "from omegaconf import OmegaConf; from selectlab.lm.backbone import "
+                        "resolve_backbone; from selectlab.infra.store import ArtifactStore; import sys; resolve_backbone("
                         f"OmegaConf.to_container(OmegaConf.load('{REPO}/conf/backbone/smollm2_135m.yaml')), "
                         f"ArtifactStore('{cache}'))"], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
         rows = []

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from selectlab.backbone import resolve_backbone
-from selectlab.paths import cache_dir
-from selectlab.store import ArtifactStore, read_jsonl
+from selectlab.lm.backbone import resolve_backbone
+from selectlab.infra.paths import cache_dir
+from selectlab.infra.store import ArtifactStore, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

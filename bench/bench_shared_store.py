@@ -31,7 +31,7 @@ DONE = re.compile(r"batch (\d+)/\d+ done")
 JOB = textwrap.dedent("""
     import hashlib, logging, sys, time
     from pathlib import Path
-    from selectlab.store import ArtifactStore
+    from selectlab.infra.store import ArtifactStore
 
     root, go, work, batches, seconds, rounds = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), \\
         float(sys.argv[5]), int(sys.argv[6])

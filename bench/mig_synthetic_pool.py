@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from selectlab.paths import data_dir  # noqa: E402
+from selectlab.infra.paths import data_dir  # noqa: E402
 from selectlab.pools import load_alpaca  # noqa: E402
 
 STOP = set("a an the of to in for and or is are be on with by as this that it from at your you what how which "

@@ -38,12 +38,12 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     import selectlab.config  # noqa: F401  (resolvers)
-    from selectlab.backbone import resolve_backbone
-    from selectlab.evaluate import evaluate
-    from selectlab.heldout import heldout_records
+    from selectlab.lm.backbone import resolve_backbone
+    from selectlab.lm.evaluate import evaluate
+    from selectlab.lm.heldout import heldout_records
     from selectlab.pools import load_pool
-    from selectlab.store import ArtifactStore
-    from selectlab.train import finetune, response_losses
+    from selectlab.infra.store import ArtifactStore
+    from selectlab.lm.train import finetune, response_losses
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

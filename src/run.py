@@ -13,7 +13,7 @@ configure_environment()  # offline defaults before datasets/transformers are imp
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from selectlab import preemption  # noqa: E402
+from selectlab.infra import preemption  # noqa: E402
 from selectlab.errors import USER_ERROR_EXIT_CODE, SelectlabError, one_line  # noqa: E402
 from selectlab.pipeline import run  # noqa: E402
 from selectlab.schema import check_known_keys  # noqa: E402

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selectlab.divergence import adg_score, divergence
-from selectlab.embedding import EmbeddingConfig, embed_answer_sets, embed_texts, piece_weight, token_weight_table
-from selectlab.models import load_causal_lm, load_tokenizer
-from selectlab.reference import reference_divergence, reference_embedding, reference_scores
+from selectlab.lm.divergence import adg_score, divergence
+from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, embed_texts, piece_weight, token_weight_table
+from selectlab.lm.models import load_causal_lm, load_tokenizer
+from selectlab.lm.reference import reference_divergence, reference_embedding, reference_scores
 
 INSTRUCTIONS = [
     "Give three tips for staying healthy.",
@@ -173,7 +173,7 @@ def test_adg_scorer_from_config_equals_reference_and_resumes(compose, tiny_model
     from selectlab.pools import load_pool
     from selectlab.context import RunContext
     from selectlab.scorers import get_scorer
-    from selectlab.store import ArtifactStore
+    from selectlab.infra.store import ArtifactStore
 
     cfg = compose("scorer=adg", "selector=binwise", "sampler=hf", "pool=self_instruct_seed", "pool.limit=5",
                   f"backbone.path={tiny_model_dir}", "sampler.k=3", "sampler.max_new_tokens=10",
@@ -185,7 +185,7 @@ def test_adg_scorer_from_config_equals_reference_and_resumes(compose, tiny_model
                        backbone=lambda: str(tiny_model_dir))
     scores = get_scorer("adg")(ctx)
 
-    from selectlab.sampling import sample_answers
+    from selectlab.lm.sampling import sample_answers
 
     samples = sample_answers(pool.records, str(tiny_model_dir), cfg.sampler, store, seed=int(cfg.seed))
     model, tok = load_causal_lm(str(tiny_model_dir), "float32", "cpu"), load_tokenizer(str(tiny_model_dir))

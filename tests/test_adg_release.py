@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selectlab.divergence import cloud_metrics, combined_score
-from selectlab.embedding import EmbeddingConfig, embed_answer_sets, embed_texts
-from selectlab.models import load_causal_lm, load_tokenizer
-from selectlab.reference import reference_embedding
+from selectlab.lm.divergence import cloud_metrics, combined_score
+from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, embed_texts
+from selectlab.lm.models import load_causal_lm, load_tokenizer
+from selectlab.lm.reference import reference_embedding
 from selectlab.scorers import Scores
 from selectlab.selectors import bin_quota, binwise, split_bins
-from selectlab.store import ArtifactStore
+from selectlab.infra.store import ArtifactStore
 
 E = np.eye(3)
 
@@ -148,7 +148,7 @@ def test_answer_pooling_pools_only_the_answer_tokens_of_the_joint_pass(tiny, pre
     with torch.no_grad():
         hs = model(input_ids=ids, output_hidden_states=True).hidden_states
     h = torch.stack([hs[i][0] for i in (-4, -3, -2)]).mean(0)[n_instr:].double()
-    from selectlab.embedding import piece_weight
+    from selectlab.lm.embedding import piece_weight
 
     w = torch.tensor([piece_weight(tok.decode([t])) for t in ids[0, n_instr:].tolist()], dtype=torch.float64)
     v = (h * w[:, None]).sum(0) / w.sum()
@@ -172,7 +172,7 @@ def test_release_bin_embedding_uses_special_tokens_512_and_uniform_fallback(tiny
 
 # ------------------------------------------------------------------ through the real configs
 def test_sampler_top_k_eos_and_empty_answer_defaults_are_the_release(compose):
-    from selectlab.sampling import vllm_request_params
+    from selectlab.lm.sampling import vllm_request_params
 
     for sampler in ("vllm", "hf"):
         cfg = compose("scorer=adg", f"sampler={sampler}")
@@ -189,8 +189,8 @@ def test_hf_sampler_applies_top_k(tiny_model_dir, tmp_path, compose):
     temperature; with top_k off the same seed draws K different answers."""
     from selectlab.pools import load_pool
     from selectlab.config import plain
-    from selectlab.sampling import sample_answers
-    from selectlab.store import ArtifactStore
+    from selectlab.lm.sampling import sample_answers
+    from selectlab.infra.store import ArtifactStore
 
     store = ArtifactStore(tmp_path / "cache")
     cfg = compose("scorer=adg", "sampler=hf", "pool=self_instruct_seed", "pool.limit=2", "sampler.k=3",

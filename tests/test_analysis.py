@@ -191,7 +191,7 @@ def test_summary_shares_means_and_bootstrap_intervals():
 def _adg_run_with_pool(tmp_path: Path) -> tuple[Path, list[dict]]:
     """An ADG run folder (top 3 of a 10-example JSONL pool) whose scores artifact is in the store."""
     from selectlab.scorers import Scores
-    from selectlab.store import ArtifactStore
+    from selectlab.infra.store import ArtifactStore
 
     pool = [{"id": f"p{i}", "instruction": f"Task number {i}: add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
             for i in range(10)]
@@ -233,7 +233,7 @@ def test_notebook_draws_its_committed_figure_from_evidence(name, tmp_path):
 
 
 def test_selection_report_png(tmp_path):
-    from selectlab.report import selection_report
+    from selectlab.outputs.report import selection_report
     from selectlab.scorers import Scores
 
     rng = np.random.default_rng(0)

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectlab.backbone import BackboneError
-from selectlab.diverse import diverse_topk, greedy_diverse
-from selectlab.lm_scoring import answer_losses
-from selectlab.models import load_causal_lm, load_tokenizer
+from selectlab.lm.backbone import BackboneError
+from selectlab.selectors.diverse import diverse_topk, greedy_diverse
+from selectlab.lm.lm_scoring import answer_losses
+from selectlab.lm.models import load_causal_lm, load_tokenizer
 from selectlab.pools import Pool
-from selectlab.prompts import render_prompt
+from selectlab.lm.prompts import render_prompt
 from selectlab.context import RunContext
 from selectlab.scorers import Scores, get_scorer
 from selectlab.scorers.ifd import ifd_from_losses
-from selectlab.store import ArtifactStore, read_jsonl
+from selectlab.infra.store import ArtifactStore, read_jsonl
 
 PAIRS = [  # (prefix, answer): lengths differ so the batch needs padding
     ("Below is an instruction.\n\n### Instruction:\nName a color.\n\n### Response:", "Blue."),
@@ -88,7 +88,7 @@ def test_ifd_arithmetic_filters_and_counts():
 
 # ------------------------------------------------------------------ scorers on the real configs
 def _context(compose, *overrides) -> RunContext:
-    from selectlab.backbone import resolve_backbone
+    from selectlab.lm.backbone import resolve_backbone
     from selectlab.config import plain
     from selectlab.stages.scoring import pool_content_key
     from selectlab.pools import load_pool
@@ -236,8 +236,8 @@ def test_joined_tokenization_is_the_releases_answer_span(smol_tokenizer_dir):
     scores from the joined text's split, not the prompt's own last token)."""
     import json
 
-    from selectlab.lm_scoring import encode_pair
-    from selectlab.paths import data_dir
+    from selectlab.lm.lm_scoring import encode_pair
+    from selectlab.infra.paths import data_dir
 
     tok = load_tokenizer(str(smol_tokenizer_dir))
     rows = []

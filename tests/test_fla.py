@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from selectlab.facility_location import euclidean_similarity, facility_location, ifd_prefilter, release_text
+from selectlab.selectors.facility_location import euclidean_similarity, facility_location, ifd_prefilter, release_text
 
 POINTS = np.array([[0.0], [0.2], [0.3], [5.0], [5.1], [10.0]])  # 1-D, so s_ij = exp(-|x_i - x_j|)
 
@@ -67,7 +67,7 @@ def test_prefilter_is_the_release_fraction_of_the_pool_and_the_kernel_must_fit()
     """do_fla.py keeps 10,400 of Alpaca's 52,002 (20%) whatever the budget; ifd_num overrides it;
     never fewer than the budget; a kernel larger than free memory is one clear error, before any work."""
     from selectlab.errors import SelectlabError
-    from selectlab.facility_location import check_kernel_fits, kernel_gib, prefilter_size
+    from selectlab.selectors.facility_location import check_kernel_fits, kernel_gib, prefilter_size
 
     release = {"ifd_num": None, "ifd_fraction": 0.2}
     assert prefilter_size(52_002, 1_040, release) == 10_400

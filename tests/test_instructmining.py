@@ -167,7 +167,7 @@ def _rating_by_hand(model, tok, prompt: str, digits) -> float:
 
 
 def test_judge_rating_equals_hand_computation(tiny_model_dir):
-    from selectlab.models import load_causal_lm, load_tokenizer
+    from selectlab.lm.models import load_causal_lm, load_tokenizer
 
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu"), load_tokenizer(str(tiny_model_dir))
     template = "Rate the answer.\n#Question#:\n{question}\n#Response#:\n{response}\n##Quality: "
@@ -182,7 +182,7 @@ def test_judge_rating_equals_hand_computation(tiny_model_dir):
 def test_shared_prefix_runs_once_and_changes_no_rating(tiny_model_dir):
     """Prompts of different lengths sharing a long template prefix, in batches of 2 (so several batches
     reuse the prefix's cache, with right padding): every rating equals its whole prompt's, alone."""
-    from selectlab.models import load_causal_lm, load_tokenizer
+    from selectlab.lm.models import load_causal_lm, load_tokenizer
 
     model, tok = load_causal_lm(str(tiny_model_dir), device="cpu"), load_tokenizer(str(tiny_model_dir))
     template = "You are a careful grader of answers.\n#Question#:\n{question}\n#Response#:\n{response}\n##Quality: "
@@ -206,7 +206,7 @@ def test_shared_prefix_runs_once_and_changes_no_rating(tiny_model_dir):
 def _context(cfg, records):
     from selectlab.pools import Pool
     from selectlab.context import RunContext
-    from selectlab.store import ArtifactStore, content_hash
+    from selectlab.infra.store import ArtifactStore, content_hash
 
     store = ArtifactStore(cfg.cache_dir)
     return RunContext(cfg=cfg, store=store, pool=Pool("t", records, [], len(records)),
@@ -232,9 +232,9 @@ def test_scorer_rule_b_with_judge_on_tiny_model(compose, tiny_model_dir):
     assert list(cols) == ["reward", "output_length", "knn6", "mtld", "perplexity", "predicted_loss"]
     assert np.all((cols["reward"] >= 1) & (cols["reward"] <= 6))
     assert np.all((cols["knn6"] > 0) & (cols["knn6"] < 2))
-    from selectlab.lm_scoring import answer_losses
-    from selectlab.models import load_causal_lm, load_tokenizer
-    from selectlab.prompts import render_prompt
+    from selectlab.lm.lm_scoring import answer_losses
+    from selectlab.lm.models import load_causal_lm, load_tokenizer
+    from selectlab.lm.prompts import render_prompt
 
     tok = load_tokenizer(str(tiny_model_dir))
     model = load_causal_lm(str(tiny_model_dir), device="cpu")
@@ -285,7 +285,7 @@ def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model
     from pathlib import Path
 
     from selectlab import pipeline
-    from selectlab.store import read_jsonl
+    from selectlab.infra.store import read_jsonl
 
     overrides = ["pool=alpaca", "pool.limit=8", "scorer=length", f"backbone.path={tiny_model_dir}",
                  "selector=size_grid", "selector.grid=[2,4,50]", "train=cpu_small", "train.max_steps=2",
@@ -301,7 +301,7 @@ def test_size_grid_through_the_pipeline_fine_tunes_each_size(compose, tiny_model
     assert len(subset) == search["best_n"] and lengths == sorted(lengths, reverse=True)  # the top-n by score
     assert sum(s["stage"] == "eval_loss" and not s["reused"] for s in manifest["stages"]) == 3
 
-    from selectlab.wandb_offline import find_runs, read_run
+    from selectlab.outputs.wandb_offline import find_runs, read_run
 
     (wandb_run,) = [read_run(d) for d in find_runs(tmp_path / "run")]
     live = [(h["size_search/n"], h["size_search/loss"]) for h in wandb_run.history if "size_search/n" in h]

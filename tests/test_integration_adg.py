@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectlab.store import read_jsonl
-from selectlab.wandb_offline import find_runs, read_run
+from selectlab.infra.store import read_jsonl
+from selectlab.outputs.wandb_offline import find_runs, read_run
 
 
 @pytest.mark.slow
 def test_adg_demo_pipeline_matches_independent_computation(compose):
-    from selectlab.backbone import resolve_backbone
-    from selectlab.models import load_causal_lm, load_tokenizer
+    from selectlab.lm.backbone import resolve_backbone
+    from selectlab.lm.models import load_causal_lm, load_tokenizer
     from selectlab.config import plain
     from selectlab.pipeline import run
     from selectlab.pools import load_pool
-    from selectlab.reference import reference_scores
+    from selectlab.lm.reference import reference_scores
     from selectlab.scorers import Scores
-    from selectlab.store import ArtifactStore
+    from selectlab.infra.store import ArtifactStore
 
     cfg = compose("scorer=adg", "pool=alpaca", "pool.limit=12", "selection.budget=4", "sampler.max_new_tokens=24",
                   "sampler.cpu_kvcache_space_gib=1")

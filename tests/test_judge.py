@@ -1,4 +1,4 @@
-"""The judge (selectlab.judge) and the release's classifier (analysis.complexity): the openai
+"""The judge (selectlab.lm.judge) and the release's classifier (analysis.complexity): the openai
 backend against a real OpenAI-compatible HTTP server on the tiny model, the local likelihood
 backend pinned on the tiny model, and the release's mapping of off-list answers."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the string annotation here
 
 from analysis import complexity
-from selectlab.judge import JudgeError, answered_digit, classify, make_judge, release_category
-from selectlab.store import ArtifactStore
+from selectlab.lm.judge import JudgeError, answered_digit, classify, make_judge, release_category
+from selectlab.infra.store import ArtifactStore
 
 CATEGORIES = ["Math", "Knowledge", "Reasoning", "Writing", "Coding", "Summarization", "Translation",
               "Discrete_Decision", "Instruction_Following", "Others"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis import complexity, figures, judge_check
-from selectlab.paths import data_dir
+from selectlab.infra.paths import data_dir
 
 from test_analysis import _adg_run_with_pool
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from selectlab.mig import d_phi, example_label_matrix, label_graph, mig_greedy, propagation_matrix
+from selectlab.selectors.mig import d_phi, example_label_matrix, label_graph, mig_greedy, propagation_matrix
 
 # Three labels: L0 and L1 have cosine 0.95 (an edge at threshold 0.9), L2 is alone.
 LABEL_EMB = np.array([[1.0, 0.0, 0.0], [0.95, math.sqrt(1 - 0.95**2), 0.0], [0.0, 0.0, 1.0]])
@@ -171,8 +171,8 @@ def test_mig_release_defaults_need_the_valid_tags_and_its_tag_embedder(compose, 
 
 def test_mig_label_set_comes_from_selectable_records_only(tmp_path):
     """A tag carried only by records without a quality (NaN) is not a label: it cannot be selected."""
-    from selectlab.mig_labels import mig_inputs
-    from selectlab.store import ArtifactStore
+    from selectlab.selectors.mig_labels import mig_inputs
+    from selectlab.infra.store import ArtifactStore
 
     recs = [{"instruction": f"i{n}", "input": "", "output": "o", "annotation": {"instag": {"content": tags}}}
             for n, tags in enumerate([["math", "code"], ["code"], ["poetry"]])]

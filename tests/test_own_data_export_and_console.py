@@ -14,7 +14,7 @@ import pytest
 
 from selectlab.errors import SelectlabError
 from selectlab.pools import PoolError, content_id, load_pool
-from selectlab.store import read_jsonl
+from selectlab.infra.store import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_export_options_are_checked_before_any_work(compose, tmp_path, monkeypat
 
 # ---------------------------------------------------------------- console, bars, summary
 def test_the_summary_says_what_was_chosen_and_where_things_are(compose, tmp_path, caplog):
-    from selectlab.summary import summary_lines
+    from selectlab.outputs.summary import summary_lines
 
     rows = _rows(40)
     rows.append(dict(rows[0]))
@@ -188,7 +188,7 @@ def test_the_summary_says_what_was_chosen_and_where_things_are(compose, tmp_path
 def test_stage_bar_counts_items(tmp_path, capsys):
     import numpy as np
 
-    from selectlab.store import ArtifactStore
+    from selectlab.infra.store import ArtifactStore
 
     ArtifactStore(tmp_path).batched("squares", "k", list(range(10)), 4, lambda b: np.array([[x * x] for x in b]))
     err = capsys.readouterr().err
@@ -196,25 +196,25 @@ def test_stage_bar_counts_items(tmp_path, capsys):
 
 
 def test_console_filter_keeps_selectlab_info_and_every_warning():
-    from selectlab.console import ConsoleFilter
+    from selectlab.outputs.console import ConsoleFilter
 
     def passes(name, level):
         return ConsoleFilter().filter(logging.LogRecord(name, level, __file__, 1, "m", None, None))
 
     assert passes("selectlab.pipeline", logging.INFO) and passes("__main__", logging.INFO)
-    assert not passes("selectlab.store", logging.INFO)  # bookkeeping: run.log only
+    assert not passes("selectlab.infra.store", logging.INFO)  # bookkeeping: run.log only
     assert not passes("vllm.engine", logging.INFO) and not passes("httpx", logging.INFO)
     assert passes("vllm.engine", logging.WARNING) and passes("lm_eval", logging.ERROR)
 
 
 def test_vllm_logging_config_sends_its_lines_to_run_log_and_errors_to_stderr(tmp_path):
     """The config route_engine_logs hands vLLM, applied as vLLM applies it (logging.config.dictConfig)."""
-    from selectlab.console import engine_warnings
+    from selectlab.outputs.console import engine_warnings
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING_LEVEL")}
     code = ("import json, logging.config, os, sys; sys.path.insert(0, 'src');"
-            "from selectlab.console import route_engine_logs; route_engine_logs(sys.argv[1]);"
+            "from selectlab.outputs.console import route_engine_logs; route_engine_logs(sys.argv[1]);"
             "logging.config.dictConfig(json.load(open(os.environ['VLLM_LOGGING_CONFIG_PATH'])));"
             "logging.getLogger('vllm.engine').info('engine info'); logging.getLogger('vllm.engine').warning('engine warn');"
             "logging.getLogger('vllm.engine').error('engine error')")
@@ -240,4 +240,4 @@ def test_cli_console_is_short_and_run_log_is_full(tmp_path):
     assert not any("built artifact" in line for line in console)
     log = (tmp_path / "run" / "run.log").read_text()
     assert re.search(r"random_scores/\w+: batch 1/1 done", log) and "built artifact scores/" in log
-    assert "[selectlab.summary][INFO] - summary" in log
+    assert "[selectlab.outputs.summary][INFO] - summary" in log

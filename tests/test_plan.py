@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selectlab.flops import arch_from_config, config_only_dir
+from selectlab.lm.flops import arch_from_config, config_only_dir
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -21,7 +21,7 @@ PUBLISHED_PARAMS = {"llama3_8b": 8_030_261_248, "llama3_8b_instruct": 8_030_261_
 
 @pytest.fixture
 def data_env(monkeypatch):
-    from selectlab.paths import data_dir
+    from selectlab.infra.paths import data_dir
 
     shared = data_dir()  # $SELECTLAB_DATA or ../shared/data, as a run resolves it
     if not shared.is_dir():

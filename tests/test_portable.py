@@ -1,5 +1,5 @@
 """Run records that travel: committed evidence, notebooks and tests name no machine's paths, and
-the records a run writes resolve on another machine (selectlab.paths.portable / localize)."""
+the records a run writes resolve on another machine (selectlab.infra.paths.portable / localize)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from analysis.portable import absolute_paths, rewrite_folder
-from selectlab.paths import localize, portable, run_places
+from selectlab.infra.paths import localize, portable, run_places
 
 REPO = Path(__file__).resolve().parents[1]
 # A user's home or a work/scratch folder: never in a tracked file outside documented examples.

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from transformers import TrainerCallback
 
-from selectlab import preemption
-from selectlab.store import ArtifactStore
-from selectlab.train import eval_loss, finetune
+from selectlab.infra import preemption
+from selectlab.infra.store import ArtifactStore
+from selectlab.lm.train import eval_loss, finetune
 
 from test_train import RECORDS, train_cfg
 
@@ -57,7 +57,7 @@ def test_sigterm_mid_finetune_saves_that_step_and_the_rerun_ends_where_an_uninte
     assert not any(store.exists("checkpoints", p.name) for p in (store.root / "checkpoints").iterdir())
 
     preemption._received = None  # the requeued job is a new process
-    with caplog.at_level(logging.INFO, logger="selectlab.train"):
+    with caplog.at_level(logging.INFO, logger="selectlab.lm.train"):
         out = finetune(RECORDS, str(tiny_model_dir), cfg, store)
     assert "from step 3" in caplog.text
     meta = store.meta("checkpoints", Path(out).name)
@@ -94,7 +94,7 @@ def test_hand_off_gives_the_signal_to_the_handler_found_before_ours(tmp_path):
     """Under submitit its USR1 handler checkpoints and requeues; without one the exit code asks for a requeue."""
     script = (
         "import os, signal, sys\n"
-        "from selectlab import preemption\n"
+        "from selectlab.infra import preemption\n"
         "signal.signal(signal.SIGUSR1, lambda s, f: (print('previous handler: requeue', flush=True), sys.exit(3)))\n"
         "preemption.install()\n"
         "os.kill(os.getpid(), int(sys.argv[1]))\n"

@@ -6,9 +6,9 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from selectlab import sampling
-from selectlab.sampling import SamplerConfigError, sample_answers, sampling_counts
-from selectlab.store import ArtifactStore
+from selectlab.lm import sampling
+from selectlab.lm.sampling import SamplerConfigError, sample_answers, sampling_counts
+from selectlab.infra.store import ArtifactStore
 
 RECORDS = [
     {"id": f"r{i}", "instruction": text, "input": "", "output": "", "source": "test"}

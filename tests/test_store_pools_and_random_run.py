@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectlab.backbone import BackboneError, resolve_backbone
+from selectlab.lm.backbone import BackboneError, resolve_backbone
 from selectlab.pools import PoolError, content_id, load_pool
-from selectlab.store import ArtifactStore, read_jsonl
-from selectlab.wandb_offline import find_runs, read_run
+from selectlab.infra.store import ArtifactStore, read_jsonl
+from selectlab.outputs.wandb_offline import find_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -283,7 +283,7 @@ def test_artifact_without_integrity_records_is_checked_once_then_recorded(tmp_pa
         f.truncate(500)
 
     fresh = ArtifactStore(tmp_path / "cache")
-    with caplog.at_level(logging.INFO, logger="selectlab.store"):
+    with caplog.at_level(logging.INFO, logger="selectlab.infra.store"):
         assert fresh.reusable("stage", "old")
         assert not fresh.reusable("stage", "old_damaged")
     files = json.loads((fresh.path("stage", "old") / "meta.json").read_text())["files"]

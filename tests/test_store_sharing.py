@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from selectlab.store import ArtifactStore, read_jsonl
+from selectlab.infra.store import ArtifactStore, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 DONE = re.compile(r"(\S+): batch (\d+)/(\d+) done")
@@ -30,7 +30,7 @@ JOB = textwrap.dedent("""
     import dataclasses, json, logging, sys, time
     from pathlib import Path
     import numpy as np
-    from selectlab.store import ArtifactStore
+    from selectlab.infra.store import ArtifactStore
 
     root, go, kind, n, seconds = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -327,7 +327,7 @@ FAMILY = textwrap.dedent("""
         time.sleep(1000)
 
     if __name__ == "__main__":
-        from selectlab.orphans import watch_children
+        from selectlab.infra.orphans import watch_children
         watch_children()
         mp.get_context("spawn").Process(target=engine_core).start()
         subprocess.Popen(["sleep", "1001"], start_new_session=True)

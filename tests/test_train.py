@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from selectlab.prompts import render_prompt
-from selectlab.store import ArtifactStore
-from selectlab.train import (IGNORE_INDEX, ResponseOnlyCollator, TrainConfig, encode_example, encode_records,
+from selectlab.lm.prompts import render_prompt
+from selectlab.infra.store import ArtifactStore
+from selectlab.lm.train import (IGNORE_INDEX, ResponseOnlyCollator, TrainConfig, encode_example, encode_records,
                              eval_loss, finetune)
 
 RECORDS = [
@@ -232,7 +232,7 @@ def test_two_jobs_needing_the_same_fine_tune_train_it_once(tiny_model_dir, compo
     cfg = plain(train_cfg(compose, "cpu_small", lr=3e-3, max_steps=8, per_device_batch_size=2, grad_accum=1,
                           warmup_ratio=0.0, save_steps=100))
     job = ("import json, logging, sys; logging.basicConfig(level=logging.INFO); sys.path.insert(0, 'src')\n"
-           "from selectlab.store import ArtifactStore\nfrom selectlab.train import finetune\n"
+           "from selectlab.infra.store import ArtifactStore\nfrom selectlab.lm.train import finetune\n"
            f"cfg, records = json.loads({json.dumps(json.dumps(cfg))}), json.loads({json.dumps(json.dumps(RECORDS))})\n"
            f"print(finetune(records, {str(tiny_model_dir)!r}, cfg, ArtifactStore({str(tmp_path / 'store')!r}), {{'subset': 'same'}}))\n")
     repo = Path(__file__).resolve().parents[1]

@@ -200,7 +200,7 @@ def test_cli_unexpected_exception_keeps_its_traceback(tmp_path):
 
 # ---------------------------------------------------------------- names from config as path components
 def test_safe_component_by_hand():
-    from selectlab.paths import safe_component
+    from selectlab.infra.paths import safe_component
 
     assert safe_component("alpaca") == "alpaca"
     assert safe_component("../../x") == "_.._x"      # '/' -> '_', then the leading dots go

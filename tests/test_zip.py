@@ -9,7 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-from selectlab.zip_selection import FORMS, PrefixCompressor, RatioEngine, example_text, joint_ratio, zip_select
+from selectlab.selectors.zip_selection import RatioEngine, zip_select
+from selectlab.texts import FORMS, PrefixCompressor, joint_ratio, zip_text
 
 PLAIN = FORMS["plain"]
 
@@ -24,7 +25,7 @@ def records(n: int, seed: int = 0) -> list[dict]:
 
 def test_repr_text_is_the_release_str_of_the_record_list():
     recs = records(3)
-    texts = [example_text(r, "repr") for r in recs]
+    texts = [zip_text(r, "repr") for r in recs]
     # ZIP.py: str(anchor_data + selected_data + [part]).encode('utf-8') on the pool's dicts
     assert FORMS["repr"].open + FORMS["repr"].sep.join(texts) + FORMS["repr"].close == str(recs).encode("utf-8")
 
@@ -33,7 +34,7 @@ def test_repr_text_is_the_release_str_of_the_record_list():
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_copied_compressor_state_gives_the_one_shot_zlib_ratio(text, n_jobs):
     recs = records(60, seed=1)
-    texts = [example_text(r, text) for r in recs]
+    texts = [zip_text(r, text) for r in recs]
     form = FORMS[text]
     prefix, candidates = list(range(0, 40, 3)), np.arange(40, 60)
     expected = [joint_ratio([texts[i] for i in prefix] + [texts[c]], form) for c in candidates]
@@ -125,7 +126,7 @@ def release_port(texts: list[bytes], form, budget: int, k1: int, k2: int, k3: in
 
 
 def test_agrees_with_a_literal_port_of_the_release():
-    texts = [example_text(r, "repr") for r in records(80, seed=3)]
+    texts = [zip_text(r, "repr") for r in records(80, seed=3)]
     state = PrefixCompressor(FORMS["repr"]).ratios(range(80), texts)
     ours = zip_select(texts, FORMS["repr"], state, budget=12, k1=20, k2=8, k3=4, n_jobs=2)
     assert ours.order == release_port(texts, FORMS["repr"], 12, 20, 8, 4)
@@ -137,13 +138,13 @@ def test_same_picks_as_the_release_on_3000_real_alpaca_records(monkeypatch):
     from 10000/200/100 to 600/60/30): single-record ratios tie often (2,558 distinct values among
     3,000), and breaking ties by position instead picks differently (from pick 90, 130 of 150 in
     common), so this test sees a change of tie order."""
-    from selectlab import zip_selection
-    from selectlab.paths import data_dir
+    from selectlab.selectors import zip_selection
+    from selectlab.infra.paths import data_dir
 
     rows = []
     for part in sorted((data_dir() / "pools/alpaca_52k").glob("*.json")):
         rows += json.loads(part.read_text())
-    texts = [example_text(r, "repr") for r in rows[:3000]]
+    texts = [zip_text(r, "repr") for r in rows[:3000]]
     state = PrefixCompressor(FORMS["repr"]).ratios(range(3000), texts)
     assert len(np.unique(state.astype(np.float32))) < len(state)  # ties
     release = release_port(texts, FORMS["repr"], 150, 600, 60, 30)
@@ -154,7 +155,7 @@ def test_same_picks_as_the_release_on_3000_real_alpaca_records(monkeypatch):
 
 
 def test_resuming_from_a_round_snapshot_gives_the_same_selection():
-    texts = [example_text(r, "repr") for r in records(60, seed=4)]
+    texts = [zip_text(r, "repr") for r in records(60, seed=4)]
     state = PrefixCompressor(FORMS["repr"]).ratios(range(60), texts)
     snapshots: list[dict] = []
     full = zip_select(texts, FORMS["repr"], state, budget=9, k1=15, k2=6, k3=3,
@@ -175,7 +176,7 @@ def test_zip_runs_through_the_pipeline_without_a_model(compose, tmp_path):
     assert manifest["n_selected"] == 6
     assert manifest["selector"]["name"] == "zip"
     subset = [json.loads(l) for l in (tmp_path / "run" / "subset.jsonl").read_text().splitlines()]
-    texts = [example_text(r, "repr") for r in records(40, seed=5)]
+    texts = [zip_text(r, "repr") for r in records(40, seed=5)]
     expected = release_port(texts, FORMS["repr"], 6, 12, 4, 2)
     from selectlab.pools import content_id
 
@@ -190,7 +191,7 @@ def test_zip_runs_through_the_pipeline_without_a_model(compose, tmp_path):
 def test_zip_rounds_resume_through_the_store_and_leave_nothing_behind(compose, tmp_path, monkeypatch):
     """A killed ZIP selection resumes from the store's progress file (store.save_progress) and the
     file is gone once the subsets artifact holds the result."""
-    from selectlab import rival_selectors
+    from selectlab.selectors import rival_selectors
     from selectlab.pipeline import run
 
     cfg = compose("scorer=zip", "pool.limit=40", "selection.budget=9", "selector.k1=15", "selector.k2=6",

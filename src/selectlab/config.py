@@ -7,7 +7,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from .paths import cache_dir, data_dir, safe_component
+from .infra.paths import cache_dir, data_dir, safe_component
 from .schema import register as register_schemas
 from .pools import demo_slice
 
@@ -28,7 +28,7 @@ def configure_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
 
-    # Weight-loading and dataset bars: a run shows one bar per long stage (selectlab.progress) instead.
+    # Weight-loading and dataset bars: a run shows one bar per long stage (selectlab.infra.progress) instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 

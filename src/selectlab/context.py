@@ -8,7 +8,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf, open_dict
 
 from .pools import Pool
-from .store import ArtifactStore
+from .infra.store import ArtifactStore
 
 
 @dataclass

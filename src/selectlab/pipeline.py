@@ -16,22 +16,22 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .backbone import resolve_backbone
+from .lm.backbone import resolve_backbone
 from .config import plain
-from .console import route_engine_logs
+from .outputs.console import route_engine_logs
 from .context import RunContext, with_sections
 from .errors import SelectlabError
-from .export import export_subsets
-from .orphans import watch_children
-from .paths import REPO_ROOT, portable, run_places
+from .outputs.export import export_subsets
+from .infra.orphans import watch_children
+from .infra.paths import REPO_ROOT, portable, run_places
 from .pools import announce_demo_slice, load_pool
-from .report import selection_report
+from .outputs.report import selection_report
 from .stages.scoring import pool_content_key, score_stage
 from .stages.selection import select_stage
-from .store import ArtifactStore, ShardIncomplete, atomic_write_text, write_jsonl
-from .summary import log_summary
-from .tables import log_results, log_scores, log_size_search, log_stage_timings, log_subset
-from .tracking import Tracker, make_tracker
+from .infra.store import ArtifactStore, ShardIncomplete, atomic_write_text, write_jsonl
+from .outputs.summary import log_summary
+from .outputs.tables import log_results, log_scores, log_size_search, log_stage_timings, log_subset
+from .outputs.tracking import Tracker, make_tracker
 from .validate import check_against_pool, validate
 
 log = logging.getLogger(__name__)

@@ -32,19 +32,18 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import SelectlabError
-from .backbone import ModelLocation, locate_model
-from .flops import Arch, arch_from_config, config_only_dir
-from .paths import REPO_ROOT, data_dir
+from .lm.backbone import ModelLocation, locate_model
+from .lm.flops import Arch, arch_from_config, config_only_dir
+from .infra.paths import REPO_ROOT, data_dir
 from .config import plain
 from .context import with_sections
-from .stages.compare import random_baseline_cfg
-from .validate import BASELINES
+from .stages.compare import check_baselines, random_baseline_cfg
 from .stages.evaluation import task_keys
 from .stages.scoring import pool_content_key, scores_key
 from .stages.selection import subsets_key
 from .pools import PoolError, load_pool
-from .prompts import render_prompt
-from .store import ArtifactStore, atomic_write_text
+from .lm.prompts import render_prompt
+from .infra.store import ArtifactStore, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ def time_stages(stages: list[StagePlan], devices: dict[str, dict]) -> None:
 def plan_model(role: str, cfg: dict, key: str, store: ArtifactStore, problems: list[str]) -> ModelPlan:
     """Where a model loads from, and its architecture: its own config.json when it is here,
     else the shipped config of that preset (config only: no weights needed)."""
-    from .models import load_tokenizer
+    from .lm.models import load_tokenizer
 
     loc = locate_model(cfg, key, store)
     if loc.fails:
@@ -232,8 +231,8 @@ def _fmt(n: float) -> str:
 
 def sampling_stages(p: "Planner") -> list[StagePlan]:
     """ADG's samples and embeddings stages."""
-    from .embedding import EmbeddingConfig
-    from .sampling import check_sampler_config, samples_key, STAGE as SAMPLES
+    from .lm.embedding import EmbeddingConfig
+    from .lm.sampling import check_sampler_config, samples_key, STAGE as SAMPLES
 
     sampler = p.cfg.sampler
     check_sampler_config(sampler)
@@ -246,7 +245,7 @@ def sampling_stages(p: "Planner") -> list[StagePlan]:
     prompt_tokens = p.tokens.mean(prompts, int(pmt) if pmt else None)
     key, why = None, "the backbone's folder is not here"
     if bb.location.folder and p.pool_key:
-        from .prompts import template_hash
+        from .lm.prompts import template_hash
 
         key = samples_key(p.records, bb.location.folder, sampler, int(p.cfg.seed), template_hash(template, bb.tokenizer))
     elif not p.pool_key:
@@ -387,7 +386,7 @@ def scorer_stages(p: "Planner") -> list[StagePlan]:
 
 
 def train_stage(p: "Planner", row: str, subset_key: str | None, budget: int) -> StagePlan:
-    from .train import TrainConfig, checkpoint_key
+    from .lm.train import TrainConfig, checkpoint_key
 
     tc = TrainConfig.from_cfg(plain(p.cfg.train))
     bb = p.backbone
@@ -427,7 +426,7 @@ def eval_requests(eval_json: str) -> list[dict]:
     minutes to index); an entry naming a built-in task is listed as not counted."""
     from lm_eval.tasks import TaskManager
 
-    from .evaluate import TASKS_DIR
+    from .lm.evaluate import TASKS_DIR
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # one warning per MMLU subject otherwise
     ev = json.loads(eval_json)
@@ -516,7 +515,7 @@ class Planner:
         skey = skey if key else None
         work = f"select {budget:,} of {self.n_pool:,} ({selector['name']})"
         if selector["name"] == "fla":  # SuperFiltering.D: its dense kernel must fit in memory
-            from .facility_location import kernel_gib, prefilter_size
+            from .selectors.facility_location import kernel_gib, prefilter_size
 
             n = prefilter_size(self.n_pool, budget, selector)
             work += f"; facility location over {n:,} pre-filtered: dense kernel {kernel_gib(n):.2f} GiB"
@@ -541,10 +540,7 @@ class Planner:
         stages, subset_key, budget = scoring.selection_stages(scoring.cfg, "selected")
         if cfg.eval.name == "none":
             return stages
-        baselines = list(cfg.compare.baselines)
-        unknown = set(baselines) - set(BASELINES)
-        if unknown:
-            raise SelectlabError(f"compare.baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
+        baselines = check_baselines(cfg.compare.baselines)
         if "untrained" in baselines or cfg.train.name == "none":
             stages.append(eval_stage(self, "untrained", None, "the untouched backbone"))
         if cfg.train.name != "none":
@@ -559,7 +555,7 @@ class Planner:
 
 def check_config(cfg: DictConfig) -> None:
     """The checks a real run makes before its first expensive step (a typo fails here too)."""
-    from .train import TrainConfig
+    from .lm.train import TrainConfig
 
     if cfg.train.name != "none" or cfg.train.get("method"):
         TrainConfig.from_cfg(plain(cfg.train))

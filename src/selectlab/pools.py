@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .json_files import PoolError, json_rows, read_text
+from .infra.json_files import PoolError, json_rows, read_text
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ DUPLICATE_MODES = ("drop", "keep", "error")
 
 def is_shipped_location(loader: str | None, path: str | None) -> bool:
     """The pool reads its shipped copy (conf/pool/<name>.yaml's own path, under the data dir)."""
-    from .paths import data_dir
+    from .infra.paths import data_dir
 
     return (loader in SHIPPED_POOLS and path is not None
             and Path(path).resolve() == (data_dir() / SHIPPED_POOLS[loader]).resolve())

@@ -13,16 +13,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .backbone import resolve_model
+from .lm.backbone import resolve_model
 from .config import plain
 from .errors import SelectlabError
-from .export import check_export
+from .outputs.export import check_export
 from .pools import DUPLICATE_MODES, LOADERS, Pool, check_pool_location
 from .schema import check_known_keys
-from .sampling import check_sampler_config
+from .lm.sampling import check_sampler_config
 from .scorers import get_scorer
+from .stages.compare import check_baselines
 from .selectors import SELECTORS, SIZE_SEARCH, resolve_budget
-from .train import TrainConfig
+from .lm.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 # cluster or compare examples (selector=binwise, selector=diverse_topk selector.embeddings=features).
 SCORERS_WITH_FEATURES = ("adg",)
 TASKS = ("select", "fit_rule", "plan")
-BASELINES = ("untrained", "random")
 
 
 def validate(cfg: DictConfig, here: bool = True) -> None:
@@ -61,9 +61,7 @@ def check_run_values(cfg: DictConfig) -> None:
         raise SelectlabError(f"task={cfg.task!r}; choose one of {TASKS}")
     _integer(cfg.seed, "seed")
     resolve_budget(cfg.selection.budget, 1)
-    unknown = sorted(set(cfg.compare.baselines) - set(BASELINES))
-    if unknown:
-        raise SelectlabError(f"compare.baselines: unknown {unknown}; choose from {BASELINES}")
+    check_baselines(cfg.compare.baselines)
     if cfg.logger.name not in ("wandb", "none"):
         raise SelectlabError(f"logger.name={cfg.logger.name!r}; choose wandb or none")
     check_shard(cfg.shard)
@@ -80,7 +78,7 @@ def check_scorer(cfg: DictConfig) -> None:
         if int(cfg.sampler.k) < 2:
             raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction "
                                  f"(with 1 answer dispersion and anisotropy are 0 for every example)")
-        from .embedding import EmbeddingConfig
+        from .lm.embedding import EmbeddingConfig
         from .scorers.adg import bins_config, score_weights
 
         scorer_cfg = plain(cfg.scorer)
@@ -141,7 +139,7 @@ def check_selector(selector: dict, scorer: str, here: bool = True) -> None:
     if here and selector.get("embeddings") == "last_token" and selector.get("model"):
         resolve_model(selector["model"], "selector.model")  # an embedder that is not here fails now
     if name == "mig" and selector.get("labels") == "instag":
-        from .mig_labels import VALID_TAGS_MISSING
+        from .selectors.mig_labels import VALID_TAGS_MISSING
 
         if selector.get("valid_tags") is None:
             raise SelectlabError(VALID_TAGS_MISSING)

@@ -1,7 +1,7 @@
 """Fitting an InstructMining rule on one's own fine-tunes (docs/methods.md §2).
 
 Draw M random subsets of the pool, fine-tune on each and measure the held-out eval loss
-(``train_and_eval``, wired by the pipeline to ``selectlab.train``), then least-squares fit
+(``train_and_eval``, wired by the pipeline to ``selectlab.lm.train``), then least-squares fit
 log(loss) ~ beta0 + sum_i beta_i * mean_subset(indicator_i).
 """
 from __future__ import annotations

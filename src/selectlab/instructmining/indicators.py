@@ -6,7 +6,7 @@ Units, since the published rule coefficients depend on them:
 - lengths: tokens of the backbone tokenizer by default (the paper counts tokens; which
   tokenizer it used is not stated), or whitespace words (``unit: words``);
 - perplexity: exp(mean cross-entropy of the response tokens given the prompt), via
-  ``selectlab.lm_scoring`` (the loss IFD uses);
+  ``selectlab.lm.lm_scoring`` (the loss IFD uses);
 - MTLD: McCarthy & Jarvis (2010), forward/backward mean, threshold 0.72;
 - KNN-i: Euclidean distance to the i-th nearest other example in a unit-normalised
   SentenceBERT space (so in [0, 2]); ``metric: cosine`` gives 1 - cosine similarity;

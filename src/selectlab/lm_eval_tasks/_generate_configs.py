@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from selectlab.paths import data_dir
+from selectlab.infra.paths import data_dir
 
 HERE = Path(__file__).parent
 SHOT_SPLIT = re.compile(r"\nA: Let's think step by step\.\s")  # one prompt file puts the rationale on the same line

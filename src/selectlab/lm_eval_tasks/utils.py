@@ -1,6 +1,6 @@
 """Loaders (lm-eval ``custom_dataset``) and code-execution metrics for the offline tasks.
 
-Every loader reads from ``selectlab.paths.data_dir()`` when the task is built, never from
+Every loader reads from ``selectlab.infra.paths.data_dir()`` when the task is built, never from
 a path written into a YAML, and returns the schema of the Hub dataset that lm-eval's own
 task config reads, so the harness's prompt templates apply unchanged.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from selectlab.lm_eval_tasks import sandbox
-from selectlab.paths import data_dir
+from selectlab.infra.paths import data_dir
 
 from ..errors import SelectlabError
 
@@ -33,7 +33,7 @@ def _benchmark_file(*parts: str) -> Path:
     path = data_dir().joinpath("benchmarks", *parts)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: offline benchmarks are read from selectlab.paths.data_dir() "
+            f"{path} not found: offline benchmarks are read from selectlab.infra.paths.data_dir() "
             f"(set $SELECTLAB_DATA to the shared data folder)"
         )
     return path
@@ -154,7 +154,7 @@ def _passed(references: list[str], predictions: list[list[str]]) -> list[list[bo
     if os.environ.get("HF_ALLOW_CODE_EVAL") != "1":
         raise PermissionError(
             "this task executes model-generated code; enable it with eval.allow_code_execution=true "
-            "(selectlab.evaluate then sets HF_ALLOW_CODE_EVAL=1)"
+            "(selectlab.lm.evaluate then sets HF_ALLOW_CODE_EVAL=1)"
         )
     programs = [candidate + "\n" + test for candidates, test in zip(predictions, references) for candidate in candidates]
     with ThreadPoolExecutor(max_workers=CODE_WORKERS) as pool:

@@ -100,7 +100,7 @@ class EmbeddingConfig:
 # ---------------------------------------------------------------- train
 @dataclass
 class TrainConfig:
-    """train=none; the base of every fine-tune (``selectlab.train.TrainConfig`` checks values)."""
+    """train=none; the base of every fine-tune (``selectlab.lm.train.TrainConfig`` checks values)."""
 
     name: str = MISSING
     method: str = MISSING

@@ -15,10 +15,10 @@ import numpy as np
 
 from ..errors import SelectlabError
 
-from ..divergence import cloud_metrics, combined_score, metric_column
-from ..embedding import (EmbeddingConfig, count_truncated, embed_answer_sets, embed_texts, embedded_text,
+from ..lm.divergence import cloud_metrics, combined_score, metric_column
+from ..lm.embedding import (EmbeddingConfig, count_truncated, embed_answer_sets, embed_texts, embedded_text,
                          token_weight_table)
-from ..store import ArtifactStore, content_hash
+from ..infra.store import ArtifactStore, content_hash
 from ..config import plain
 from ..context import RunContext
 from . import Scores, register
@@ -57,7 +57,7 @@ def bins_config(scorer_cfg: dict) -> dict:
 def bins_key(records: list[dict], path: str, bins: dict) -> tuple[str, dict]:
     """(key, recipe) of the bin-embedding artifact: the instructions, the backbone and the recipe
     (not the answer embedding's config: ablations share it). Also used by task=plan."""
-    from ..sampling import backbone_identity
+    from ..lm.sampling import backbone_identity
 
     recipe = {k: bins[k] for k in ("layers", "max_length", "add_special_tokens", "unweighted", "dtype")}
     key = ArtifactStore.key(BINS_STAGE, BINS_VERSION, backbone=backbone_identity(path), recipe=recipe,
@@ -92,7 +92,7 @@ def bin_embeddings(ctx: RunContext, path: str, bins: dict, emb_cfg: EmbeddingCon
 @register("adg")
 def score_adg(ctx: RunContext) -> Scores:
     """Sample K answers per instruction, embed them, score their cloud (docs/methods.md §1)."""
-    from ..sampling import sample_answers
+    from ..lm.sampling import sample_answers
 
     cfg = ctx.cfg
     scorer_cfg = plain(cfg.scorer)
@@ -126,12 +126,12 @@ class BackboneLoader:
     only when some batch is not stored yet."""
 
     def __init__(self, path: str, device: str | None):
-        from ..models import load_tokenizer
+        from ..lm.models import load_tokenizer
 
         self.path, self.device, self.tokenizer, self.loaded = path, device, load_tokenizer(path), {}
 
     def __call__(self, dtype: str):
-        from ..models import load_causal_lm
+        from ..lm.models import load_causal_lm
 
         if dtype not in self.loaded:
             self.loaded[dtype] = load_causal_lm(self.path, dtype, self.device)
@@ -144,7 +144,7 @@ def answer_embeddings(ctx: RunContext, path: str, samples: list[dict], emb_cfg: 
                       model_for: BackboneLoader) -> tuple[np.ndarray, str]:
     """(N, 1 + K, H) unit vectors, slot 0 the instruction and slots 1..K its answers, as a batched
     artifact keyed on the texts, the backbone and the embedding recipe; and its key."""
-    from ..sampling import backbone_identity
+    from ..lm.sampling import backbone_identity
 
     records = ctx.pool.records
     key = ctx.store.key(
@@ -170,7 +170,7 @@ def answer_embeddings(ctx: RunContext, path: str, samples: list[dict], emb_cfg: 
 def degenerate_counts(records, samples, answers, D, features, emb_cfg: EmbeddingConfig, tokenizer) -> dict[str, int]:
     """What the manifest and W&B count: sampling's degenerate answers, how empty answers were
     embedded, zero vectors, zero spread, truncated texts."""
-    from ..sampling import sampling_counts
+    from ..lm.sampling import sampling_counts
 
     zero = ~answers.any(axis=2)  # (N, K): zero vectors (empty answers under `zero`, texts with no weighted token)
     empty = np.array([[not a.strip() for a in s["answers"]] for s in samples], dtype=bool).reshape(zero.shape)

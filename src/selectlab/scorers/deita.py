@@ -4,7 +4,7 @@ A judge LM reads a fixed prompt (the release's templates) and the rating is the 
 1..6 under the softmax of its next-token logits restricted to the six digit tokens (the
 release's ``Scorer.infer_score``). Complexity rates the instruction (+ input) alone, quality
 the (instruction, response) pair. Selection is DEITA's own: ``selector=auto`` resolves to
-conf/selector/deita.yaml (score-first, skip cosine > 0.9, see :mod:`selectlab.diverse`).
+conf/selector/deita.yaml (score-first, skip cosine > 0.9, see :mod:`selectlab.selectors.diverse`).
 
 Judges: ``scorer.complexity_model`` / ``scorer.quality_model`` name the released scorers on the
 hub (``hkust-nlp/deita-complexity-scorer``, ``hkust-nlp/deita-quality-scorer``); offline they must
@@ -21,9 +21,9 @@ import logging
 
 import numpy as np
 
-from ..backbone import resolve_model
+from ..lm.backbone import resolve_model
 from ..errors import SelectlabError
-from ..models import load_causal_lm, load_tokenizer
+from ..lm.models import load_causal_lm, load_tokenizer
 from ..config import plain
 from ..context import RunContext
 from . import Scores, register

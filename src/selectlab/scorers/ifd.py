@@ -1,7 +1,7 @@
 """IFD (Cherry LLM): Instruction-Following Difficulty = loss(A | Q) / loss(A) under the backbone.
 
 Both losses are mean token cross-entropies over the answer tokens (see
-:mod:`selectlab.lm_scoring`). The highest IFD is selected first; IFD >= 1 (the prompt does
+:mod:`selectlab.lm.lm_scoring`). The highest IFD is selected first; IFD >= 1 (the prompt does
 not help to predict the answer) is not selectable, as in the release, and counted.
 loss(A) follows the Cherry LLM release by default: the answer after BOS and the text
 "### Response:" (``scorer.uncond_prefix``); ``uncond_prefix: ""`` scores the answer alone.
@@ -17,7 +17,7 @@ import logging
 import numpy as np
 
 from ..errors import SelectlabError
-from ..lm_scoring import degenerate_mask, pool_answer_losses
+from ..lm.lm_scoring import degenerate_mask, pool_answer_losses
 from ..config import plain
 from ..context import RunContext
 from . import Scores, register
@@ -81,9 +81,9 @@ def prompt_features(ctx: RunContext, max_length: int) -> np.ndarray:
     the last hidden states over the prompt's tokens (the release's ``ppl`` and ``sent_emb``)."""
     import torch
 
-    from ..models import default_device, load_causal_lm, load_tokenizer
-    from ..prompts import render_prompt
-    from ..sampling import backbone_identity
+    from ..lm.models import default_device, load_causal_lm, load_tokenizer
+    from ..lm.prompts import render_prompt
+    from ..lm.sampling import backbone_identity
 
     path, records = ctx.backbone(), ctx.pool.records
     tokenizer, loaded = load_tokenizer(path), []
@@ -128,7 +128,7 @@ def pre_experienced_model(ctx: RunContext, pre) -> str:
     """The backbone fine-tuned on the release's pre-experience sample of the pool."""
     from sklearn.cluster import KMeans
 
-    from ..train import finetune
+    from ..lm.train import finetune
 
     features = prompt_features(ctx, int(pre.max_length))
     clusters = min(int(pre.clusters), len(features))

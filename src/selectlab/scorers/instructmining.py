@@ -12,12 +12,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..backbone import resolve_model
+from ..lm.backbone import resolve_model
 from ..errors import SelectlabError
 from ..instructmining import indicators as ind
 from ..instructmining.rules import predicted_loss, validate_rule
-from ..models import default_device, load_causal_lm, load_tokenizer
-from ..prompts import render_prompt
+from ..lm.models import default_device, load_causal_lm, load_tokenizer
+from ..lm.prompts import render_prompt
 from ..config import plain
 from ..context import RunContext
 from . import Scores, register
@@ -114,7 +114,7 @@ def length_indicator(ctx, name, spec, shared):
 
 
 def perplexity_indicator(ctx, name, spec, shared):
-    from ..lm_scoring import encode_pair, losses_from_ids, pad_id
+    from ..lm.lm_scoring import encode_pair, losses_from_ids, pad_id
 
     def compute(records):
         model, tok = shared["backbone"]()

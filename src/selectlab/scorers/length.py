@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SelectlabError
-from ..models import load_tokenizer
+from ..lm.models import load_tokenizer
 from ..context import RunContext
 from . import Scores, register
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..lm_scoring import degenerate_mask, pool_answer_losses
+from ..lm.lm_scoring import degenerate_mask, pool_answer_losses
 from ..config import plain
 from ..context import RunContext
 from . import Scores, register

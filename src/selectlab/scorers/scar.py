@@ -26,10 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backbone import resolve_model
+from ..lm.backbone import resolve_model
 from ..errors import SelectlabError
-from ..diverse import example_text
-from ..models import default_device
+from ..texts import example_text
+from ..lm.models import default_device
 from ..config import plain
 from ..context import RunContext
 from . import Scores, register

@@ -10,7 +10,7 @@ loss(A) of the answer alone without BOS, max length 1024, and the ratio of perpl
 from __future__ import annotations
 
 
-from ..backbone import resolve_model
+from ..lm.backbone import resolve_model
 from ..config import plain
 from ..context import RunContext
 from . import Scores, register

@@ -4,14 +4,14 @@ release's initial state; lower = less redundant = offered first). No model.
 ``scorer.text``: what is compressed: ``repr`` (release: Python's ``str()`` of the record
 ``{'instruction', 'input', 'output'}`` inside a list) or ``plain`` text. The score is
 ``-ratio``, so ``selector=topk`` would take the lowest ratios; the release's selection is the
-three-stage greedy of :mod:`selectlab.zip_selection`, which ``selector=auto`` runs
+three-stage greedy of :mod:`selectlab.selectors.zip_selection`, which ``selector=auto`` runs
 (``conf/selector/zip.yaml``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..zip_selection import FORMS, example_text, single_ratios
+from ..texts import FORMS, single_ratios, zip_text
 from ..context import RunContext
 from . import Scores, register
 
@@ -19,7 +19,7 @@ from . import Scores, register
 @register("zip")
 def score_zip(ctx: RunContext) -> Scores:
     text = str(ctx.cfg.scorer.text)
-    texts = [example_text(r, text) for r in ctx.pool.records]
+    texts = [zip_text(r, text) for r in ctx.pool.records]
     ratio = single_ratios(texts, FORMS[text])
     return Scores(
         ids=[r["id"] for r in ctx.pool.records], score=-ratio,

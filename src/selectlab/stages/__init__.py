@@ -1,4 +1,4 @@
-"""The stages of a run, each one cached artifact of the store (``selectlab.store``):
+"""The stages of a run, each one cached artifact of the store (``selectlab.infra.store``):
 
 ``scoring`` (pool -> scores), ``selection`` (scores -> subsets; a size search is its own stage in
 ``size_search``), ``evaluation`` (fine-tune -> lm-eval and held-out loss) and ``compare`` (the

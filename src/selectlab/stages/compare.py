@@ -7,7 +7,6 @@ from dataclasses import replace
 from ..config import scorer_label
 from ..context import RunContext, with_sections
 from ..errors import SelectlabError
-from ..validate import BASELINES
 from .evaluation import train_and_evaluate
 from .scoring import score_stage
 from .selection import select_stage
@@ -44,16 +43,24 @@ def comparison_seeds(cfg, key: str = "seeds") -> list[int | None]:
     return [int(s) for s in seeds]
 
 
+BASELINES = ("untrained", "random")
+
+
+def check_baselines(baselines) -> list[str]:
+    """``compare.baselines`` as a list, each one known (the one place this is checked)."""
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise SelectlabError(f"compare.baselines: unknown {unknown}; choose from {', '.join(BASELINES)}")
+    return list(baselines)
+
+
 def results_rows(ctx: RunContext, subset: list[dict], subset_key: str) -> list[dict]:
     """The selected subset's rows plus the configured baseline rows, one per seed of
     ``compare.seeds``: random draws its subset and trains with each seed; the selector keeps its
     subset (its scores do not depend on the training seed) and trains with each seed of
     ``compare.selected_seeds`` (default: the same), except scorer=random, whose subset is the seed's draw."""
     cfg = ctx.cfg
-    baselines = list(cfg.compare.baselines)
-    unknown = set(baselines) - set(BASELINES)
-    if unknown:
-        raise SelectlabError(f"compare.baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
+    baselines = check_baselines(cfg.compare.baselines)
     trains = cfg.train.name != "none"
     rows = []
     if "untrained" in baselines or not trains:

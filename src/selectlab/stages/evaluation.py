@@ -2,7 +2,7 @@
 
 The evals are lm-eval's tasks (``eval.tasks``) and the held-out response loss
 (``eval.heldout_loss``), both with per-example scores for the paired statistics of
-``selectlab.stats``.
+``selectlab.outputs.stats``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import plain
 from ..context import RunContext
-from ..store import ArtifactStore, atomic_write_text, content_hash
+from ..infra.store import ArtifactStore, atomic_write_text, content_hash
 
 EVAL_VERSION = 3  # 3: one artifact per (model, task); 2: ARC few-shot from train, code scored as code_eval in the sandbox
 HELDOUT_LOSS_VERSION = 1
@@ -32,7 +32,7 @@ def lm_eval_stage(ctx: RunContext, model_path: str, label: str) -> dict:
     the task it was in; a second job that needs the same task waits for it and reuses it)."""
     import time
 
-    from ..evaluate import evaluate, summarize
+    from ..lm.evaluate import evaluate, summarize
 
     eval_cfg = plain(ctx.cfg.eval)
     keys = task_keys(ctx.store, model_path, eval_cfg)
@@ -58,7 +58,7 @@ def lm_eval_stage(ctx: RunContext, model_path: str, label: str) -> dict:
 def heldout_loss_stage(ctx: RunContext, model_path: str) -> dict:
     """The held-out response loss of one model (``eval.heldout_loss``), cached per (model, held-out
     examples, loss settings); per-example losses included."""
-    from ..heldout import heldout_loss_eval, heldout_records
+    from ..lm.heldout import heldout_loss_eval, heldout_records
 
     loss_cfg = plain(ctx.cfg.eval.heldout_loss)
     records = heldout_records(plain(ctx.cfg.heldout), ctx.pool.records, int(ctx.cfg.seed))
@@ -83,7 +83,7 @@ def evaluate_model(ctx: RunContext, model_path: str, label: str) -> dict:
         result.update({k: lm_eval[k] for k in ("metrics", "groups", "avg", "complete")},
                       per_example=dict(lm_eval.get("per_example") or {}))
     if getattr(ctx.cfg.eval, "heldout_loss", None):
-        from ..heldout import METRIC
+        from ..lm.heldout import METRIC
 
         loss = heldout_loss_stage(ctx, model_path)
         result["metrics"] = {**result["metrics"], METRIC: loss["score"]}
@@ -101,7 +101,7 @@ def train_and_evaluate(ctx: RunContext, subset: list[dict], subset_key: str | No
     if subset_key is None or ctx.cfg.train.name == "none":
         model_path, n_train = ctx.backbone(), 0
     else:
-        from ..train import finetune
+        from ..lm.train import finetune
 
         model_path = finetune(subset, ctx.backbone(), train_cfg, ctx.store,
                               {"subset": subset_key, "backbone": plain(ctx.cfg.backbone)})

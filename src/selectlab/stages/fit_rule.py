@@ -13,8 +13,8 @@ from pathlib import Path
 from ..config import plain
 from ..context import RunContext
 from ..instructmining import fit_experiment, save_rule_yaml
-from ..paths import safe_component
-from ..store import write_jsonl
+from ..infra.paths import safe_component
+from ..infra.store import write_jsonl
 from .size_search import eval_records, finetuned_eval_loss
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..context import RunContext
 from ..scorers import Scores, get_scorer
-from ..store import ArtifactStore, content_hash
+from ..infra.store import ArtifactStore, content_hash
 from ..config import plain
 
 SCORES_VERSION = 1

