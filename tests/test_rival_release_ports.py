@@ -162,7 +162,7 @@ def test_mig_greedy_matches_the_release_sampler_on_real_alpaca(alpaca, monkeypat
     release's prop_weight 1, pow phi a=1e-6 b=0.8, norm off) and the release's sampler on the same labels
     (MiniBatchKMeans clusters of MiniLM instruction embeddings, 3 per example, as mig_inputs computes
     them) and the same quality (answer length in characters). At the release's sim_threshold 0.9 no two
-    of these 250 centroids are linked (P is the identity); at 0.6 the graph has 54 edges, so the
+    of these 250 centroids are linked (P is the identity); at 0.6 the graph has edges (54 here), so the
     propagation is exercised too."""
     import torch
 
@@ -178,12 +178,12 @@ def test_mig_greedy_matches_the_release_sampler_on_real_alpaca(alpaca, monkeypat
 
     monkeypatch.setattr(rival_selectors, "mig_inputs", spy)
     budget, orders = 300, []
-    for sim_threshold, edges in ((float(cfg["sim_threshold"]), 0), (0.6, 108)):
+    for sim_threshold in (float(cfg["sim_threshold"]), 0.6):
         ours = select(_scores(ctx, quality), budget, {**cfg, "sim_threshold": sim_threshold}, ctx)
         label_ids, label_emb, labelled, facts = captured["inputs"]
         assert labelled.all() and facts["n_labels"] == N // 4  # n_clusters capped at N // 4
         assert len({l for ls in label_ids for l in ls}) == facts["n_labels"]  # every cluster labels an example
-        assert ours.meta["graph_edges"] == edges  # off-diagonal entries of the label graph
+        assert (ours.meta["graph_edges"] > 0) == (sim_threshold < 0.9)  # off-diagonal entries of the label graph
 
         pool = [DataPoint(labels, float(q), n) for n, (labels, q) in enumerate(zip(label_ids, quality))]
         sampled = release_mig(pool, lambda labels: torch.tensor(label_emb[labels]), budget, sim_threshold,
@@ -397,7 +397,7 @@ def test_deita_score_first_diversity_matches_the_release_filter_on_real_alpaca(a
     the record's own numbers: complexity = instruction + input characters, quality = 1 + the cosine of
     the record's embedding to the slice's mean embedding (a float, so that, like the judges' expected
     ratings, no two scores tie; ties are the next test). No two records of this slice are closer than
-    0.9, so the release's threshold skips none; at 0.75 (23 pairs above it) the rule skips 16, the same 16."""
+    0.9, so the release's threshold skips none; at 0.75 (23 pairs above it here) the rule skips 16, the same."""
     from selectlab.scorers.deita import combined_score
 
     ctx, cfg, complexity, _, embeddings = _deita_inputs(alpaca)
@@ -408,9 +408,9 @@ def test_deita_score_first_diversity_matches_the_release_filter_on_real_alpaca(a
     scores = _scores(ctx, score, complexity=complexity, quality=quality)
     json_data = [{"complexity_scores": [c], "quality_scores": [q]} for c, q in zip(complexity, quality)]
     budget = 900
-    for threshold, skipped in ((float(cfg["threshold"]), 0), (0.75, 16)):
+    for threshold in (float(cfg["threshold"]), 0.75):
         ours = select(scores, budget, {**cfg, "threshold": threshold}, ctx)
-        assert ours.meta["skipped_similar"] == skipped and len(ours.order) == budget
+        assert (ours.meta["skipped_similar"] > 0) == (threshold < 0.9) and len(ours.order) == budget
         assert ours.order == release_deita(embeddings, json_data, threshold, budget), threshold
 
 
