@@ -408,11 +408,12 @@ def evidence_figure(summary: pd.DataFrame, path: Path, metric: str, scale: str) 
 
 # ---- the committed figures, each from its evidence folder --------------------------------
 
-def build_evidence(out: Path, evidence: Path, metric: str = "heldout_loss") -> Path:
-    """evidence.png: each method's Δ vs random on the CPU replication."""
+def build_evidence(out: Path, evidence: Path, *more_seeds: Path, metric: str = "heldout_loss") -> Path:
+    """evidence.png: each method's Δ vs random on the CPU replication; ``more_seeds``: runs of the same
+    protocol that add training seeds to its selectors (``compare.selected_seeds=[2,3]``, no baselines)."""
     from .runs import scale_line, summary_table
 
-    return evidence_figure(summary_table([evidence]), out / "evidence.png", metric,
+    return evidence_figure(summary_table([evidence, *more_seeds]), out / "evidence.png", metric,
                            "CPU replication: " + scale_line([evidence]))
 
 
@@ -448,7 +449,7 @@ def build_ablations(out: Path, *folders: Path, metric: str = "heldout_loss") -> 
 # figure -> (the evidence folders it is drawn from, its builder: builder(out, *folders)). Every
 # committed PNG is one of these (tests/test_figures_evidence.py), and each notebook calls its builder.
 COMMITTED = {
-    "evidence.png": (("analysis/evidence/cpu_replication",), build_evidence),
+    "evidence.png": (("analysis/evidence/cpu_replication", "analysis/evidence/cpu_replication_seeds"), build_evidence),
     "double_descent.png": (("analysis/evidence/double_descent", "analysis/evidence/double_descent_search"),
                            build_double_descent),
     "cognitive_complexity.png": (("analysis/evidence/complexity",), build_complexity),
