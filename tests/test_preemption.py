@@ -43,6 +43,7 @@ class SignalAt(TrainerCallback):
             os.kill(os.getpid(), self.sig)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_finetune_saves_that_step_and_the_rerun_ends_where_an_uninterrupted_run_does(
         tiny_model_dir, compose, tmp_path, handlers, caplog):
     # save_steps larger than the run: before preemption handling, a SIGTERM here lost every step
