@@ -216,8 +216,8 @@ def _ours_delta(ax, table: pd.DataFrame, knob: str, title: str, default: str, me
 def _published_delta(ax, knob: str, title: str) -> None:
     """The paper's Avg for each value of ``knob`` minus its random row (Alpaca-GPT4, LLaMA3-8B)."""
     if knob not in published.ADG_ABLATIONS:
-        _say(ax, f"the paper reports no numbers for this axis\n(docs/methods.md lists {knob} among the ablations "
-                 "it needs, without values)", empty=False)
+        _say(ax, "the paper reports no numbers for this axis\n(docs/methods.md names it among the\n"
+                 "ablations the paper runs, without values)", empty=False)
         ax.set_title(f"published: {title}", fontsize=9)
         return
     pub = published.adg_ablation(knob)
@@ -230,7 +230,8 @@ def _published_delta(ax, knob: str, title: str) -> None:
     ax.set_title(f"published: {title}", fontsize=9)
 
 
-def ablations_figure(tables: dict[str, pd.DataFrame], path: Path, scale: str, metric: str = "heldout_loss") -> Path:
+def ablations_figure(tables: dict[str, pd.DataFrame], path: Path, scale: str, metric: str = "heldout_loss",
+                     versus: dict[str, pd.DataFrame] | None = None) -> Path:
     """ADG's ablations, one row per axis (layer window, K, λ): the paper's Avg minus random (grey
     bars, LLaMA3-8B on Alpaca-GPT4) beside ours, each point Δ ``metric`` vs random at the same
     size with its 95% CI (``analysis.runs.ablation_table``). The level cannot be compared (other
@@ -241,13 +242,21 @@ def ablations_figure(tables: dict[str, pd.DataFrame], path: Path, scale: str, me
     drawn = [axis for axis in ABLATION_AXES if len(_ablation_points(tables.get(axis[0]), axis[0], metric)) >= 2]
     missing = [knob for knob, _, _ in ABLATION_AXES if knob not in {a[0] for a in drawn}]
     rows = drawn or ABLATION_AXES[:1]
-    fig = Figure(figsize=(11, 3.5 * len(rows)))
+    fig = Figure(figsize=(11, 3.6 * len(rows) + 0.6))
     axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"hspace": 0.75, "wspace": 0.3})
     for row, (knob, title, default) in enumerate(rows):
         _published_delta(axes[row, 0], knob, pub_titles[knob])
         _ours_delta(axes[row, 1], tables.get(knob), knob, f"ours: {title}", default, metric)
+        pairs = (versus or {}).get(knob)
+        if pairs is not None and len(pairs):
+            text = "; ".join(f"{_knob_value(f'{knob}=' + str(p['value']), knob)}: {p['diff']:+.3f} "
+                             f"[{p['low']:+.3f}, {p['high']:+.3f}]{'*' if p['significant'] else ' n.s.'}"
+                             for _, p in pairs.iterrows())
+            axes[row, 1].set_xlabel(f"paired against the release's value (Δ {metric}, 95% CI, * excludes 0):\n{text}",
+                                    fontsize=7)
     note = f"\nnot run yet at this scale (no row): {', '.join(missing)}" if missing else ""
-    fig.suptitle(f"ADG ablations ({published.ADG_SOURCE})\nours: {scale}{note}", fontsize=9)
+    fig.suptitle(f"ADG ablations ({published.ADG_SOURCE})\nours: {scale}{note}", fontsize=9,
+                 y=1.0 + 0.16 / len(rows))
     return _save(fig, path)
 
 
@@ -440,10 +449,11 @@ def build_complexity(out: Path, evidence: Path) -> Path:
 
 def build_ablations(out: Path, *folders: Path, metric: str = "heldout_loss") -> Path:
     """ablations.png: each axis from the evidence folders (the release's point is in the λ sweep)."""
-    from .runs import ablation_table, scale_line
+    from .runs import ablation_table, scale_line, versus_release
 
     tables = {knob: ablation_table(folders, knob) for knob, _, _ in ABLATION_AXES}
-    return ablations_figure(tables, out / "ablations.png", scale_line(folders), metric)
+    versus = {knob: versus_release(folders, knob, metric=metric) for knob, _, _ in ABLATION_AXES}
+    return ablations_figure(tables, out / "ablations.png", scale_line(folders), metric, versus)
 
 
 # figure -> (the evidence folders it is drawn from, its builder: builder(out, *folders)). Every
@@ -453,8 +463,7 @@ COMMITTED = {
     "double_descent.png": (("analysis/evidence/double_descent", "analysis/evidence/double_descent_search"),
                            build_double_descent),
     "cognitive_complexity.png": (("analysis/evidence/complexity",), build_complexity),
-    "ablations.png": (("analysis/evidence/adg_ablation_lambda", "analysis/evidence/adg_ablation_layers",
-                       "analysis/evidence/adg_ablation_k"), build_ablations),
+    "ablations.png": (("analysis/evidence/adg_ablation_lambda",), build_ablations),
 }
 
 

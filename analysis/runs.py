@@ -295,6 +295,37 @@ def ablation_table(roots: str | Path | Iterable[str | Path], knob: str, defaults
     return pd.DataFrame(summaries, columns=summary_columns(summaries))
 
 
+def versus_release(roots: str | Path | Iterable[str | Path], knob: str, defaults: dict | None = None,
+                   metric: str = "heldout_loss", n_boot: int | None = None) -> pd.DataFrame:
+    """Each value of ``knob`` against the release's value, paired by eval example (seeds resampled on
+    each side, as :func:`size_steps`): ``diff`` = value − release, its 95% CI, ``significant``."""
+    from selectlab.outputs.stats import (N_BOOT, _per_example_matrix, dedupe_rows, difference_replicates,
+                                         interval, method_rng)
+
+    release = str((defaults or ABLATION_DEFAULTS)[knob])
+    others = {k: v for k, v in (defaults or ABLATION_DEFAULTS).items() if k != knob}
+    rows = dedupe_rows(_variant_rows(roots, lambda info: info["scorer"] == "adg" and all(
+        _same_value(info[k], v) for k, v in others.items()))[0])
+    by_value: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["label"] == "selected" and r.get("variant", "").startswith(f"{knob}="):
+            by_value.setdefault(r["variant"].split("=", 1)[1], []).append(r)
+    base = next((v for v in by_value if _same_value(v, release)), None)
+    if base is None:
+        return pd.DataFrame(columns=["value", "diff", "low", "high", "significant"])
+    reference = _per_example_matrix(by_value[base], metric)[1]
+    out = []
+    for value, group in by_value.items():
+        if value == base:
+            continue
+        matrix = _per_example_matrix(group, metric)[1]
+        low, high = interval(difference_replicates(matrix, reference, method_rng(4, (knob, value, metric)),
+                                                   n_boot or N_BOOT))
+        out.append({"value": value, "diff": float(matrix.mean() - reference.mean()), "low": low, "high": high,
+                    "significant": low > 0 or high < 0})
+    return pd.DataFrame(out)
+
+
 def size_curve(roots: str | Path | Iterable[str | Path], metric: str = "heldout_loss",
                n_boot: int | None = None) -> pd.DataFrame:
     """``metric`` against training-set size, one row per (method, size): the mean over seeds and

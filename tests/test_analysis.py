@@ -142,6 +142,10 @@ def test_ablation_table_keeps_one_axis_at_the_release_defaults_and_the_figure_dr
     assert sorted(layers.index.dropna()) == ["layers=-4,-3,-2", "layers=1,2,3,4"]  # the λ = 0, 1 runs are off-axis
     assert layers.loc["layers=1,2,3,4", "heldout_loss Δ"] == pytest.approx(0.05, abs=0.01)
 
+    versus = runs.versus_release(tmp_path, "lam").set_index("value")  # paired with the release's λ = 0.4
+    assert versus.loc["1.0", "diff"] == pytest.approx(-0.20, abs=0.01) and versus.loc["1.0", "significant"]
+    assert versus.loc["0.0", "diff"] == pytest.approx(0.10, abs=0.01) and "0.4" not in versus.index
+
     figures.EMPTY_PANELS.clear()
     tables = {knob: runs.ablation_table(tmp_path, knob) for knob in ("layers", "k", "lam")}
     png = figures.ablations_figure(tables, tmp_path / "abl.png", "scale")
