@@ -83,7 +83,7 @@ class VllmSampler(SamplerConfig):
 # ---------------------------------------------------------------- embedding
 @dataclass
 class EmbeddingConfig:
-    """The schema of ``selectlab.adg.EmbeddingConfig`` (which checks the values' ranges)."""
+    """The schema of ``selectlab.lm.embedding.EmbeddingConfig`` (which checks the values' ranges)."""
 
     name: str = MISSING
     layers: List[int] = MISSING
