@@ -190,3 +190,20 @@ def test_results_rows_name_the_scorer_option_the_run_chose(choice, name):
         assert scorer_label(cfg) == choice
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_a_sweep_over_adg_sampling_or_embedding_keeps_every_other_scorers_keys(compose):
+    """The scores key hashes only the sections a scorer declares it reads: sampler.k or
+    embedding.layers change ADG's scores, not the random baseline's (so its subsets and fine-tunes
+    are reused across an ablation sweep) nor IFD's; a backbone change reaches every scorer that reads it."""
+    from selectlab.stages.scoring import scores_key
+
+    def key(*overrides):
+        return scores_key(compose(*overrides), "pool")
+
+    for scorer, moves in (("adg", True), ("random", False), ("ifd", False)):
+        base = key(f"scorer={scorer}")
+        assert (key(f"scorer={scorer}", "sampler.k=7") != base) is moves, scorer
+        assert (key(f"scorer={scorer}", "embedding.layers=[1,2,3,4]") != base) is moves, scorer
+    assert key("scorer=ifd", "backbone.dtype=bfloat16") != key("scorer=ifd")
+    assert key("scorer=random", "backbone.dtype=bfloat16") == key("scorer=random")

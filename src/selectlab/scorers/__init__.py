@@ -61,14 +61,29 @@ def _num(x) -> float | None:
 
 
 SCORERS: dict[str, Callable[[RunContext], Scores]] = {}
+# The run sections besides ``scorer``, ``pool`` and ``seed`` that can change a scorer's numbers; the scores
+# key hashes only these, so a sweep over ADG's sampler or embedding reuses every other scorer's scores
+# (and the random baseline's subsets and fine-tunes). A scorer that declares nothing is keyed on all of them.
+SECTIONS = ("backbone", "sampler", "embedding")
+READS: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str):
+def register(name: str, reads: tuple[str, ...] = SECTIONS):
+    unknown = set(reads) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"register({name!r}): reads {sorted(unknown)}, not among {SECTIONS}")
+
     def deco(fn: Callable[[RunContext], Scores]):
-        SCORERS[name] = fn
+        SCORERS[name], READS[name] = fn, tuple(reads)
         return fn
 
     return deco
+
+
+def scorer_reads(name: str) -> tuple[str, ...]:
+    """The run sections scorer ``name`` reads (imports its module to find out)."""
+    get_scorer(name)
+    return READS.get(name, SECTIONS)
 
 
 def get_scorer(name: str) -> Callable[[RunContext], Scores]:

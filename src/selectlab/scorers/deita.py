@@ -64,7 +64,7 @@ def combined_score(complexity: np.ndarray, quality: np.ndarray) -> np.ndarray:
     return np.asarray(complexity, np.float64) * np.asarray(quality, np.float64)
 
 
-@register("deita")
+@register("deita", reads=("backbone",))
 def score_deita(ctx: RunContext) -> Scores:
     scfg = plain(ctx.cfg.scorer)
     shared = _backbone_loaders(ctx)

@@ -55,7 +55,7 @@ def ifd_scores(ctx: RunContext, model_path: str, model_ident) -> Scores:
     )
 
 
-@register("ifd")
+@register("ifd", reads=("backbone",))
 def score_ifd(ctx: RunContext) -> Scores:
     """IFD under the backbone, or (``scorer.pre_experience.enabled``) under the release's
     pre-experienced model: the backbone fine-tuned (the run's ``train``) on a few examples per

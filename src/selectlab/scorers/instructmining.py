@@ -261,7 +261,7 @@ def compute_indicators(ctx: RunContext, names: list[str]) -> tuple[dict[str, np.
     return columns, counts
 
 
-@register("instructmining")
+@register("instructmining", reads=("backbone",))
 def score_instructmining(ctx: RunContext) -> Scores:
     rule = validate_rule(plain(ctx.cfg.scorer.rule))
     extra = [c for c in (getattr(ctx.cfg.scorer, "log_indicators", None) or []) if c not in rule["coefficients"]]

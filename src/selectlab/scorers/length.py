@@ -29,7 +29,7 @@ def answer_token_counts(ctx: RunContext) -> np.ndarray:
     return np.array([len(ids) for ids in tokenizer(answers, add_special_tokens=False).input_ids], dtype=np.float64)
 
 
-@register("length")
+@register("length", reads=("backbone",))
 def score_length(ctx: RunContext) -> Scores:
     sign = order_sign(str(ctx.cfg.scorer.order))
     answers = [r["output"] for r in ctx.pool.records]

@@ -29,7 +29,7 @@ def deita_score(record: dict) -> float:
     return float(sum(q * c for q, c in zip(quality, complexity)) / len(quality))
 
 
-@register("mig")
+@register("mig", reads=("backbone",))
 def score_mig(ctx: RunContext) -> Scores:
     quality = str(ctx.cfg.scorer.quality)
     records = ctx.pool.records

@@ -13,7 +13,7 @@ from . import Scores, register
 from .length import order_sign
 
 
-@register("perplexity")
+@register("perplexity", reads=("backbone",))
 def score_perplexity(ctx: RunContext) -> Scores:
     sign = order_sign(str(ctx.cfg.scorer.order))
     model_ident = plain(ctx.cfg.backbone)

@@ -20,7 +20,7 @@ def uniform_from_id(seed: int, example_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-@register("random")
+@register("random", reads=())
 def score_random(ctx: RunContext) -> Scores:
     seed = int(ctx.cfg.seed)
     key = ctx.store.key("random_scores", VERSION, pool=ctx.pool_key, seed=seed)

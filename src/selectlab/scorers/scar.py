@@ -135,7 +135,7 @@ def ranker_scores(model, tokenizer, questions: Sequence[str], answers: Sequence[
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-@register("scar")
+@register("scar", reads=("backbone",))
 def score_scar(ctx: RunContext) -> Scores:
     scfg = plain(ctx.cfg.scorer)
     model_cfg = scfg["model"]

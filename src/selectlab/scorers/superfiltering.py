@@ -17,7 +17,7 @@ from . import Scores, register
 from .ifd import ifd_scores
 
 
-@register("superfiltering")
+@register("superfiltering", reads=("backbone",))
 def score_superfiltering(ctx: RunContext) -> Scores:
     model_cfg = plain(ctx.cfg.scorer.model)
     return ifd_scores(ctx, resolve_model(model_cfg, "scorer.model", ctx.store), model_cfg)

@@ -5,4 +5,4 @@ from __future__ import annotations
 from . import register
 from .superfiltering import score_superfiltering
 
-register("superfiltering_d")(score_superfiltering)
+register("superfiltering_d", reads=("backbone",))(score_superfiltering)

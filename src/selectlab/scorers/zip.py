@@ -16,7 +16,7 @@ from ..context import RunContext
 from . import Scores, register
 
 
-@register("zip")
+@register("zip", reads=("backbone",))
 def score_zip(ctx: RunContext) -> Scores:
     text = str(ctx.cfg.scorer.text)
     texts = [zip_text(r, text) for r in ctx.pool.records]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..context import RunContext
-from ..scorers import Scores, get_scorer
+from ..scorers import Scores, get_scorer, scorer_reads
 from ..infra.store import ArtifactStore, content_hash
 from ..config import plain
 
@@ -21,11 +21,11 @@ def pool_content_key(records: list[dict]) -> str:
 
 
 def scores_key(cfg, pool_key: str) -> str:
-    """Key of the scores artifact: every config section a scorer may read (also used by task=plan)."""
-    return ArtifactStore.key(
-        "scores", SCORES_VERSION, scorer=plain(cfg.scorer), pool=pool_key, seed=int(cfg.seed),
-        backbone=plain(cfg.backbone), sampler=plain(cfg.sampler), embedding=plain(cfg.embedding),
-    )
+    """Key of the scores artifact: the scorer's config, the pool, the seed and the run sections the
+    scorer declares it reads (``scorers.register(..., reads=...)``; also used by task=plan)."""
+    reads = scorer_reads(cfg.scorer.name)
+    return ArtifactStore.key("scores", SCORES_VERSION, scorer=plain(cfg.scorer), pool=pool_key, seed=int(cfg.seed),
+                             **{section: plain(getattr(cfg, section)) for section in reads})
 
 
 def score_stage(ctx: RunContext) -> tuple[Scores, str]:
