@@ -317,3 +317,13 @@ def test_summary_markdown_shows_a_repeated_column_once():
                            "Avg": 27.5, "Avg std": 0.2, "heldout_loss": 1.9, "heldout_loss std": 0.04}])
     header = runs.summary_markdown(table).splitlines()[0]
     assert header == "| label | scorer | n_train | n_seeds | arc_challenge | heldout_loss ↓ |"
+
+
+def test_the_same_fine_tune_under_two_keys_counts_once():
+    from selectlab.outputs.stats import dedupe_rows
+
+    row = _heldout_row("random", "random", 1, [1.0, 2.0], "cache:checkpoints/a")
+    same_losses_new_key = {**row, "model": "cache:checkpoints/b"}
+    other_losses = {**_heldout_row("random", "random", 1, [1.0, 2.5], "cache:checkpoints/c")}
+    more_metrics_same_model = {**row, "per_example": {**row["per_example"], "arc": {"x": 1.0}}}
+    assert dedupe_rows([row, same_losses_new_key, other_losses, more_metrics_same_model]) == [row, other_losses]

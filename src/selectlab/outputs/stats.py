@@ -14,6 +14,8 @@ is the same number in a one-run table and in a whole sweep's.
 """
 from __future__ import annotations
 
+import json
+
 import hashlib
 import math
 from collections import defaultdict
@@ -96,13 +98,17 @@ def _method(row: dict) -> tuple:
 
 def dedupe_rows(rows: list[dict]) -> list[dict]:
     """A row shared by several runs of a sweep (the untrained and random models are cached
-    artifacts) once: same label, scorer, variant, seed and model."""
+    artifacts) once: same label, scorer, variant, seed, and the same model path or the same per-example
+    scores (the same fine-tune stored under two keys, e.g. by two code versions, counts once)."""
     seen, out = set(), []
     for r in rows:
-        key = (r["label"], r["scorer"], r.get("variant"), r.get("seed"), r.get("n_train"), r.get("model"))
-        if key not in seen:
-            seen.add(key)
+        base = (r["label"], r["scorer"], r.get("variant"), r.get("seed"), r.get("n_train"))
+        keys = {(*base, "model", r.get("model"))}
+        if r.get("per_example"):
+            keys.add((*base, "scores", json.dumps(r["per_example"], sort_keys=True)))
+        if not keys & seen:
             out.append(r)
+        seen |= keys
     return out
 
 
