@@ -27,7 +27,6 @@ DEFAULT_FIGURES = REPO_ROOT / "analysis" / "figures"
 # Executed copies of the notebooks (with their outputs) go here, not over the committed sources,
 # so `make figures` changes no tracked file but the PNGs whose pictures changed.
 EXECUTED = REPO_ROOT / "build" / "notebooks"
-METRIC = "Avg"
 # Where make figures looks for runs: your own, and the evidence committed with the repository
 # (analysis/evidence/: the CPU replication's run folders, manifests and per-example results).
 DEFAULT_RUN_ROOTS = ("outputs", "multirun", "analysis/evidence")
@@ -52,28 +51,6 @@ def _say(ax, message: str, empty: bool = True) -> None:
             color="0.35")
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def _evaluated(runs: pd.DataFrame | None, metric: str, label: str | None = None) -> pd.DataFrame:
-    if runs is None or runs.empty or metric not in runs or "label" not in runs:
-        return pd.DataFrame()
-    rows = runs[np.isfinite(pd.to_numeric(runs[metric], errors="coerce"))]
-    return rows if label is None else rows[rows["label"] == label]
-
-
-def scale_note(runs: pd.DataFrame | None, metric: str) -> str:
-    """What the evaluated runs behind a figure are: backbones, pools with their size, and the
-    training seeds behind each point (a figure of one seed per point says so)."""
-    rows = _evaluated(runs, metric)
-    if rows.empty:
-        return f"ours: no runs with an evaluated {metric}"
-    pools = sorted({f"{p} ({int(n):,} examples)" if pd.notna(n) else str(p)
-                    for p, n in zip(rows["pool"], rows["n_pool"])})
-    backbones = sorted(set(rows["backbone"].dropna().astype(str)))
-    point = [c for c in ("label", "eval_scorer", "n_train", "pool", "backbone", "layers", "k", "lam") if c in rows]
-    seeds = rows.groupby([rows[c].astype(str) for c in point]).size()
-    span = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
-    return f"ours: {', '.join(backbones)} on {', '.join(pools)}; {span} seed(s) per point"
 
 
 def double_descent_figure(curve: pd.DataFrame, steps: pd.DataFrame, trials: pd.DataFrame, path: Path,
@@ -157,10 +134,10 @@ def _knob_values(values: pd.Series) -> list:
     return sorted(values.dropna().unique(), key=order)
 
 
-# The ablation axes drawn: (knob, what it is, the release's value as analysis.runs writes it)
-ABLATION_AXES = (("layers", "embedding.layers (hidden_states indices)", "-4,-3,-2"),
-                 ("k", "sampler.k (answers per instruction)", "5"),
-                 ("lam", "scorer.lam (0 = D only, 1 = I only)", "0.4"))
+# The ablation axes drawn: (knob, what it is); the release's value of each is analysis.runs.ABLATION_DEFAULTS
+ABLATION_AXES = (("layers", "embedding.layers (hidden_states indices)"),
+                 ("k", "sampler.k (answers per instruction)"),
+                 ("lam", "scorer.lam (0 = D only, 1 = I only)"))
 
 
 def _knob_value(variant: str, knob: str) -> str:
@@ -186,9 +163,11 @@ def _ablation_points(table: pd.DataFrame, knob: str, metric: str) -> pd.DataFram
     return rows.set_index("value").loc[order].reset_index()
 
 
-def _ours_delta(ax, table: pd.DataFrame, knob: str, title: str, default: str, metric: str) -> None:
+def _ours_delta(ax, table: pd.DataFrame, knob: str, title: str, metric: str) -> None:
     """Δ ``metric`` vs random at the same size per value of ``knob`` (95% CI; filled = excludes 0)."""
     from selectlab.outputs.stats import LOWER_IS_BETTER
+
+    from .runs import ABLATION_DEFAULTS
 
     points = _ablation_points(table, knob, metric)
     if len(points) < 2:
@@ -202,6 +181,7 @@ def _ours_delta(ax, table: pd.DataFrame, knob: str, title: str, default: str, me
         ax.annotate(f"{d:+.3f}\n[{low:+.3f}, {high:+.3f}]", (i, high), textcoords="offset points", xytext=(0, 4),
                     ha="center", fontsize=6.5)
     ax.axhline(0, color="0.6", ls="--", lw=1)
+    default = _knob_value(f"{knob}={ABLATION_DEFAULTS[knob]}", knob)
     labels = [f"{v}\n(release)" if v == default else str(v) for v in points["value"]]
     ax.set_xticks(range(len(points)), labels, fontsize=7)
     ax.set_xlim(-0.6, len(points) - 0.4)
@@ -240,13 +220,13 @@ def ablations_figure(tables: dict[str, pd.DataFrame], path: Path, scale: str, me
                   "lam": "λ (D/I weighting)"}
     # an axis without two evaluated points gets no row: the title names it instead of an empty panel
     drawn = [axis for axis in ABLATION_AXES if len(_ablation_points(tables.get(axis[0]), axis[0], metric)) >= 2]
-    missing = [knob for knob, _, _ in ABLATION_AXES if knob not in {a[0] for a in drawn}]
+    missing = [knob for knob, _ in ABLATION_AXES if knob not in {a[0] for a in drawn}]
     rows = drawn or ABLATION_AXES[:1]
     fig = Figure(figsize=(11, 3.6 * len(rows) + 0.6))
     axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"hspace": 0.75, "wspace": 0.3})
-    for row, (knob, title, default) in enumerate(rows):
+    for row, (knob, title) in enumerate(rows):
         _published_delta(axes[row, 0], knob, pub_titles[knob])
-        _ours_delta(axes[row, 1], tables.get(knob), knob, f"ours: {title}", default, metric)
+        _ours_delta(axes[row, 1], tables.get(knob), knob, f"ours: {title}", metric)
         pairs = (versus or {}).get(knob)
         if pairs is not None and len(pairs):
             text = "; ".join(f"{_knob_value(f'{knob}=' + str(p['value']), knob)}: {p['diff']:+.3f} "
@@ -451,8 +431,8 @@ def build_ablations(out: Path, *folders: Path, metric: str = "heldout_loss") -> 
     """ablations.png: each axis from the evidence folders (the release's point is in the λ sweep)."""
     from .runs import ablation_table, scale_line, versus_release
 
-    tables = {knob: ablation_table(folders, knob) for knob, _, _ in ABLATION_AXES}
-    versus = {knob: versus_release(folders, knob, metric=metric) for knob, _, _ in ABLATION_AXES}
+    tables = {knob: ablation_table(folders, knob) for knob, _ in ABLATION_AXES}
+    versus = {knob: versus_release(folders, knob, metric=metric) for knob, _ in ABLATION_AXES}
     return ablations_figure(tables, out / "ablations.png", scale_line(folders), metric, versus)
 
 

@@ -276,6 +276,21 @@ def _same_value(a, b) -> bool:
         return str(a) == str(b)
 
 
+def _on_axis(knob: str, defaults: dict | None) -> Callable[[dict], bool]:
+    """Whether an ADG run's ablation knobs other than ``knob`` are at ``defaults`` (the release's)."""
+    others = {k: v for k, v in (defaults or ABLATION_DEFAULTS).items() if k != knob}
+    return lambda info: all(_same_value(info[k], v) for k, v in others.items())
+
+
+def _paired_change(after, before, rng, n_boot: int) -> tuple[float, float, float]:
+    """(mean of ``after`` − mean of ``before``, 95% CI): seeds × examples matrices scored on the same
+    eval examples, so the difference is paired by example (seeds resampled on each side)."""
+    from selectlab.outputs.stats import difference_replicates, interval
+
+    low, high = interval(difference_replicates(after, before, rng, n_boot))
+    return float(after.mean() - before.mean()), low, high
+
+
 def ablation_table(roots: str | Path | Iterable[str | Path], knob: str, defaults: dict | None = None,
                    n_boot: int | None = None) -> pd.DataFrame:
     """ADG along one ablation axis: :func:`summary_table` over the runs whose other ablation knobs
@@ -283,12 +298,9 @@ def ablation_table(roots: str | Path | Iterable[str | Path], knob: str, defaults
     has the paired difference to random at the same size with its 95% CI per metric."""
     from selectlab.outputs.stats import N_BOOT, summarize, summary_columns
 
-    others = {k: v for k, v in (defaults or ABLATION_DEFAULTS).items() if k != knob}
-
-    def keep(info: dict) -> bool:
-        return info["scorer"] != "adg" or all(_same_value(info[k], v) for k, v in others.items())
-
-    rows, groups = _variant_rows(roots, keep)  # only ``knob`` varies among the kept ADG runs: it names the variant
+    on_axis = _on_axis(knob, defaults)
+    # only ``knob`` varies among the kept ADG runs: it names the variant; the baselines' runs all count
+    rows, groups = _variant_rows(roots, lambda info: info["scorer"] != "adg" or on_axis(info))
     if not rows:
         return pd.DataFrame(columns=["label", "scorer", "n_train", "n_seeds"])
     summaries = summarize(rows, groups, n_boot=n_boot or N_BOOT)
@@ -299,13 +311,11 @@ def versus_release(roots: str | Path | Iterable[str | Path], knob: str, defaults
                    metric: str = "heldout_loss", n_boot: int | None = None) -> pd.DataFrame:
     """Each value of ``knob`` against the release's value, paired by eval example (seeds resampled on
     each side, as :func:`size_steps`): ``diff`` = value − release, its 95% CI, ``significant``."""
-    from selectlab.outputs.stats import (N_BOOT, _per_example_matrix, dedupe_rows, difference_replicates,
-                                         interval, method_rng)
+    from selectlab.outputs.stats import N_BOOT, _per_example_matrix, dedupe_rows, method_rng
 
     release = str((defaults or ABLATION_DEFAULTS)[knob])
-    others = {k: v for k, v in (defaults or ABLATION_DEFAULTS).items() if k != knob}
-    rows = dedupe_rows(_variant_rows(roots, lambda info: info["scorer"] == "adg" and all(
-        _same_value(info[k], v) for k, v in others.items()))[0])
+    on_axis = _on_axis(knob, defaults)
+    rows = dedupe_rows(_variant_rows(roots, lambda info: info["scorer"] == "adg" and on_axis(info))[0])
     by_value: dict[str, list[dict]] = {}
     for r in rows:
         if r["label"] == "selected" and r.get("variant", "").startswith(f"{knob}="):
@@ -318,11 +328,9 @@ def versus_release(roots: str | Path | Iterable[str | Path], knob: str, defaults
     for value, group in by_value.items():
         if value == base:
             continue
-        matrix = _per_example_matrix(group, metric)[1]
-        low, high = interval(difference_replicates(matrix, reference, method_rng(4, (knob, value, metric)),
-                                                   n_boot or N_BOOT))
-        out.append({"value": value, "diff": float(matrix.mean() - reference.mean()), "low": low, "high": high,
-                    "significant": low > 0 or high < 0})
+        diff, low, high = _paired_change(_per_example_matrix(group, metric)[1], reference,
+                                         method_rng(4, (knob, value, metric)), n_boot or N_BOOT)
+        out.append({"value": value, "diff": diff, "low": low, "high": high, "significant": low > 0 or high < 0})
     return pd.DataFrame(out)
 
 
@@ -360,7 +368,7 @@ def size_steps(roots: str | Path | Iterable[str | Path], label: str = "selected"
     """The change of ``metric`` from each size to the next for one method (``label``): the models of
     the two sizes are scored on the same eval examples, so the difference is paired by example
     (seeds resampled on each side); a step whose CI excludes 0 is a significant rise or fall."""
-    from selectlab.outputs.stats import N_BOOT, _per_example_matrix, dedupe_rows, interval, method_rng, difference_replicates
+    from selectlab.outputs.stats import N_BOOT, _per_example_matrix, dedupe_rows, method_rng
 
     rows = [r for r in dedupe_rows(_variant_rows(roots)[0]) if r["label"] == label]
     sizes = sorted({r["n_train"] for r in rows})
@@ -368,10 +376,9 @@ def size_steps(roots: str | Path | Iterable[str | Path], label: str = "selected"
     for a, b in zip(sizes, sizes[1:]):
         before = _per_example_matrix([r for r in rows if r["n_train"] == a], metric)
         after = _per_example_matrix([r for r in rows if r["n_train"] == b], metric)
-        reps = difference_replicates(after[1], before[1], method_rng(2, (label, a, b, metric)), n_boot or N_BOOT)
-        low, high = interval(reps)
-        out.append({"from": a, "to": b, "change": float(after[1].mean() - before[1].mean()), "low": low,
-                    "high": high, "direction": "rise" if low > 0 else "fall" if high < 0 else "n.s."})
+        change, low, high = _paired_change(after[1], before[1], method_rng(2, (label, a, b, metric)), n_boot or N_BOOT)
+        out.append({"from": a, "to": b, "change": change, "low": low, "high": high,
+                    "direction": "rise" if low > 0 else "fall" if high < 0 else "n.s."})
     return pd.DataFrame(out)
 
 

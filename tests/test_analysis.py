@@ -301,11 +301,6 @@ def test_variant_names_only_the_knobs_a_scorer_varies(tmp_path):
     assert selected[selected["scorer"] == "length"]["variant"].fillna("").tolist() == [""]
 
 
-def test_scale_note_names_model_pool_and_seeds(run_root):
-    """Figures of our runs state their scale: backbone, pool size and seeds per point."""
-    note = figures.scale_note(runs.runs_table([run_root]), "gsm8k")
-    assert note == "ours: smollm2_135m on alpaca (48 examples); 1 seed(s) per point"
-    assert "no runs" in figures.scale_note(None, "gsm8k")
 
 
 def test_summary_markdown_shows_a_repeated_column_once():

@@ -468,11 +468,11 @@ def eval_stage(p: "Planner", row: str, model_key: str | None, model_note: str) -
     gen = sum(t["generated_tokens_max"] for t in ok)
     model_path = p.store.path("checkpoints", model_key) if model_key else p.backbone.location.folder if row == "untrained" else None
     keys = list(task_keys(p.store, str(model_path), ev).values()) if model_path else []
-    stored = sum(p.store.exists("evals", k) for k in keys)
-    key = next((k for k in keys if not p.store.exists("evals", k)), keys[-1]) if keys else None
+    missing = [k for k in keys if not p.store.exists("evals", k)]
+    key = missing[0] if missing else keys[-1] if keys else None
     status = artifact_status(p.store, "evals", key, "it names the fine-tuned model")
-    if 0 < stored < len(keys):
-        status = f"partial: {stored} of {len(keys)} tasks stored, the rest to compute"
+    if 0 < len(missing) < len(keys):
+        status = f"partial: {len(keys) - len(missing)} of {len(keys)} tasks stored, the rest to compute"
     bb = p.backbone
     flops = bb.arch.forward_flops_per_token(1024) * gen if bb.arch else None
     detail = ", ".join(f"{t['task']} {t['docs']:,}/{t['requests']:,}" for t in ok)

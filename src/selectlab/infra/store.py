@@ -379,8 +379,8 @@ class ArtifactStore:
             except FileNotFoundError:
                 continue
             lock_file = self._scratch_lock(tmp)
-            orphaned = lock_file.exists() and _free(lock_file)
-            if not orphaned and (age < self.tmp_max_age_s or not _free(lock_file)):
+            owned = lock_file.exists()  # before _free, whose probe creates the file
+            if not _free(lock_file) or (not owned and age < self.tmp_max_age_s):
                 continue
             shutil.rmtree(tmp, ignore_errors=True)
             lock_file.unlink(missing_ok=True)

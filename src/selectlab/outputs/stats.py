@@ -14,9 +14,8 @@ is the same number in a one-run table and in a whole sweep's.
 """
 from __future__ import annotations
 
-import json
-
 import hashlib
+import json
 import math
 from collections import defaultdict
 
