@@ -72,7 +72,8 @@ def run_one(args) -> dict:
     import torch
 
     from selectlab.lm.divergence import adg_score, divergence
-    from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table
+    from selectlab.config import preset
+    from selectlab.lm.embedding import embed_answer_sets, token_weight_table
     from selectlab.lm.models import load_causal_lm, load_tokenizer
     from selectlab.lm.reference import reference_scores
 
@@ -95,7 +96,7 @@ def run_one(args) -> dict:
         out = reference_scores(model, tok, instructions, answers, layers=layers, max_length=args.max_length, lam=0.4)
         D, I, s = out["D"], out["I"], out["score"]
     else:
-        cfg = EmbeddingConfig(layers=layers, max_length=args.max_length, dtype=args.dtype,
+        cfg = preset("embedding", "release", layers=layers, max_length=args.max_length, dtype=args.dtype,
                               token_budget=args.token_budget, prefix_reuse=args.method == "ours_prefix_reuse")
         emb = embed_answer_sets(model, tok, instructions, answers, cfg, token_weight_table(tok))
         D, I = divergence(emb.answers)

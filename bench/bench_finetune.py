@@ -14,6 +14,7 @@ what it does to the numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -41,6 +42,7 @@ def main() -> None:
     from selectlab.pools import load_pool
     from selectlab.infra.store import ArtifactStore
     from selectlab.lm.train import finetune, response_losses
+    from selectlab.schema import typed
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["run_dir=/tmp/bench", "train=cpu_small", "train.lr=1e-4",
@@ -56,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = {}
         for name, bf16 in (("float32", False), ("bf16_autocast", True)):
-            train = {**plain(cfg.train), "bf16": bf16}
+            train = dataclasses.replace(typed(cfg.train), bf16=bf16)
             store = ArtifactStore(Path(tmp) / name)
             start = time.perf_counter()
             models[name] = finetune(subset, backbone, train, store, {"bench": name})

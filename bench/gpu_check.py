@@ -32,7 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from selectlab.lm.divergence import adg_score, divergence  # noqa: E402
-from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, token_weight_table  # noqa: E402
+from selectlab.lm.embedding import embed_answer_sets, token_weight_table  # noqa: E402
+from selectlab.schema.run import EmbeddingConfig  # noqa: E402
+
+
+def release_embedding(token_budget: int, dtype: str) -> EmbeddingConfig:
+    """conf/embedding/release.yaml's values (the device has no Hydra to compose it), on the GPU."""
+    return EmbeddingConfig(name="release", layers=[-4, -3, -2], text="instruction+answer", empty_answer="instruction",
+                           pool="all", max_length=1024, dtype=dtype, token_budget=token_budget, prefix_reuse=True,
+                           device=None)
 from selectlab.lm.flops import CONFIG_ONLY_DIR, arch_from_config  # noqa: E402
 from selectlab.lm.reference import reference_scores  # noqa: E402
 
@@ -134,7 +142,7 @@ def check_embedding(model, tok, shape: dict, device: str, arch) -> tuple[dict, d
 
     layers = (-4, -3, -2)
     instructions, answers = answer_sets(tok, shape["n"], shape["k"], shape["instruction"], shape["answer"])
-    cfg = EmbeddingConfig(layers=layers, token_budget=shape["token_budget"], prefix_reuse=True, dtype=shape["dtype"])
+    cfg = release_embedding(token_budget=shape["token_budget"], dtype=shape["dtype"])
     weights = token_weight_table(tok)
     n_tokens = sum(len(tok(f"{i} {a}", add_special_tokens=False)["input_ids"]) for i, ans in zip(instructions, answers)
                    for a in ans)
@@ -255,7 +263,7 @@ def check_agreement(tok, device: str) -> dict:
     other = random_model(config, device, torch.float32, seed=1)
     other.load_state_dict(cpu_model.state_dict())
     instructions, answers = answer_sets(tok, 6, 5, 10, 30, seed=2, vary=True)
-    cfg = EmbeddingConfig(layers=(-4, -3, -2), token_budget=128, prefix_reuse=True)
+    cfg = release_embedding(token_budget=128, dtype="float32")
     weights = token_weight_table(tok)
     out = {}
     for name, model in (("cpu", cpu_model), ("device", other)):

@@ -9,6 +9,7 @@ and a JSON line; run it alone (under the heavy lock on a shared machine):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -44,6 +45,7 @@ def main() -> None:
     from selectlab.pools import load_pool
     from selectlab.infra.store import ArtifactStore
     from selectlab.lm.train import finetune, response_losses
+    from selectlab.schema import typed
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
@@ -59,7 +61,7 @@ def main() -> None:
     print(f"backbone ready: {times['backbone_s']:.1f} s", flush=True)
     pool = load_pool(plain["pool"], seed=int(cfg.seed))
     subset = random.Random(0).sample(pool.records, args.budget)
-    train_cfg = {**plain["train"], "seed": 12345}  # a key no run uses: always trains
+    train_cfg = dataclasses.replace(typed(cfg.train), seed=12345)  # a key no run uses: always trains
     started = time.perf_counter()
     model = finetune(subset, backbone, train_cfg, store, {"bench": time.time()})
     times["finetune_s"] = time.perf_counter() - started
@@ -67,7 +69,7 @@ def main() -> None:
 
     heldout = heldout_records(plain["heldout"], pool.records, int(cfg.seed))
     started = time.perf_counter()
-    losses = response_losses(model, heldout, template=train_cfg["template"], max_length=train_cfg["max_length"])
+    losses = response_losses(model, heldout, template=train_cfg.template, max_length=train_cfg.max_length)
     times["heldout_loss_s"] = time.perf_counter() - started
     print(f"held-out loss on {len(heldout)} examples: {times['heldout_loss_s']:.1f} s", flush=True)
 

@@ -11,18 +11,24 @@ from selectlab.config import configure_environment  # noqa: E402  (also register
 configure_environment()  # offline defaults before datasets/transformers are imported
 
 import hydra  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from selectlab.infra import preemption  # noqa: E402
-from selectlab.errors import USER_ERROR_EXIT_CODE, SelectlabError, one_line  # noqa: E402
+from selectlab.errors import USER_ERROR_EXIT_CODE, SelectlabError, config_error_line, one_line  # noqa: E402
 from selectlab.pipeline import run  # noqa: E402
 from selectlab.schema import check_known_keys  # noqa: E402
+
+
+IN_JOB = []  # non-empty while a job runs: an error Hydra or OmegaConf raises there is a bug, not a config error
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("selectlab").setLevel(logging.INFO)
     preemption.install()  # SIGTERM / SIGUSR1: stop at the next safe point, keep everything, requeue
+    IN_JOB.append(True)
     try:
         check_known_keys(cfg)  # composition checked types and plain keys; this, keys added with +
         run(cfg)
@@ -36,7 +42,23 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT_CODE)
+    finally:
+        IN_JOB.clear()
+
+
+def compose_and_run() -> None:
+    """``main`` with Hydra's composition errors (a value of the wrong type, an unknown option or
+    key, a malformed override) as one line and exit 2 like every user error, instead of Hydra's
+    multi-line report and exit 1."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises them here instead of printing them
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as error:
+        if IN_JOB or os.environ.get("SELECTLAB_TRACEBACK") == "1":
+            raise
+        print(f"error: {config_error_line(error)}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
 
 
 if __name__ == "__main__":
-    main()
+    compose_and_run()

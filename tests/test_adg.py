@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from selectlab.lm.divergence import adg_score, divergence
-from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, embed_texts, piece_weight, token_weight_table
+from selectlab.config import preset
+from selectlab.lm.embedding import embed_answer_sets, embed_texts, piece_weight, token_weight_table
 from selectlab.lm.models import load_causal_lm, load_tokenizer
 from selectlab.lm.reference import reference_divergence, reference_embedding, reference_scores
 
@@ -97,7 +98,7 @@ def test_token_weight_table_on_smollm2(smol_tokenizer_dir):
 @pytest.mark.parametrize("token_budget", [64, 4096])  # 64: many small ragged batches
 def test_batched_embedding_equals_reference(tiny, layers, prefix_reuse, token_budget):
     model, tok = tiny
-    cfg = EmbeddingConfig(layers=layers, prefix_reuse=prefix_reuse, token_budget=token_budget, max_length=64)
+    cfg = preset("embedding", "release", layers=layers, prefix_reuse=prefix_reuse, token_budget=token_budget, max_length=64)
     emb = embed_answer_sets(model, tok, INSTRUCTIONS, ANSWERS, cfg)
     ref = reference_scores(model, tok, INSTRUCTIONS, ANSWERS, layers=layers, max_length=64)
     assert emb.answers.shape == (4, 5, 64)
@@ -119,7 +120,7 @@ def test_batched_embedding_equals_reference(tiny, layers, prefix_reuse, token_bu
 def test_truncation_is_exact_and_counted(tiny):
     model, tok = tiny
     for reuse in (False, True):
-        cfg = EmbeddingConfig(max_length=12, token_budget=40, prefix_reuse=reuse)
+        cfg = preset("embedding", "release", max_length=12, token_budget=40, prefix_reuse=reuse)
         emb = embed_answer_sets(model, tok, INSTRUCTIONS, ANSWERS, cfg)
         ref = reference_scores(model, tok, INSTRUCTIONS, ANSWERS, max_length=12)
         assert np.abs(emb.answers - ref["vectors"]).max() <= 1e-5
@@ -131,7 +132,7 @@ def test_truncation_is_exact_and_counted(tiny):
 def test_embed_texts_matches_reference_and_empty_is_zero(tiny):
     model, tok = tiny
     texts = ["Write a haiku about autumn.", "", "...", "Compute 15% of 80."]
-    got = embed_texts(model, tok, texts, EmbeddingConfig(token_budget=1024))
+    got = embed_texts(model, tok, texts, preset("embedding", "release", token_budget=1024))
     ref = np.stack([reference_embedding(model, tok, t, (-4, -3, -2)) for t in texts])
     assert np.abs(got - ref).max() <= 1e-5
     assert not got[1].any() and not got[2].any()  # "..." has only zero-weight tokens
@@ -140,7 +141,7 @@ def test_embed_texts_matches_reference_and_empty_is_zero(tiny):
 def test_scores_pinned_on_hand_made_sets(tiny):
     """Pinned under the Qwen script's rule (an empty answer is the zero vector)."""
     model, tok = tiny
-    emb = embed_answer_sets(model, tok, INSTRUCTIONS, ANSWERS, EmbeddingConfig(prefix_reuse=True, empty_answer="zero"))
+    emb = embed_answer_sets(model, tok, INSTRUCTIONS, ANSWERS, preset("embedding", "release", prefix_reuse=True, empty_answer="zero"))
     D, I = divergence(emb.answers)
     s = adg_score(D, I, 0.4)
     ref = reference_scores(model, tok, INSTRUCTIONS, ANSWERS, empty_answer="zero")
@@ -154,16 +155,13 @@ PINNED_D = [0.275764, 0.046949, 0.057961, 0.168212]
 PINNED_I = [0.445682, 0.443382, 0.416726, 0.060813]
 
 
-def test_config_errors_name_the_key(tiny):
-    with pytest.raises(ValueError, match="embedding.layer: unknown key"):
-        EmbeddingConfig.from_cfg({"layer": [-2]})
-    with pytest.raises(ValueError, match="embedding.text="):
-        EmbeddingConfig.from_cfg({"text": "question"})
+def test_errors_only_the_model_can_find_name_the_key(tiny):
+    """(An unknown embedding key or choice fails at composition or in validate: tests/test_config_domains.py.)"""
     model, tok = tiny
     with pytest.raises(ValueError, match="embedding.layers: 9 is out of range for a 4-layer model"):
-        embed_texts(model, tok, ["hi"], EmbeddingConfig(layers=(9,)))
+        embed_texts(model, tok, ["hi"], preset("embedding", "release", layers=[9]))
     with pytest.raises(ValueError, match="answer set 1 has 2 answers"):
-        embed_answer_sets(model, tok, ["a", "b"], [["x", "y", "z"], ["x", "y"]], EmbeddingConfig())
+        embed_answer_sets(model, tok, ["a", "b"], [["x", "y", "z"], ["x", "y"]], preset("embedding", "release"))
 
 
 # ------------------------------------------------------------------ the scorer on the real configs

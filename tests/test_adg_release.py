@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from selectlab.lm.divergence import cloud_metrics, combined_score
-from selectlab.lm.embedding import EmbeddingConfig, embed_answer_sets, embed_texts
+from selectlab.config import preset
+from selectlab.lm.embedding import embed_answer_sets, embed_texts
 from selectlab.lm.models import load_causal_lm, load_tokenizer
 from selectlab.lm.reference import reference_embedding
 from selectlab.scorers import Scores
@@ -123,12 +124,12 @@ INSTR = ["Name three primary colors.", "What is 12 times 3?"]
 def test_empty_answer_is_the_instruction_alone_or_zero(tiny):
     model, tok = tiny
     answers = [["Red, blue and yellow.", ""], ["", "36"]]
-    as_instruction = embed_answer_sets(model, tok, INSTR, answers, EmbeddingConfig(empty_answer="instruction"))
-    alone = embed_texts(model, tok, INSTR, EmbeddingConfig())
+    as_instruction = embed_answer_sets(model, tok, INSTR, answers, preset("embedding", "release", empty_answer="instruction"))
+    alone = embed_texts(model, tok, INSTR, preset("embedding", "release"))
     np.testing.assert_allclose(as_instruction.answers[0, 1], alone[0], atol=1e-6)
     np.testing.assert_allclose(as_instruction.answers[1, 0], alone[1], atol=1e-6)
     assert as_instruction.counts["empty_answers_as_instruction"] == 2
-    as_zero = embed_answer_sets(model, tok, INSTR, answers, EmbeddingConfig(empty_answer="zero"))
+    as_zero = embed_answer_sets(model, tok, INSTR, answers, preset("embedding", "release", empty_answer="zero"))
     assert not as_zero.answers[0, 1].any() and not as_zero.answers[1, 0].any()
     assert as_zero.counts["empty_answers_as_zero"] == 2
     np.testing.assert_array_equal(as_zero.answers[0, 0], as_instruction.answers[0, 0])
@@ -140,7 +141,7 @@ def test_answer_pooling_pools_only_the_answer_tokens_of_the_joint_pass(tiny, pre
 
     model, tok = tiny
     instruction, answer = INSTR[0], "Red, blue and yellow."
-    cfg = EmbeddingConfig(pool="answer", prefix_reuse=prefix_reuse)
+    cfg = preset("embedding", "release", pool="answer", prefix_reuse=prefix_reuse)
     got = embed_answer_sets(model, tok, [instruction], [[answer, answer + " Done."]], cfg).answers[0, 0]
     # by hand: one forward of the joint text, weighted mean over positions after the instruction's tokens
     n_instr = len(tok(instruction, add_special_tokens=False)["input_ids"])
@@ -153,14 +154,14 @@ def test_answer_pooling_pools_only_the_answer_tokens_of_the_joint_pass(tiny, pre
     w = torch.tensor([piece_weight(tok.decode([t])) for t in ids[0, n_instr:].tolist()], dtype=torch.float64)
     v = (h * w[:, None]).sum(0) / w.sum()
     np.testing.assert_allclose(got, (v / v.norm()).numpy(), atol=1e-5)
-    everything = embed_answer_sets(model, tok, [instruction], [[answer, answer]], EmbeddingConfig()).answers[0, 0]
+    everything = embed_answer_sets(model, tok, [instruction], [[answer, answer]], preset("embedding", "release")).answers[0, 0]
     assert np.abs(everything - got).max() > 1e-3  # all-token pooling differs
 
 
 def test_release_bin_embedding_uses_special_tokens_512_and_uniform_fallback(tiny):
     model, tok = tiny
     texts = ["  Name three primary colors.  ", "...", "x " * 700]
-    cfg = EmbeddingConfig(max_length=512)
+    cfg = preset("embedding", "release", max_length=512)
     got = embed_texts(model, tok, [t.strip() for t in texts], cfg, add_special_tokens=True, unweighted="uniform")
     for row, text in zip(got, texts):
         ref = reference_embedding(model, tok, text.strip(), (-4, -3, -2), 512, add_special_tokens=True,

@@ -31,7 +31,7 @@ def key_parts(cfg) -> dict[str, str]:
     """The config-derived part of each artifact key a run of ``cfg`` would use."""
     from selectlab.infra.store import content_hash
     from selectlab.lm.sampling import ANSWER_KNOBS
-    from selectlab.lm.train import TrainConfig
+    from selectlab.schema import typed
     from selectlab.stages.evaluation import task_keys
     from selectlab.stages.scoring import scores_key
     from selectlab.stages.selection import subsets_key
@@ -46,7 +46,7 @@ def key_parts(cfg) -> dict[str, str]:
     parts = {"scores": scores_key(cfg, "POOL"), "subsets": subsets_key(cfg, "SCORES", 1000)[0],
              "samples": content_hash({k: cfg.sampler.get(k) for k in ANSWER_KNOBS})}
     if cfg.train.name != "none":
-        parts["train"] = content_hash(TrainConfig.from_cfg(cfg.train).key_fields())
+        parts["train"] = content_hash(typed(cfg.train).key_fields())
     if cfg.eval.name != "none":
         from selectlab.config import plain
 

@@ -4,7 +4,6 @@ analysis run on the tiny model into an evidence folder the figure is drawn from.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

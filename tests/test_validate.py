@@ -33,7 +33,7 @@ def _artifacts(tmp_path: Path) -> list[Path]:
 # (a value of the wrong type, e.g. selection.budget=abc, fails earlier, at compose: tests/test_schema.py)
 @pytest.mark.parametrize("overrides, message", [
     (["selection.budget=2.5"], r"selection.budget=2.5: give a count >= 1"),
-    (["pool.limit=0"], r"pool.limit=0: give a count >= 1"),
+    (["pool.limit=0"], r"pool.limit=0: must be >= 1"),
     (["selector=binwise"], r"selector=binwise needs per-example features, which scorer=random does not give"),
     (["pool=json"], r"pool.path has no value \(\?\?\?\)"),
     (["pool=json", "pool.path=/nonexistent/pool.jsonl"], r"pool.path=/nonexistent/pool.jsonl does not exist"),
@@ -262,8 +262,8 @@ def test_adg_score_and_bin_keys_are_checked_before_any_work(compose):
     from selectlab.errors import SelectlabError
     from selectlab.validate import validate
 
-    for override, message in (("scorer.metric_1=cov", "scorer.metric_1: unknown ADG metric 'cov'"),
-                              ("scorer.lam=1.5", "scorer.lam=1.5 must lie in"),
+    for override, message in (("scorer.metric_1=cov", "scorer.metric_1='cov': choose one of Sc.cov_trace"),
+                              ("scorer.lam=1.5", "scorer.lam=1.5: must be >= 0 and <= 1"),
                               ("scorer.bins.source=kmeans", "scorer.bins.source='kmeans'"),
                               ("embedding.pool=tokens", "embedding.pool='tokens'"),
                               ("embedding.empty_answer=skip", "embedding.empty_answer='skip'")):

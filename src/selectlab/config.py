@@ -2,7 +2,9 @@
 the config schemas (importing this module registers both before Hydra composes)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 
 from omegaconf import OmegaConf
@@ -64,3 +66,26 @@ def scorer_label(cfg) -> str:
             selector = choices.get("selector")
             return f"{choice}+{selector}" if selector in SUBSTITUTE_SELECTORS.get(str(choice), ()) else str(choice)
     return str(cfg.scorer.name)
+
+
+def preset(group: str, option: str, **changes):
+    """``conf/<group>/<option>.yaml`` composed as a run composes it (its defaults, its schema, the
+    interpolations resolved against the default run), as its schema's dataclass with ``changes``:
+    how code outside a run (benches, tests) gets a section with the shipped values."""
+    return dataclasses.replace(copy.deepcopy(_composed_section(group, option)), **changes)
+
+
+@functools.lru_cache(maxsize=None)
+def _composed_section(group: str, option: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .infra.paths import REPO_ROOT
+    from .schema import typed
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            return typed(compose("config", overrides=[f"{group}={option}"])[group])
+    finally:
+        GlobalHydra.instance().clear()

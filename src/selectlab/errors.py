@@ -18,3 +18,18 @@ class SelectlabError(ValueError):
 def one_line(error: BaseException) -> str:
     """The error's message on one line (a multi-line message is joined with ' | ')."""
     return " | ".join(part.strip() for part in str(error).splitlines() if part.strip())
+
+
+def config_error_line(error: BaseException) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing the config (a wrong type,
+    an unknown option, a bad override): the key first when the cause names it, then the cause's
+    words and Hydra's (``train.lr: Value 'abc' ... (Error merging override train.lr=abc)``)."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    key = next((str(e.full_key) for e in chain if getattr(e, "full_key", None)), None)
+    words = [getattr(e, "msg", None) or str(e) for e in reversed(chain)]
+    first = one_line(words[0]).split(" | full_key:")[0].split(" | Config search path:")[0]
+    rest = [one_line(w) for w in words[1:]]
+    return (f"{key}: " if key else "") + first + (f" ({'; '.join(rest)})" if rest else "")

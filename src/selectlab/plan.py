@@ -36,6 +36,7 @@ from .lm.backbone import ModelLocation, locate_model
 from .lm.flops import Arch, arch_from_config, config_only_dir
 from .infra.paths import REPO_ROOT, data_dir
 from .config import plain
+from .schema import typed
 from .context import with_sections
 from .stages.compare import check_baselines, random_baseline_cfg
 from .stages.evaluation import task_keys
@@ -231,12 +232,10 @@ def _fmt(n: float) -> str:
 
 def sampling_stages(p: "Planner") -> list[StagePlan]:
     """ADG's samples and embeddings stages."""
-    from .lm.embedding import EmbeddingConfig
-    from .lm.sampling import check_sampler_config, samples_key, STAGE as SAMPLES
+    from .lm.sampling import samples_key, STAGE as SAMPLES
 
     sampler = p.cfg.sampler
-    check_sampler_config(sampler)
-    emb = EmbeddingConfig.from_cfg(plain(p.cfg.embedding))
+    emb = typed(p.cfg.embedding)
     k, new, pmt = int(sampler.k), int(sampler.max_new_tokens), sampler.get("prompt_max_tokens")
     template = str(sampler.template)
     bb = p.backbone
@@ -386,9 +385,9 @@ def scorer_stages(p: "Planner") -> list[StagePlan]:
 
 
 def train_stage(p: "Planner", row: str, subset_key: str | None, budget: int) -> StagePlan:
-    from .lm.train import TrainConfig, checkpoint_key
+    from .lm.train import checkpoint_key
 
-    tc = TrainConfig.from_cfg(plain(p.cfg.train))
+    tc = typed(p.cfg.train)
     bb = p.backbone
     eff = tc.effective_batch_size or tc.per_device_batch_size * (tc.grad_accum or 1)
     per_example = p.tokens.mean([render_prompt(r, tc.template if tc.template != "chat" else "alpaca") + r["output"]
@@ -553,21 +552,8 @@ class Planner:
         return stages
 
 
-def check_config(cfg: DictConfig) -> None:
-    """The checks a real run makes before its first expensive step (a typo fails here too)."""
-    from .lm.train import TrainConfig
-
-    if cfg.train.name != "none" or cfg.train.get("method"):
-        TrainConfig.from_cfg(plain(cfg.train))
-    if cfg.eval.name != "none":
-        for key, entry in (cfg.eval.get("tasks") or {}).items():
-            absent = [f for f in ("lm_eval", "num_fewshot", "metric", "filter") if f not in (entry or {})]
-            if absent:
-                raise SelectlabError(f"eval.tasks.{key} lacks {', '.join(absent)}")
-
-
 def build_plan(cfg: DictConfig) -> dict:
-    check_config(cfg)
+    """The stages a run of ``cfg`` would take, their keys, status and cost (``validate`` has run)."""
     problems: list[str] = []
     store = ArtifactStore(Path(cfg.cache_dir))
     records, pool_key, n_pool, pool_note = pool_plan(cfg, problems)

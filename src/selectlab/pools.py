@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .infra.json_files import PoolError, json_rows, read_text
+from .schema.run import LOADERS as LOADER_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ SHIPPED_POOLS = {
     "code_alpaca": "pools/code_alpaca_2k/code_alpaca_2k.json",
     "self_instruct_seed": "pools/self_instruct_seed/seed_tasks.jsonl",
 }
-DUPLICATE_MODES = ("drop", "keep", "error")
 
 
 def is_shipped_location(loader: str | None, path: str | None) -> bool:
@@ -210,6 +210,7 @@ LOADERS: dict[str, Callable[[dict], list[dict]]] = {
     "json": lambda c: _from_instruction_rows(Path(c["path"]), "user", Path(c["path"]).stem, keep_extra=True),
     "hub": lambda c: load_hub(c["hub_id"], c.get("split", "train"), c["name"]),
 }
+assert tuple(LOADERS) == LOADER_NAMES, "a loader is named in selectlab.schema.run.LOADERS too"
 
 
 def load_pool(cfg: dict, seed: int) -> Pool:

@@ -7,7 +7,6 @@ depend on the loaded pool's size (a budget above the pool warns, as it is then c
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -17,20 +16,18 @@ from .lm.backbone import resolve_model
 from .config import plain
 from .errors import SelectlabError
 from .outputs.export import check_export
-from .pools import DUPLICATE_MODES, LOADERS, Pool, check_pool_location
-from .schema import check_known_keys
-from .lm.sampling import check_sampler_config
+from .pools import Pool, check_pool_location
+from .schema import check_known_keys, typed
+from .schema.domain import check_domains
 from .scorers import get_scorer
 from .stages.compare import check_baselines
 from .selectors import SELECTORS, SIZE_SEARCH, resolve_budget
-from .lm.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
 # Scorers whose Scores carry per-example features (instruction embeddings) for selectors that
 # cluster or compare examples (selector=binwise, selector=diverse_topk selector.embeddings=features).
 SCORERS_WITH_FEATURES = ("adg",)
-TASKS = ("select", "fit_rule", "plan")
 
 
 def validate(cfg: DictConfig, here: bool = True) -> None:
@@ -41,6 +38,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
+    check_domains(cfg)  # each value within its field's declared domain (selectlab.schema)
     check_run_values(cfg)
     check_pool_config(plain(cfg.pool), "pool", here)
     check_pool_location(plain(cfg.pool))
@@ -52,39 +50,38 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     selector = plain(cfg.selector)
     check_selector(selector, cfg.scorer.name, here)
     check_fine_tuning(cfg, selector["name"], here)
+    check_eval_tasks(cfg.eval)
+
+
+def check_eval_tasks(eval_cfg: DictConfig) -> None:
+    """Each ``eval.tasks`` entry names its lm-eval task, shots, metric and filter."""
+    for key, entry in (eval_cfg.get("tasks") or {}).items():
+        absent = [f for f in ("lm_eval", "num_fewshot", "metric", "filter") if f not in (entry or {})]
+        if absent:
+            raise SelectlabError(f"eval.tasks.{key} lacks {', '.join(absent)}")
 
 
 def check_run_values(cfg: DictConfig) -> None:
-    """The run's own keys: task, seed, budget (type and range; the pool's size comes later),
-    baselines, logger, shard."""
-    if cfg.task not in TASKS:
-        raise SelectlabError(f"task={cfg.task!r}; choose one of {TASKS}")
-    _integer(cfg.seed, "seed")
+    """The run's own keys beyond their domains: the budget (a count or a fraction; the pool's size
+    comes later), the baselines, the shard's index within its count."""
     resolve_budget(cfg.selection.budget, 1)
     check_baselines(cfg.compare.baselines)
-    if cfg.logger.name not in ("wandb", "none"):
-        raise SelectlabError(f"logger.name={cfg.logger.name!r}; choose wandb or none")
-    check_shard(cfg.shard)
+    if cfg.shard.index is not None and cfg.shard.index >= cfg.shard.count:
+        raise SelectlabError(f"shard.index={cfg.shard.index} must be in 0..{cfg.shard.count - 1} "
+                             f"(shard.count={cfg.shard.count})")
 
 
 def check_scorer(cfg: DictConfig) -> None:
-    """The scorer exists; ADG's sampler gives it at least two answers to compare."""
+    """The scorer exists; ADG's sampler gives it at least two answers to compare, its embedding
+    at least one layer."""
     scorer = cfg.scorer.name
     get_scorer(scorer)
-    if getattr(cfg.scorer, "batch_size", None) is not None and _integer(cfg.scorer.batch_size, "scorer.batch_size") < 1:
-        raise SelectlabError(f"scorer.batch_size={cfg.scorer.batch_size} must be >= 1")
     if scorer == "adg":
-        check_sampler_config(cfg.sampler)
-        if int(cfg.sampler.k) < 2:
+        if cfg.sampler.k < 2:
             raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction "
                                  f"(with 1 answer dispersion and anisotropy are 0 for every example)")
-        from .lm.embedding import EmbeddingConfig
-        from .scorers.adg import bins_config, score_weights
-
-        scorer_cfg = plain(cfg.scorer)
-        score_weights(scorer_cfg)
-        bins_config(scorer_cfg)
-        EmbeddingConfig.from_cfg(plain(cfg.embedding))
+        if not cfg.embedding.layers:
+            raise SelectlabError("embedding.layers is empty; name at least one hidden_states index")
 
 
 def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None:
@@ -92,7 +89,7 @@ def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None
     that parses, and the held-out set that the size search and the fit score against."""
     searches = selector in SIZE_SEARCH
     if (cfg.task == "fit_rule" or searches or cfg.eval.name != "none") and cfg.train.name != "none":
-        TrainConfig.from_cfg(plain(cfg.train)).grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
+        typed(cfg.train).grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
     if cfg.task == "fit_rule" or searches:
         what = "task=fit_rule" if cfg.task == "fit_rule" else f"selector={selector}"
         if cfg.train.name == "none":
@@ -108,22 +105,11 @@ def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None
 
 def check_pool_config(pool: dict, key: str, here: bool = True) -> None:
     """A pool (or the held-out set) that can be read: known loader, existing path (``here``), sane limit."""
-    if pool.get("loader") not in LOADERS:
-        raise SelectlabError(f"{key}.loader={pool.get('loader')!r}; choose one of {sorted(LOADERS)}")
     if pool["loader"] == "hub":
         if not pool.get("hub_id"):
             raise SelectlabError(f"{key}.hub_id is not set (loader=hub)")
     elif not pool.get("path") or (here and not Path(pool["path"]).exists()):
         raise SelectlabError(f"{key}.path={pool.get('path')} does not exist")
-    limit = pool.get("limit")
-    if limit is not None and _integer(limit, f"{key}.limit") < 1:
-        raise SelectlabError(f"{key}.limit={limit}: give a count >= 1, or null for the whole pool")
-    if pool.get("sample", "random") not in ("random", "head"):
-        raise SelectlabError(f"{key}.sample={pool.get('sample')!r}; choose random or head")
-    if pool.get("empty_instruction", "drop") not in ("drop", "error"):
-        raise SelectlabError(f"{key}.empty_instruction={pool.get('empty_instruction')!r}; choose drop or error")
-    if pool.get("duplicates", "drop") not in DUPLICATE_MODES:
-        raise SelectlabError(f"{key}.duplicates={pool.get('duplicates')!r}; choose one of {', '.join(DUPLICATE_MODES)}")
 
 
 def check_selector(selector: dict, scorer: str, here: bool = True) -> None:
@@ -155,19 +141,9 @@ def check_fit(fit: DictConfig) -> None:
     n_coefficients = len(fit.indicators)
     if n_coefficients < 1:
         raise SelectlabError("fit.indicators is empty; name at least one indicator")
-    if _integer(fit.subsets, "fit.subsets") <= n_coefficients + 1:
+    if fit.subsets <= n_coefficients + 1:
         raise SelectlabError(f"fit.subsets={fit.subsets} cannot fit {n_coefficients} coefficients and an intercept; "
                              f"need more than {n_coefficients + 1}")
-    if _integer(fit.subset_size, "fit.subset_size") < 1:
-        raise SelectlabError(f"fit.subset_size={fit.subset_size} must be >= 1")
-
-
-def check_shard(shard: DictConfig) -> None:
-    count = _integer(shard.count, "shard.count")
-    if count < 1:
-        raise SelectlabError(f"shard.count={count} must be >= 1")
-    if shard.index is not None and not 0 <= _integer(shard.index, "shard.index") < count:
-        raise SelectlabError(f"shard.index={shard.index} must be in 0..{count - 1} (shard.count={count})")
 
 
 def check_against_pool(cfg: DictConfig, pool: Pool) -> None:
@@ -182,12 +158,3 @@ def check_against_pool(cfg: DictConfig, pool: Pool) -> None:
     if cfg.task == "fit_rule" and int(cfg.fit.subset_size) > n:
         raise SelectlabError(f"fit.subset_size={cfg.fit.subset_size} is more than the {n} examples of pool "
                              f"{pool.name}")
-
-
-def _integer(value, key: str) -> int:
-    """``value`` as an int, or an error naming ``key`` (a string, a bool or 2.5 is not an integer)."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and float(value).is_integer())
-    if not ok:
-        raise SelectlabError(f"{key}={value!r} must be an integer")
-    return int(value)

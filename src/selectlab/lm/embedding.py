@@ -17,19 +17,17 @@ Speed, with results equal to one forward per text (tests/test_adg.py pins the eq
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import SelectlabError
+from ..schema.run import EmbeddingConfig
 
 PUNCTUATION = set(",.;:!?()[]{}\"'`~-_/\\")
 NUMERIC_MARKS = set("%℃°")
 NUMERIC_WEIGHT = 1.3
-TEXT_MODES = ("instruction+answer", "answer")
-EMPTY_ANSWER_RULES = ("instruction", "zero")
-POOLING = ("all", "answer")
 
 
 def piece_weight(piece: str) -> float:
@@ -46,51 +44,6 @@ def token_weight_table(tokenizer) -> np.ndarray:
     """One weight per token id, each id decoded alone as the release does (``decode([id])``)."""
     pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     return np.array([piece_weight(p) for p in pieces], dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class EmbeddingConfig:
-    """The ``embedding`` config group; unknown or missing keys fail with the key's name."""
-
-    name: str = "release"
-    layers: tuple[int, ...] = (-4, -3, -2)  # indices into HF ``hidden_states`` (n_layers + 1 entries)
-    text: str = "instruction+answer"
-    empty_answer: str = "instruction"  # instruction: embed `instruction + " " + ""` (LLaMA script); zero: zero vector (Qwen script)
-    pool: str = "all"  # all: every token of the text (release); answer: the answer's tokens of the joint pass
-    max_length: int = 1024
-    dtype: str = "float32"
-    token_budget: int = 256  # padded tokens per forward
-    prefix_reuse: bool = True
-    device: str | None = None
-
-    @property
-    def embeds_empty_answers(self) -> bool:
-        """The LLaMA release tests the joint text `instruction + " " + answer` for emptiness, so an
-        empty answer embeds the instruction alone; the Qwen release gives it the zero vector."""
-        return self.empty_answer == "instruction" and self.text == "instruction+answer"
-
-    def empty_answer_counts(self, n_empty: int) -> dict[str, int]:
-        """How many empty answers took each path (manifest and W&B counts)."""
-        return {"empty_answers_as_instruction": n_empty if self.embeds_empty_answers else 0,
-                "empty_answers_as_zero": 0 if self.embeds_empty_answers else n_empty}
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any] | None) -> "EmbeddingConfig":
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise SelectlabError(f"embedding.{unknown[0]}: unknown key (known: {sorted(known)})")
-        out = cls(**{**cfg, "layers": tuple(int(x) for x in cfg.get("layers", cls.layers))})
-        for key, allowed in (("text", TEXT_MODES), ("empty_answer", EMPTY_ANSWER_RULES), ("pool", POOLING)):
-            if getattr(out, key) not in allowed:
-                raise SelectlabError(f"embedding.{key}={getattr(out, key)!r}; choose one of {allowed}")
-        if not out.layers:
-            raise SelectlabError("embedding.layers is empty")
-        if out.max_length < 1 or out.token_budget < 1:
-            raise SelectlabError(f"embedding.max_length={out.max_length} and embedding.token_budget={out.token_budget} "
-                             f"must be >= 1 (a text longer than the budget runs alone)")
-        return out
 
 
 def embedded_text(instruction: str, answer: str, mode: str) -> str:

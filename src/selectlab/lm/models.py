@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 
 from ..errors import SelectlabError
+from ..schema.models import DTYPES as SCHEMA_DTYPES
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "auto": "auto"}
+assert tuple(DTYPES) == SCHEMA_DTYPES, "a dtype is named in selectlab.schema.models.DTYPES too"
 
 
 def torch_dtype(name: str):

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SelectlabError
+from ..schema.domain import check_against
+from ..schema.run import SAMPLER_BACKENDS as BACKENDS, HfSampler, VllmSampler
 from ..infra.orphans import watch_children
 from ..infra.progress import vllm_progress
 from .prompts import render_prompt, template_hash
@@ -40,13 +41,10 @@ log = logging.getLogger(__name__)
 
 STAGE = "samples"
 VERSION = 1
-BACKENDS = ("vllm", "hf")
 # Knobs that decide the answers' bytes (engine knobs such as memory share do not; batch_size does
 # for hf, whose random stream is per batch).
 ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "repetition_penalty", "eos", "max_new_tokens",
                 "prompt_max_tokens", "template", "dtype", "batch_size", "seeding")
-SEEDING = ("request", "engine")
-EOS_RULES = ("tokenizer", "generation_config")
 
 
 class SamplerConfigError(SelectlabError):
@@ -57,46 +55,16 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
-def _number(cfg: Any, key: str, kind: type) -> int | float:
-    """``sampler.<key>`` as an int or float; anything else (a string, a bool, 2.5 for an int) names the key."""
-    value = _get(cfg, key)
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (kind is float or float(value).is_integer()))
-    if not ok:
-        raise SamplerConfigError(f"sampler.{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
-    return kind(value)
-
-
 def check_sampler_config(cfg: Any) -> None:
-    """Every ``sampler.*`` value checked before a model loads (the pipeline's validate calls it too)."""
+    """``sampler.*`` against its schema's domains (selectlab.schema.run), for callers that pass a
+    map of their own; a run's config was checked by ``validate`` already."""
     name = _get(cfg, "name")
     if name not in BACKENDS:
-        raise SamplerConfigError(f"sampler.name={name!r}; choose one of {BACKENDS}")
-    for key in ANSWER_KNOBS:
-        if key not in ("prompt_max_tokens", "seeding", "repetition_penalty") and _get(cfg, key) is None:
-            raise SamplerConfigError(f"sampler.{key} is missing")
-    for key in ("top_k", "max_new_tokens", "batch_size"):
-        _number(cfg, key, int)
-    if _number(cfg, "k", int) < 1:
-        raise SamplerConfigError(f"sampler.k={_get(cfg, 'k')} must be >= 1")
-    if not 0 < _number(cfg, "top_p", float) <= 1:
-        raise SamplerConfigError(f"sampler.top_p={_get(cfg, 'top_p')} must be in (0, 1]")
-    if _number(cfg, "temperature", float) <= 0:
-        raise SamplerConfigError(f"sampler.temperature={_get(cfg, 'temperature')} must be > 0 (this stage samples)")
-    if _get(cfg, "eos") not in EOS_RULES:
-        raise SamplerConfigError(f"sampler.eos={_get(cfg, 'eos')!r}; choose one of {EOS_RULES}")
-    if int(_get(cfg, "top_k")) < 0:
-        raise SamplerConfigError(f"sampler.top_k={_get(cfg, 'top_k')} must be >= 0 (0 = off)")
-    if name == "vllm" and _get(cfg, "seeding") not in SEEDING:
-        raise SamplerConfigError(f"sampler.seeding={_get(cfg, 'seeding')!r}; choose one of {SEEDING}")
-    pmt = _get(cfg, "prompt_max_tokens")
-    if pmt is not None and _number(cfg, "prompt_max_tokens", int) < 1:
-        raise SamplerConfigError(f"sampler.prompt_max_tokens={pmt} must be >= 1 or null (no cut)")
-    if name == "vllm" and int(_get(cfg, "data_parallel_size", 1) or 1) > 1:
-        raise SamplerConfigError(
-            "sampler.data_parallel_size>1: vLLM 0.32's LLM(...) refuses single-process data parallelism; "
-            "shard the pool over several runs (one engine each) instead"
-        )
+        raise SamplerConfigError(f"sampler.name={name!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        check_against(VllmSampler if name == "vllm" else HfSampler, cfg, "sampler.")
+    except SelectlabError as error:
+        raise SamplerConfigError(str(error)) from None
 
 
 def backbone_identity(path: str) -> dict:

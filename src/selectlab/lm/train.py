@@ -23,11 +23,13 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..infra import preemption
+from ..schema import typed
+from ..schema.run import FinetuneConfig, TrainConfig
 from ..errors import SelectlabError
 from .prompts import render_prompt, template_hash
 from ..infra.store import ArtifactStore, content_hash, disk_errors, holding
@@ -37,82 +39,6 @@ log = logging.getLogger(__name__)
 VERSION = 1
 STAGE = "checkpoints"
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and transformers' loss) skips
-
-
-@dataclass
-class TrainConfig:
-    """The ``train`` config group; an unknown key fails at load time with its name."""
-
-    name: str
-    method: str = "full"  # none | full | lora
-    template: str = "alpaca"  # alpaca | alpaca_no_input | chat (see prompts.render_prompt)
-    drop_input: bool = False  # train without the records' `input` field, as the ADG release's top.json has none
-    lr: float = 1e-5
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs (smoke runs, tests)
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    per_device_batch_size: int = 1
-    grad_accum: int | None = None  # derived from effective_batch_size when null
-    effective_batch_size: int | None = None  # per_device_batch_size * grad_accum * world size
-    max_length: int = 512
-    bf16: bool = False  # mixed precision; master weights stay fp32
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    save_steps: int = 500
-    save_total_limit: int = 2
-    logging_steps: int = 10
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-    # Settings that change how often we save or log, never the weights, stay out of the key.
-    NOT_IN_KEY = ("name", "save_steps", "save_total_limit", "logging_steps")
-
-    @classmethod
-    def from_cfg(cls, cfg: Any) -> "TrainConfig":
-        if not isinstance(cfg, dict):
-            from omegaconf import OmegaConf
-
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise SelectlabError(f"unknown train config key(s) {['train.' + k for k in unknown]}; known: {sorted(known)}")
-        tc = cls(**cfg)
-        if tc.method not in ("none", "full", "lora"):
-            raise SelectlabError(f"train.method={tc.method!r}; choose none, full or lora")
-        if tc.template not in ("alpaca", "alpaca_no_input", "chat"):
-            raise SelectlabError(f"train.template={tc.template!r}; choose alpaca, alpaca_no_input or chat")
-        return tc
-
-    def key_fields(self) -> dict:
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_IN_KEY}
-        if self.method != "lora":
-            fields = {k: v for k, v in fields.items() if not k.startswith("lora_")}
-        return fields
-
-    def grad_accum_for(self, world_size: int) -> int:
-        """Accumulation steps that give ``effective_batch_size`` on ``world_size`` processes."""
-        if self.effective_batch_size is None:
-            if self.grad_accum is None:
-                raise SelectlabError("set train.grad_accum or train.effective_batch_size")
-            return self.grad_accum
-        per_step = self.per_device_batch_size * world_size
-        if self.effective_batch_size % per_step:
-            raise SelectlabError(
-                f"train.effective_batch_size={self.effective_batch_size} is not a multiple of "
-                f"train.per_device_batch_size * world size = {self.per_device_batch_size} * {world_size}"
-            )
-        accum = self.effective_batch_size // per_step
-        if self.grad_accum is not None and self.grad_accum != accum:
-            raise SelectlabError(
-                f"train.grad_accum={self.grad_accum} contradicts train.effective_batch_size="
-                f"{self.effective_batch_size} on {world_size} process(es) (needs {accum}); set one of them to null"
-            )
-        return accum
 
 
 # ---------------------------------------------------------------- tokenization and batching
@@ -248,7 +174,7 @@ def eval_loss(model_path: str, records: Sequence[dict], template: str = "alpaca"
 # ---------------------------------------------------------------- fine-tuning
 
 
-def checkpoint_key(records: Sequence[dict], base_model_path: str, tc: TrainConfig, tokenizer,
+def checkpoint_key(records: Sequence[dict], base_model_path: str, tc: FinetuneConfig, tokenizer,
                    store: ArtifactStore, out_key_inputs: dict) -> str:
     """Hashes the records' text (so any edit of the subset retrains), the base model's folder
     (relative to the store when it is a store artifact, whose name is its content key, so a
@@ -270,9 +196,10 @@ def _report_to() -> list[str] | str:
     return ["wandb"] if wandb.run is not None else "none"
 
 
-def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: ArtifactStore,
+def finetune(records: Sequence[dict], base_model_path: str, cfg: TrainConfig, store: ArtifactStore,
              out_key_inputs: dict | None = None, callbacks: Sequence | None = None) -> str:
-    """Folder of ``base_model_path`` fine-tuned on ``records`` with the ``train`` config ``cfg``.
+    """Folder of ``base_model_path`` fine-tuned on ``records`` with the ``train`` config ``cfg``
+    (its schema dataclass, or the composed section: ``schema.typed`` makes one of the other).
 
     ``train.method=none`` returns ``base_model_path`` itself (the untouched backbone is
     evaluated). ``out_key_inputs`` adds the caller's provenance (e.g. the subset artifact key)
@@ -280,7 +207,7 @@ def finetune(records: Sequence[dict], base_model_path: str, cfg: Any, store: Art
     """
     from .models import load_tokenizer
 
-    tc = TrainConfig.from_cfg(cfg)
+    tc = typed(cfg)
     if tc.method == "none":
         log.info("train.method=none: evaluating the untouched base model %s", base_model_path)
         return str(base_model_path)
@@ -310,7 +237,7 @@ def reuse_checkpoint(store: ArtifactStore, key: str) -> bool:
     return True
 
 
-def train_and_publish(records: Sequence[dict], base_model_path: str, tc: TrainConfig, tokenizer, store: ArtifactStore,
+def train_and_publish(records: Sequence[dict], base_model_path: str, tc: FinetuneConfig, tokenizer, store: ArtifactStore,
                       key: str, out_key_inputs: dict | None, callbacks: Sequence | None) -> str:
     """Train (resuming from the last Trainer checkpoint in the partial folder) and publish the checkpoint."""
     from transformers import Trainer
@@ -383,7 +310,7 @@ def on_stage_bar(trainer) -> None:
     trainer.add_callback(StageBar())
 
 
-def build_model(base_model_path: str, tc: TrainConfig):
+def build_model(base_model_path: str, tc: FinetuneConfig):
     """The model to train: full weights in fp32 (mixed precision is the Trainer's), or LoRA adapters."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -403,7 +330,7 @@ def build_model(base_model_path: str, tc: TrainConfig):
     ))
 
 
-def training_arguments(tc: TrainConfig, output_dir: Path, grad_accum: int):
+def training_arguments(tc: FinetuneConfig, output_dir: Path, grad_accum: int):
     import torch
     from transformers import TrainingArguments
 
@@ -432,7 +359,7 @@ def training_arguments(tc: TrainConfig, output_dir: Path, grad_accum: int):
     )
 
 
-def export_model(trainer, tc: TrainConfig, export: Path) -> None:
+def export_model(trainer, tc: FinetuneConfig, export: Path) -> None:
     """The trained model as one loadable folder: LoRA merged in; FSDP's shards gathered."""
     if tc.method == "lora":
         if trainer.is_world_process_zero():

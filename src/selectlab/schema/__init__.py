@@ -46,7 +46,7 @@ SCHEMAS = {
     "embedding/embedding": run.EmbeddingConfig,
     "train/none": run.TrainConfig,
     "train/finetune": run.FinetuneConfig,
-    "train/paper": run.PaperFinetune,
+    "train/paper": run.FinetuneConfig,  # paper.yaml only changes values
     "train/lora": run.LoraFinetune,
     "logger/none": run.LoggerConfig,
     "logger/wandb": run.WandbLogger,
@@ -81,6 +81,12 @@ SCHEMAS = {
     "judge/local": complexity.LocalJudge,
     "judge/openai": complexity.OpenaiJudge,
 }
+
+
+def typed(section):
+    """A config section as its schema's dataclass, interpolations resolved: the runtime type that
+    code reads by attribute (``typed(cfg.train).lr``). A dataclass is returned as it is."""
+    return OmegaConf.to_object(section) if OmegaConf.is_config(section) else section
 
 
 def register() -> None:

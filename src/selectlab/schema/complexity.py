@@ -4,20 +4,21 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
-from .models import ModelEntry
+from .domain import above, at_least, one_of
+from .models import ModelEntry, dtype
 
 
 @dataclass
 class JudgeConfig:
-    kind: str = MISSING
+    kind: str = one_of("local", "openai")
     name: Optional[str] = MISSING
-    batch_size: int = MISSING
+    batch_size: int = at_least(1)
 
 
 @dataclass
 class LocalJudge(JudgeConfig):
     model: ModelEntry = field(default_factory=ModelEntry)
-    dtype: str = MISSING
+    dtype: str = dtype()
     device: Optional[str] = MISSING
     template: str = MISSING
 
@@ -28,17 +29,17 @@ class OpenaiJudge(JudgeConfig):
     model: str = MISSING
     api_key_env: Optional[str] = MISSING
     seed: Optional[int] = MISSING
-    concurrency: int = MISSING
-    max_retries: int = MISSING
-    backoff_s: float = MISSING
-    max_backoff_s: float = MISSING
-    timeout_s: int = MISSING
+    concurrency: int = at_least(1)
+    max_retries: int = at_least(0)
+    backoff_s: float = at_least(0)
+    max_backoff_s: float = at_least(0)
+    timeout_s: int = at_least(1)
 
 
 @dataclass
 class Bootstrap:
-    samples: int = MISSING
-    confidence: float = MISSING
+    samples: int = at_least(1)
+    confidence: float = above(0, 1)
     seed: int = MISSING
 
 
@@ -46,8 +47,8 @@ class Bootstrap:
 class JudgeQuestion:
     """One question put to the judge about every example."""
 
-    temperature: float = MISSING
-    max_tokens: int = MISSING
+    temperature: float = at_least(0)
+    max_tokens: int = at_least(1)
     system: str = MISSING
     user: str = MISSING
 
@@ -72,10 +73,10 @@ class Prototype:
 class JudgeCheck:
     """The labelled check set and the rating contrasts the judge is measured on (analysis/judge_check.py)."""
 
-    per_source: int = MISSING
+    per_source: int = at_least(1)
     seed: int = MISSING
-    folds: int = MISSING
-    contrast_n: int = MISSING
+    folds: int = at_least(2)
+    contrast_n: int = at_least(1)
     category_judge: str = MISSING
     prototypes: Dict[str, Prototype] = MISSING
 
@@ -88,7 +89,7 @@ class ComplexityConfig:
     evidence: str = MISSING
     check: JudgeCheck = field(default_factory=JudgeCheck)
     scorers: List[str] = MISSING
-    limit: Optional[int] = MISSING
+    limit: Optional[int] = at_least(1)
     uniform_seed: int = MISSING
     max_field_chars: Optional[int] = MISSING
     bootstrap: Bootstrap = field(default_factory=Bootstrap)

@@ -4,6 +4,10 @@ from typing import Any, Dict, List, Optional, Union
 
 from omegaconf import MISSING
 
+from .domain import above, at_least, map_or_null, one_of
+from .models import dtype
+from .run import PROMPT_TEMPLATES
+
 
 @dataclass
 class EvalConfig:
@@ -20,34 +24,34 @@ class EvalConfig:
 class LmEvalConfig(EvalConfig):
     """lm-evaluation-harness settings (eval=openllm)."""
 
-    backend: str = MISSING
-    dtype: str = MISSING
+    backend: str = one_of("hf", "vllm")
+    dtype: str = dtype()
     batch_size: Union[int, str] = MISSING  # an int or "auto"
     device: Optional[str] = MISSING
     model_args: Dict[str, Any] = MISSING
-    limit: Optional[Union[int, float]] = MISSING
+    limit: Optional[Union[int, float]] = above(0)  # a count, or a fraction below 1
     offline: bool = MISSING
     allow_code_execution: bool = MISSING
     apply_chat_template: bool = MISSING
-    gen_kwargs: Any = MISSING  # null or a map; Any, as DeitaSelector.model (a map set on a null Optional[Dict] fails)
+    gen_kwargs: Any = map_or_null()  # null or a map; Any, as DeitaSelector.model (a map set on a null Optional[Dict] fails)
     log_samples: bool = MISSING
     task_dirs: List[str] = MISSING
-    bootstrap_iters: int = MISSING
+    bootstrap_iters: int = at_least(0)
 
 
 @dataclass
 class BenchmarkEval(LmEvalConfig):
     """eval=adg_six, eval=smoke: GSM8K's score in the groups follows gsm8k_filter."""
 
-    gsm8k_filter: str = MISSING
+    gsm8k_filter: str = one_of("strict-match", "flexible-extract")
 
 
 @dataclass
 class HeldoutLoss:
-    template: str = MISSING
-    max_length: int = MISSING
-    batch_size: int = MISSING
-    dtype: str = MISSING
+    template: str = one_of(*PROMPT_TEMPLATES)
+    max_length: int = at_least(1)
+    batch_size: int = at_least(1)
+    dtype: str = dtype()
 
 
 @dataclass

@@ -5,6 +5,15 @@ from typing import Optional
 
 from omegaconf import MISSING
 
+from .domain import one_of
+
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")  # selectlab.lm.models.torch_dtype
+
+
+def dtype():
+    """A model's dtype field."""
+    return one_of(*DTYPES)
+
 
 @dataclass
 class HubModel:

@@ -1,17 +1,33 @@
 """conf/config.yaml's own keys and the groups of a run's pipeline stages other than scorer,
 selector and eval: backbone, pool (and heldout), sampler, embedding, train, logger."""
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, List, Optional, Union
 
 from omegaconf import MISSING
 
-from .models import ModelEntry
+from ..errors import SelectlabError
+from ..infra.store import VERIFY_LEVELS
+from .domain import above, at_least, map_or_null, one_of
+from .models import ModelEntry, dtype
+
+DUPLICATE_MODES = ("drop", "keep", "error")
+LOADERS = ("alpaca", "flan_cot", "lima", "code_alpaca", "self_instruct_seed", "json", "hub")  # selectlab.pools.LOADERS
+SAMPLER_BACKENDS = ("vllm", "hf")
+SEEDING = ("request", "engine")
+EOS_RULES = ("tokenizer", "generation_config")
+PROMPT_TEMPLATES = ("alpaca", "alpaca_no_input", "chat")  # selectlab.lm.prompts.render_prompt
+EMBEDDED_TEXT = ("instruction+answer", "answer")
+EMPTY_ANSWER_RULES = ("instruction", "zero")
+POOLING = ("all", "answer")
+TRAIN_METHODS = ("none", "full", "lora")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+TASKS = ("select", "fit_rule", "plan")
 
 
 @dataclass
 class BackboneConfig(ModelEntry):
-    dtype: str = MISSING
-    empty_answer: str = MISSING  # instruction | zero: how ADG embeds an empty answer
+    dtype: str = dtype()
+    empty_answer: str = one_of(*EMPTY_ANSWER_RULES)  # how ADG embeds an empty answer
 
 
 # ---------------------------------------------------------------- pool, heldout
@@ -20,17 +36,17 @@ class PoolSource:
     """Where records come from and how many: the ``heldout`` set, and the base of every pool."""
 
     name: str = MISSING
-    loader: str = MISSING
+    loader: str = one_of(*LOADERS)
     path: Optional[str] = MISSING
-    limit: Optional[int] = MISSING
-    sample: str = MISSING
-    empty_instruction: str = MISSING
+    limit: Optional[int] = at_least(1)  # null: the whole pool
+    sample: str = one_of("random", "head")
+    empty_instruction: str = one_of("drop", "error")
 
 
 @dataclass
 class PoolConfig(PoolSource):
     hub_id: Optional[str] = MISSING
-    duplicates: str = MISSING  # drop | keep | error (conf/config.yaml)
+    duplicates: str = one_of(*DUPLICATE_MODES)
 
 
 @dataclass
@@ -46,18 +62,18 @@ class FlanCotPool(PoolConfig):
 # ---------------------------------------------------------------- sampler
 @dataclass
 class SamplerConfig:
-    name: str = MISSING
-    k: int = MISSING
-    temperature: float = MISSING
-    top_p: float = MISSING
-    top_k: int = MISSING
-    repetition_penalty: Optional[float] = MISSING
-    eos: str = MISSING
-    max_new_tokens: int = MISSING
-    prompt_max_tokens: Optional[int] = MISSING
-    template: str = MISSING
-    batch_size: int = MISSING
-    dtype: str = MISSING
+    name: str = one_of(*SAMPLER_BACKENDS)
+    k: int = at_least(1)
+    temperature: float = above(0)  # this stage samples
+    top_p: float = above(0, 1)
+    top_k: int = at_least(0)  # 0 = off
+    repetition_penalty: Optional[float] = above(0)
+    eos: str = one_of(*EOS_RULES)
+    max_new_tokens: int = at_least(1)
+    prompt_max_tokens: Optional[int] = at_least(1)  # null: no cut
+    template: str = one_of(*PROMPT_TEMPLATES)
+    batch_size: int = at_least(1)
+    dtype: str = dtype()
 
 
 @dataclass
@@ -67,93 +83,133 @@ class HfSampler(SamplerConfig):
 
 @dataclass
 class VllmSampler(SamplerConfig):
-    seeding: str = MISSING
-    tensor_parallel_size: int = MISSING
-    data_parallel_size: int = MISSING
-    gpu_memory_utilization: float = MISSING
-    max_model_len: Optional[int] = MISSING
+    seeding: str = one_of(*SEEDING)
+    tensor_parallel_size: int = at_least(1)
+    # vLLM's LLM(...) refuses single-process data parallelism: shard the pool over several runs instead
+    data_parallel_size: int = at_least(1, 1)
+    gpu_memory_utilization: float = above(0, 1)
+    max_model_len: Optional[int] = at_least(1)
     enforce_eager: bool = MISSING
-    max_num_seqs: Optional[int] = MISSING
-    max_num_batched_tokens: Optional[int] = MISSING
+    max_num_seqs: Optional[int] = at_least(1)
+    max_num_batched_tokens: Optional[int] = at_least(1)
     enable_prefix_caching: Optional[bool] = MISSING
-    cpu_kvcache_space_gib: Optional[int] = MISSING
-    cpu_reserved_cores: Optional[int] = MISSING
+    cpu_kvcache_space_gib: Optional[int] = at_least(1)
+    cpu_reserved_cores: Optional[int] = at_least(0)
 
 
 # ---------------------------------------------------------------- embedding
 @dataclass
 class EmbeddingConfig:
-    """The schema of ``selectlab.lm.embedding.EmbeddingConfig`` (which checks the values' ranges)."""
+    """ADG's answer embedding (conf/embedding/; selectlab.lm.embedding reads it)."""
 
     name: str = MISSING
-    layers: List[int] = MISSING
-    text: str = MISSING
-    empty_answer: str = MISSING
-    pool: str = MISSING
-    max_length: int = MISSING
-    dtype: str = MISSING
-    token_budget: int = MISSING
+    layers: List[int] = MISSING  # indices into the model's hidden_states (n_layers + 1 entries)
+    text: str = one_of(*EMBEDDED_TEXT)
+    empty_answer: str = one_of(*EMPTY_ANSWER_RULES)
+    pool: str = one_of(*POOLING)
+    max_length: int = at_least(1)
+    dtype: str = dtype()
+    token_budget: int = at_least(1)  # a text longer than the budget runs alone
     prefix_reuse: bool = MISSING
     device: Optional[str] = MISSING
+
+    @property
+    def embeds_empty_answers(self) -> bool:
+        """The LLaMA release tests the joint text `instruction + " " + answer` for emptiness, so an
+        empty answer embeds the instruction alone; the Qwen release gives it the zero vector."""
+        return self.empty_answer == "instruction" and self.text == "instruction+answer"
+
+    def empty_answer_counts(self, n_empty: int) -> dict[str, int]:
+        """How many empty answers took each path (manifest and W&B counts)."""
+        return {"empty_answers_as_instruction": n_empty if self.embeds_empty_answers else 0,
+                "empty_answers_as_zero": 0 if self.embeds_empty_answers else n_empty}
 
 
 # ---------------------------------------------------------------- train
 @dataclass
 class TrainConfig:
-    """train=none; the base of every fine-tune (``selectlab.lm.train.TrainConfig`` checks values)."""
+    """train=none; the base of every fine-tune."""
 
     name: str = MISSING
-    method: str = MISSING
+    method: str = one_of(*TRAIN_METHODS)
 
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    template: str = MISSING
-    lr: float = MISSING
-    epochs: Union[int, float] = MISSING  # an int stays an int: the fine-tune's key hashes it as written
-    max_steps: int = MISSING
-    scheduler: str = MISSING
-    warmup_ratio: float = MISSING
-    weight_decay: float = MISSING
-    per_device_batch_size: int = MISSING
-    grad_accum: Optional[int] = MISSING
-    effective_batch_size: Optional[int] = MISSING
-    max_length: int = MISSING
+    """A fine-tune (train=cpu_small, paper; selectlab.lm.train reads it)."""
+
+    template: str = one_of(*PROMPT_TEMPLATES)
+    drop_input: bool = MISSING  # train without the records' `input` (the ADG release's top.json has none)
+    lr: float = above(0)
+    epochs: Union[int, float] = above(0)  # an int stays an int: the fine-tune's key hashes it as written
+    max_steps: int = at_least(-1)  # > 0 overrides epochs
+    scheduler: str = one_of(*SCHEDULERS)
+    warmup_ratio: float = at_least(0, 1)
+    weight_decay: float = at_least(0)
+    per_device_batch_size: int = at_least(1)
+    grad_accum: Optional[int] = at_least(1)  # null: from effective_batch_size
+    effective_batch_size: Optional[int] = at_least(1)
+    max_length: int = at_least(1)
     bf16: bool = MISSING
     gradient_checkpointing: bool = MISSING
     seed: int = MISSING
-    save_steps: int = MISSING
-    save_total_limit: Optional[int] = MISSING
-    logging_steps: int = MISSING
+    save_steps: int = at_least(1)
+    save_total_limit: Optional[int] = at_least(1)
+    logging_steps: int = at_least(1)
 
+    # Settings that change how often we save or log, never the weights, stay out of the fine-tune's key.
+    NOT_IN_KEY = ("name", "save_steps", "save_total_limit", "logging_steps")
 
-@dataclass
-class PaperFinetune(FinetuneConfig):
-    drop_input: bool = MISSING
+    def key_fields(self) -> dict:
+        """The settings that decide the weights (the ``lora_*`` ones only for ``method=lora``)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in self.NOT_IN_KEY}
+        if self.method != "lora":
+            fields = {k: v for k, v in fields.items() if not k.startswith("lora_")}
+        return fields
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Accumulation steps that give ``effective_batch_size`` on ``world_size`` processes."""
+        if self.effective_batch_size is None:
+            if self.grad_accum is None:
+                raise SelectlabError("set train.grad_accum or train.effective_batch_size")
+            return self.grad_accum
+        per_step = self.per_device_batch_size * world_size
+        if self.effective_batch_size % per_step:
+            raise SelectlabError(
+                f"train.effective_batch_size={self.effective_batch_size} is not a multiple of "
+                f"train.per_device_batch_size * world size = {self.per_device_batch_size} * {world_size}"
+            )
+        accum = self.effective_batch_size // per_step
+        if self.grad_accum is not None and self.grad_accum != accum:
+            raise SelectlabError(
+                f"train.grad_accum={self.grad_accum} contradicts train.effective_batch_size="
+                f"{self.effective_batch_size} on {world_size} process(es) (needs {accum}); set one of them to null"
+            )
+        return accum
 
 
 @dataclass
 class LoraFinetune(FinetuneConfig):
-    lora_r: int = MISSING
-    lora_alpha: int = MISSING
-    lora_dropout: float = MISSING
+    lora_r: int = at_least(1)
+    lora_alpha: int = at_least(1)
+    lora_dropout: float = at_least(0, 1)
     lora_target_modules: List[str] = MISSING
 
 
 # ---------------------------------------------------------------- logger
 @dataclass
 class LoggerConfig:
-    name: str = MISSING
+    name: str = one_of("wandb", "none")
 
 
 @dataclass
 class WandbLogger(LoggerConfig):
-    mode: str = MISSING
+    mode: str = one_of("offline", "online", "disabled")
     project: str = MISSING
     entity: Optional[str] = MISSING
     group: Optional[str] = MISSING
     tags: List[str] = MISSING
-    table_rows: int = MISSING
+    table_rows: int = at_least(0)
 
 
 # ---------------------------------------------------------------- the run's own keys
@@ -180,26 +236,26 @@ class ExportConfig:
 
 @dataclass
 class SelectConfig:
-    backbone: Any = None  # the scoring model when another than the backbone chooses (backbone@select.backbone=...)
+    backbone: Any = map_or_null(None)  # the scoring model when another than the backbone chooses (backbone@select.backbone=...)
 
 
 @dataclass
 class FitConfig:
     name: str = MISSING
-    subsets: int = MISSING
-    subset_size: int = MISSING
+    subsets: int = at_least(1)
+    subset_size: int = at_least(1)
     indicators: List[str] = MISSING
 
 
 @dataclass
 class ShardConfig:
-    index: Optional[int] = MISSING
-    count: int = MISSING
+    index: Optional[int] = at_least(0)  # < count (validate)
+    count: int = at_least(1)
 
 
 @dataclass
 class StoreConfig:
-    verify: str = MISSING
+    verify: str = one_of(*VERIFY_LEVELS)
 
 
 @dataclass
@@ -213,7 +269,7 @@ class RunConfig:
     cache_dir: str = MISSING
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
-    task: str = MISSING
+    task: str = one_of(*TASKS)
     heldout: PoolSource = field(default_factory=PoolSource)
     fit: FitConfig = field(default_factory=FitConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)

@@ -4,7 +4,19 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from .models import HubModel, ModelEntry, NamedHubModel
+from .domain import at_least, one_of
+from .models import HubModel, ModelEntry, NamedHubModel, dtype
+from .run import PROMPT_TEMPLATES
+
+LM_TEMPLATES = (*PROMPT_TEMPLATES, "plain")  # selectlab.lm.lm_scoring: "plain" is the answer after the instruction
+TEXT_FIELDS = ("instruction", "instruction_input", "conversation")  # selectlab.texts.example_text
+TEXT_FORMS = ("repr", "plain")  # selectlab.texts: ZIP's text of a record
+ADG_METRICS = ("Sc.cov_trace", "Sc.SED", "Sc.H_spec", "S.SEC", "S.mean_cos", "Sc.eig_ratio_12", "LOOD_var",
+               "D", "I", "H_spec", "SEC", "mean_cos", "eig_ratio_12")  # the release's names, then their columns
+BIN_SOURCES = ("release", "answer_prefix")
+IFD_RATIOS = ("loss", "perplexity")
+TOKENIZE = ("joined", "apart")
+MIG_QUALITIES = ("annotation", "length", "uniform")
 
 
 @dataclass
@@ -16,80 +28,80 @@ class ScorerConfig:
 
 @dataclass
 class LengthScorer(ScorerConfig):
-    order: str = MISSING
+    order: str = one_of("asc", "desc")
 
 
 @dataclass
 class RandomScorer(ScorerConfig):
-    batch_size: int = MISSING
+    batch_size: int = at_least(1)
 
 
 @dataclass
 class ZipScorer(ScorerConfig):
-    text: str = MISSING
+    text: str = one_of(*TEXT_FORMS)
 
 
 @dataclass
 class MigScorer(ScorerConfig):
-    quality: str = MISSING
+    quality: str = one_of(*MIG_QUALITIES)
 
 
 # ---------------------------------------------------------------- ADG
 @dataclass
 class AdgBins:
-    source: str = MISSING
+    source: str = one_of(*BIN_SOURCES)
     layers: List[int] = MISSING
-    max_length: int = MISSING
+    max_length: int = at_least(1)
     add_special_tokens: bool = MISSING
-    unweighted: str = MISSING
-    dtype: str = MISSING
-    batch_size: int = MISSING
+    unweighted: str = one_of("zero", "uniform")
+    dtype: str = dtype()
+    batch_size: int = at_least(1)
 
 
 @dataclass
 class AdgScorer(ScorerConfig):
-    lam: float = MISSING
-    metric_1: str = MISSING
+    lam: float = at_least(0, 1)
+    metric_1: str = one_of(*ADG_METRICS)
     weight_1: Optional[float] = MISSING
-    metric_2: str = MISSING
+    metric_2: str = one_of(*ADG_METRICS)
     weight_2: Optional[float] = MISSING
     bins: AdgBins = field(default_factory=AdgBins)
-    batch_size: int = MISSING
+    batch_size: int = at_least(1)
 
 
 # ---------------------------------------------------------------- scores from a causal LM's losses
 @dataclass
 class LmScorer(ScorerConfig):
-    template: str = MISSING
+    template: str = one_of(*LM_TEMPLATES)
     add_bos: bool = MISSING
-    max_length: int = MISSING
-    batch_size: int = MISSING
-    chunk_size: int = MISSING
-    dtype: str = MISSING
+    max_length: int = at_least(1)
+    batch_size: int = at_least(1)
+    chunk_size: int = at_least(1)
+    dtype: str = dtype()
     device: Optional[str] = MISSING
 
 
 @dataclass
 class PerplexityScorer(LmScorer):
-    order: str = MISSING
+    order: str = one_of("asc", "desc")
 
 
 @dataclass
 class IfdScorer(LmScorer):
     uncond_prefix: str = MISSING
-    ratio: str = MISSING
-    tokenize: str = MISSING
+    ratio: str = one_of(*IFD_RATIOS)
+    tokenize: str = one_of(*TOKENIZE)
     uncond_length_offset: int = MISSING
 
 
 @dataclass
 class PreExperience:
     enabled: bool = MISSING
-    clusters: int = MISSING
-    per_cluster: int = MISSING
-    low_percentile: float = MISSING
-    high_percentile: float = MISSING
-    max_length: int = MISSING
+    clusters: int = at_least(1)
+    per_cluster: int = at_least(1)
+    low_percentile: float = at_least(0, 100)
+    high_percentile: float = at_least(0, 100)
+    max_length: int = at_least(1)
 
 
 @dataclass
@@ -106,7 +118,7 @@ class SuperfilteringScorer(IfdScorer):
 @dataclass
 class DeitaJudgeModel(NamedHubModel):
     use_backbone: bool = MISSING
-    dtype: str = MISSING
+    dtype: str = dtype()
     use_chat_template: bool = MISSING
 
 
@@ -116,19 +128,19 @@ class DeitaScorer(ScorerConfig):
     quality_model: DeitaJudgeModel = field(default_factory=DeitaJudgeModel)
     complexity_template: str = MISSING
     quality_template: str = MISSING
-    scale: int = MISSING
-    batch_size: int = MISSING
+    scale: int = at_least(2)
+    batch_size: int = at_least(1)
 
 
 @dataclass
 class ScarScorer(ScorerConfig):
     model: NamedHubModel = field(default_factory=NamedHubModel)
-    text: str = MISSING
+    text: str = one_of(*TEXT_FIELDS)
     dedupe: bool = MISSING
-    english_min_percent: Optional[int] = MISSING
-    max_length: int = MISSING
-    batch_size: int = MISSING
-    chunk_size: int = MISSING
+    english_min_percent: Optional[int] = at_least(0, 100)
+    max_length: int = at_least(1)
+    batch_size: int = at_least(1)
+    chunk_size: int = at_least(1)
     device: Optional[str] = MISSING
 
 
@@ -152,14 +164,14 @@ class FittedRule(RuleConfig):
 
     adj_r2: Optional[float] = MISSING
     std_errors: Dict[str, float] = MISSING
-    n_finetunes: int = MISSING
+    n_finetunes: int = at_least(1)
 
 
 @dataclass
 class RewardConfig:
     name: str = MISSING
-    kind: str = MISSING
-    batch_size: int = MISSING
+    kind: str = one_of("judge", "reward_model")
+    batch_size: int = at_least(1)
 
 
 @dataclass
@@ -169,7 +181,7 @@ class JudgeReward(RewardConfig):
     substitute_for: str = MISSING
     question_template: str = MISSING
     use_chat_template: bool = MISSING
-    scale: int = MISSING
+    scale: int = at_least(2)
 
 
 @dataclass
@@ -178,7 +190,7 @@ class RewardModel(RewardConfig):
 
     model: HubModel = field(default_factory=HubModel)
     input_template: Optional[str] = MISSING
-    max_length: int = MISSING
+    max_length: int = at_least(1)
 
 
 @dataclass

@@ -10,16 +10,17 @@ stored per batch of instructions, so a killed run resumes.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
-from ..errors import SelectlabError
 
-from ..lm.divergence import cloud_metrics, combined_score, metric_column
+from ..lm.divergence import cloud_metrics, combined_score
 from ..lm.embedding import (EmbeddingConfig, count_truncated, embed_answer_sets, embed_texts, embedded_text,
                          token_weight_table)
 from ..infra.store import ArtifactStore, content_hash
 from ..config import plain
+from ..schema import typed
 from ..context import RunContext
 from . import Scores, register
 
@@ -29,29 +30,19 @@ STAGE = "adg_embeddings"
 VERSION = 2
 BINS_STAGE = "adg_bins"
 BINS_VERSION = 1
-BIN_SOURCES = ("release", "answer_prefix")
 
 
-def score_weights(scorer_cfg: dict) -> tuple[str, float, str, float]:
-    """(metric_1, weight_1, metric_2, weight_2); null weights follow ``lam`` (1 - lam and lam)."""
+def score_weights(scorer_cfg) -> tuple[str, float, str, float]:
+    """(metric_1, weight_1, metric_2, weight_2); null weights follow ``lam`` (1 - lam and lam).
+    The metrics' names and lam's range are the schema's domains (selectlab.schema.scoring)."""
     lam = float(scorer_cfg["lam"])
-    if not 0.0 <= lam <= 1.0:
-        raise SelectlabError(f"scorer.lam={lam} must lie in [0, 1]")
     w1, w2 = scorer_cfg.get("weight_1"), scorer_cfg.get("weight_2")
     m1, m2 = scorer_cfg.get("metric_1", "Sc.cov_trace"), scorer_cfg.get("metric_2", "Sc.SED")
-    for key, name in (("metric_1", m1), ("metric_2", m2)):
-        try:
-            metric_column(name)
-        except ValueError as e:
-            raise SelectlabError(f"scorer.{key}: {e}") from None
     return m1, 1.0 - lam if w1 is None else float(w1), m2, lam if w2 is None else float(w2)
 
 
 def bins_config(scorer_cfg: dict) -> dict:
-    bins = dict(scorer_cfg.get("bins") or {"source": "answer_prefix"})
-    if bins["source"] not in BIN_SOURCES:
-        raise SelectlabError(f"scorer.bins.source={bins['source']!r}; choose one of {BIN_SOURCES}")
-    return bins
+    return dict(scorer_cfg.get("bins") or {"source": "answer_prefix"})
 
 
 def bins_key(records: list[dict], path: str, bins: dict) -> tuple[str, dict]:
@@ -72,9 +63,8 @@ def bin_embeddings(ctx: RunContext, path: str, bins: dict, emb_cfg: EmbeddingCon
     One artifact per pool × backbone × recipe, shared by every embedding/scoring ablation."""
     records = ctx.pool.records
     key, recipe = bins_key(records, path, bins)
-    cfg = EmbeddingConfig(name="bins", layers=tuple(int(x) for x in bins["layers"]), max_length=int(bins["max_length"]),
-                          dtype=bins["dtype"], token_budget=emb_cfg.token_budget, prefix_reuse=False,
-                          device=emb_cfg.device)
+    cfg = replace(emb_cfg, name="bins", layers=list(bins["layers"]), max_length=bins["max_length"], dtype=bins["dtype"],
+                  prefix_reuse=False)
     reused = ctx.store.exists(BINS_STAGE, key)
 
     def compute(batch: list[int]) -> np.ndarray:
@@ -98,9 +88,7 @@ def score_adg(ctx: RunContext) -> Scores:
     scorer_cfg = plain(cfg.scorer)
     m1, w1, m2, w2 = score_weights(scorer_cfg)
     bins = bins_config(scorer_cfg)
-    emb_cfg = EmbeddingConfig.from_cfg(plain(cfg.embedding))
-    if int(cfg.sampler.k) < 2:
-        raise SelectlabError(f"sampler.k={cfg.sampler.k}: ADG needs at least 2 answers per instruction")
+    emb_cfg = typed(cfg.embedding)
     records, path = ctx.pool.records, ctx.backbone()
     samples = sample_answers(records, path, cfg.sampler, ctx.store, seed=int(cfg.seed))
     model_for = BackboneLoader(path, emb_cfg.device)

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import SelectlabError
 from ..lm.lm_scoring import degenerate_mask, pool_answer_losses
 from ..config import plain
+from ..schema import typed
 from ..context import RunContext
 from . import Scores, register
 
@@ -139,6 +140,6 @@ def pre_experienced_model(ctx: RunContext, pre) -> str:
     records = [ctx.pool.records[i] for i in picks]
     log.info("IFD pre-experience: %d examples from %d k-means clusters of the prompts' last hidden states",
              len(records), clusters)
-    return finetune(records, ctx.backbone(), plain(ctx.cfg.train), ctx.store,
+    return finetune(records, ctx.backbone(), typed(ctx.cfg.train), ctx.store,
                     {"ifd_pre_experience": {"pool": ctx.pool_key, "picks": [r["id"] for r in records],
                                             "backbone": plain(ctx.cfg.backbone)}})

@@ -7,9 +7,11 @@ The evals are lm-eval's tasks (``eval.tasks``) and the held-out response loss
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import plain
+from ..schema import typed
 from ..context import RunContext
 from ..infra.store import ArtifactStore, atomic_write_text, content_hash
 
@@ -95,9 +97,9 @@ def train_and_evaluate(ctx: RunContext, subset: list[dict], subset_key: str | No
                        scorer: str, seed: int | None = None) -> dict:
     """One results row: fine-tune on ``subset`` (``subset_key=None``: the untouched backbone) with
     ``train.seed=seed`` (None: as configured), evaluate."""
-    train_cfg = plain(ctx.cfg.train)
+    train_cfg = typed(ctx.cfg.train)
     if seed is not None:
-        train_cfg["seed"] = seed
+        train_cfg = replace(train_cfg, seed=seed)
     if subset_key is None or ctx.cfg.train.name == "none":
         model_path, n_train = ctx.backbone(), 0
     else:
@@ -107,5 +109,5 @@ def train_and_evaluate(ctx: RunContext, subset: list[dict], subset_key: str | No
                               {"subset": subset_key, "backbone": plain(ctx.cfg.backbone)})
         n_train = len(subset)
     result = evaluate_model(ctx, model_path, label)
-    return {"label": label, "scorer": scorer, "n_train": n_train, "seed": train_cfg.get("seed") if n_train else None,
+    return {"label": label, "scorer": scorer, "n_train": n_train, "seed": train_cfg.seed if n_train else None,
             "model": model_path, **result}

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import plain
+from ..schema import typed
 from ..context import RunContext
 from ..errors import SelectlabError
 from ..instructmining import search_subset_size
@@ -41,16 +42,15 @@ def finetuned_eval_loss(ctx: RunContext, subset: list[dict], heldout: list[dict]
     train config, backbone and held-out set)."""
     from ..lm.train import eval_loss, finetune
 
-    train_cfg = plain(ctx.cfg.train)
+    train_cfg = typed(ctx.cfg.train)
     heldout_key = content_hash([r["id"] for r in heldout] + [r["output"] for r in heldout])
     subset_key = content_hash(sorted(r["id"] for r in subset))
-    key = ctx.store.key("eval_loss", EVAL_LOSS_VERSION, subset=subset_key, pool=ctx.pool_key, train=train_cfg,
+    key = ctx.store.key("eval_loss", EVAL_LOSS_VERSION, subset=subset_key, pool=ctx.pool_key, train=plain(train_cfg),
                         backbone=plain(ctx.cfg.backbone), heldout=heldout_key)
 
     def make(tmp: Path) -> dict:
         model = finetune(subset, ctx.backbone(), train_cfg, ctx.store, {"subset": subset_key})
-        loss = eval_loss(model, heldout, template=train_cfg.get("template", "alpaca"),
-                         max_length=int(train_cfg.get("max_length", 512)))
+        loss = eval_loss(model, heldout, template=train_cfg.template, max_length=train_cfg.max_length)
         atomic_write_text(tmp / "loss.json", json.dumps({"loss": loss, "n_train": len(subset), "model": model}))
         return {}
 
