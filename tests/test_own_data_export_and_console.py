@@ -110,7 +110,7 @@ def test_duplicates_are_reported_and_dropped_by_default(compose, tmp_path, caplo
         _json_pool(compose, path, "pool.duplicates=error")
     manifest = _run(compose, "pool=json", f"pool.path={path}")
     assert manifest["pool"]["n"] == 6 and manifest["counts"]["duplicates"] == 3
-    with pytest.raises(SelectlabError, match="pool.duplicates='twice'; choose one of drop, keep, error"):
+    with pytest.raises(SelectlabError, match="pool.duplicates='twice': choose one of drop, keep, error"):
         _run(compose, "pool=json", f"pool.path={path}", "pool.duplicates=twice")
 
 

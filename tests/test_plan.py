@@ -117,3 +117,40 @@ def test_plan_checks_the_config_as_a_run_does_but_not_this_machines_files(compos
         run(compose("task=plan", "selector=zip", "logger=none"))
     plan = run(compose("task=plan", "scorer=deita", "logger=none"))  # Mistral-7B is not here: planned anyway
     assert plan["stages"]
+
+
+def test_plan_lists_the_rows_the_run_trains_each_seed_included(compose, data_env, tiny_model_dir):
+    """task=plan and the run read the same row list (stages.compare.planned_rows): every comparison
+    seed is a fine-tune and an evaluation in the plan, as it is in the run (tests/test_evidence.py)."""
+    from selectlab.plan import build_plan
+
+    plan = build_plan(compose("scorer=length", f"backbone.path={tiny_model_dir}", "pool=self_instruct_seed",
+                              "pool.limit=16", "selection.budget=4", "train=cpu_small", "eval=heldout_loss",
+                              "heldout.limit=6", "compare.baselines=[untrained,random]", "compare.seeds=[1,2]",
+                              "task=plan", "logger=none"))
+    rows = [s["row"] for s in plan["stages"] if s["stage"] == "evals"]
+    assert rows == ["untrained", "random seed 1", "random seed 2", "selected seed 1", "selected seed 2"]
+    assert [s["row"] for s in plan["stages"] if s["stage"] == "checkpoints"] == rows[1:]
+    random_keys = [s["key"] for s in plan["stages"] if s["stage"] == "subsets" and s["row"].startswith("random")]
+    assert len(set(random_keys)) == 2  # each seed draws its own subset
+
+
+def test_a_row_stage_described_once_is_run_and_planned(compose, data_env, tiny_model_dir):
+    """A stage added to stages.compare.ROW_STAGES, and nowhere else, runs in the run and shows in
+    the plan (unpriced until selectlab.plan.ROW_PLANNERS gives it a cost model)."""
+    from selectlab.pipeline import run
+    from selectlab.plan import build_plan
+    from selectlab.stages import compare
+
+    seen = []
+    audit = compare.RowStage("audit", lambda row: True, lambda ctx, row, state: seen.append(row.label) or state)
+    args = ["scorer=random", f"backbone.path={tiny_model_dir}", "pool=self_instruct_seed", "pool.limit=8",
+            "selection.budget=2", "train=none", "eval=heldout_loss", "heldout.limit=2", "logger=none"]
+    compare.ROW_STAGES.insert(0, audit)
+    try:
+        planned = [s for s in build_plan(compose(*args, "task=plan"))["stages"] if s["stage"] == "audit"]
+        run(compose(*args))
+    finally:
+        compare.ROW_STAGES.remove(audit)
+    assert [(s["row"], s["status"].split(":")[0]) for s in planned] == [("untrained", "not planned")]
+    assert seen == ["untrained"]

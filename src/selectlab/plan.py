@@ -38,8 +38,8 @@ from .infra.paths import REPO_ROOT, data_dir
 from .config import plain
 from .schema import typed
 from .context import with_sections
-from .stages.compare import check_baselines, random_baseline_cfg
-from .stages.evaluation import task_keys
+from .stages.compare import ROW_STAGES, Row, planned_rows, random_baseline_cfg
+from .stages.evaluation import task_keys, train_seed
 from .stages.scoring import pool_content_key, scores_key
 from .stages.selection import subsets_key
 from .pools import PoolError, load_pool
@@ -384,10 +384,10 @@ def scorer_stages(p: "Planner") -> list[StagePlan]:
 # ---------------------------------------------------------------- fine-tune and eval rows
 
 
-def train_stage(p: "Planner", row: str, subset_key: str | None, budget: int) -> StagePlan:
+def train_stage(p: "Planner", row: str, subset_key: str | None, budget: int, seed: int) -> StagePlan:
     from .lm.train import checkpoint_key
 
-    tc = typed(p.cfg.train)
+    tc = replace(typed(p.cfg.train), seed=seed)
     bb = p.backbone
     eff = tc.effective_batch_size or tc.per_device_batch_size * (tc.grad_accum or 1)
     per_example = p.tokens.mean([render_prompt(r, tc.template if tc.template != "chat" else "alpaca") + r["output"]
@@ -534,22 +534,49 @@ class Planner:
         return replace(self, cfg=with_sections(self.cfg, backbone=model), backbone=plan, tokens=tokens)
 
     def stages(self) -> list[StagePlan]:
-        cfg = self.cfg
+        """The selection's stages, then each results row's (``stages.compare.planned_rows``) through
+        the same ``ROW_STAGES`` the run walks."""
         scoring = self.scoring()
         stages, subset_key, budget = scoring.selection_stages(scoring.cfg, "selected")
-        if cfg.eval.name == "none":
+        if self.cfg.eval.name == "none":
             return stages
-        baselines = check_baselines(cfg.compare.baselines)
-        if "untrained" in baselines or cfg.train.name == "none":
-            stages.append(eval_stage(self, "untrained", None, "the untouched backbone"))
-        if cfg.train.name != "none":
-            if "random" in baselines and cfg.scorer.name != "random":
-                random_stages, random_key, _ = self.selection_stages(random_baseline_cfg(cfg, budget), "random")
-                train = train_stage(self, "random", random_key, budget)
-                stages += random_stages + [train, eval_stage(self, "random", train.key, "the random-subset fine-tune")]
-            train = train_stage(self, "selected", subset_key, budget)
-            stages += [train, eval_stage(self, "selected", train.key, "the selected-subset fine-tune")]
+        for row in planned_rows(self.cfg):
+            state = {"budget": budget, "subset_key": subset_key}
+            for stage in ROW_STAGES:
+                if stage.applies(row):
+                    planner = ROW_PLANNERS.get(stage.stage, unplanned)
+                    planned, state = planner(self, row, state, stage.stage)
+                    stages += planned
         return stages
+
+
+def row_name(row: Row) -> str:
+    return row.label if row.seed is None else f"{row.label} seed {row.seed}"
+
+
+def plan_draw(p: Planner, row: Row, state: dict, _stage: str) -> tuple[list[StagePlan], dict]:
+    planned, key, _ = p.selection_stages(random_baseline_cfg(p.cfg, state["budget"], row.seed), row_name(row))
+    return planned, {**state, "subset_key": key}
+
+
+def plan_train(p: Planner, row: Row, state: dict, _stage: str) -> tuple[list[StagePlan], dict]:
+    train = train_stage(p, row_name(row), state["subset_key"], state["budget"], train_seed(p.cfg, row.seed))
+    return [train], {**state, "model_key": train.key, "trained": True}
+
+
+def plan_eval(p: Planner, row: Row, state: dict, _stage: str) -> tuple[list[StagePlan], dict]:
+    note = f"the {row.label}-subset fine-tune" if state.get("trained") else "the untouched backbone"
+    return [eval_stage(p, row_name(row), state.get("model_key"), note)], state
+
+
+def unplanned(p: Planner, row: Row, state: dict, stage: str) -> tuple[list[StagePlan], dict]:
+    """A row stage with no cost model here: listed, not timed."""
+    return [StagePlan(stage, row_name(row), None, "not planned: no cost model in selectlab.plan.ROW_PLANNERS",
+                      None, {}, f"{stage} (runs; its cost is not modelled)")], state
+
+
+# How task=plan prices each of stages.compare.ROW_STAGES (the run's description of a row's stages).
+ROW_PLANNERS = {"subsets": plan_draw, "checkpoints": plan_train, "evals": plan_eval}
 
 
 def build_plan(cfg: DictConfig) -> dict:

@@ -16,11 +16,12 @@ import numpy as np
 
 
 from ..lm.divergence import cloud_metrics, combined_score
-from ..lm.embedding import (EmbeddingConfig, count_truncated, embed_answer_sets, embed_texts, embedded_text,
+from ..lm.embedding import (count_truncated, embed_answer_sets, embed_texts, embedded_text,
                          token_weight_table)
 from ..infra.store import ArtifactStore, content_hash
 from ..config import plain
 from ..schema import typed
+from ..schema.run import EmbeddingConfig
 from ..context import RunContext
 from . import Scores, register
 

@@ -2,12 +2,13 @@
 untouched backbone and a random subset of the same size), each trained once per seed."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Callable
 
 from ..config import scorer_label
 from ..context import RunContext, with_sections
 from ..errors import SelectlabError
-from .evaluation import train_and_evaluate
+from .evaluation import evaluate_model, train_row, train_seed
 from .scoring import score_stage
 from .selection import select_stage
 
@@ -54,25 +55,78 @@ def check_baselines(baselines) -> list[str]:
     return list(baselines)
 
 
-def results_rows(ctx: RunContext, subset: list[dict], subset_key: str) -> list[dict]:
-    """The selected subset's rows plus the configured baseline rows, one per seed of
-    ``compare.seeds``: random draws its subset and trains with each seed; the selector keeps its
-    subset (its scores do not depend on the training seed) and trains with each seed of
-    ``compare.selected_seeds`` (default: the same), except scorer=random, whose subset is the seed's draw."""
-    cfg = ctx.cfg
+@dataclass(frozen=True)
+class Row:
+    """One results row: the untouched backbone, a random subset, or the selection, at one seed."""
+
+    label: str  # untrained | random | selected
+    scorer: str
+    seed: int | None = None
+    draws: bool = False  # scores and selects its own subset (the random baseline, scorer=random's seeds)
+    trains: bool = True
+
+
+def planned_rows(cfg) -> list[Row]:
+    """The rows a run of ``cfg`` trains and evaluates, in order: the one place that decides them
+    (``results_rows`` runs them, ``task=plan`` plans them). The selector keeps its subset (its
+    scores do not depend on the training seed) and trains once per ``compare.selected_seeds``;
+    random draws its subset and trains once per ``compare.seeds``; scorer=random's own rows draw too."""
     baselines = check_baselines(cfg.compare.baselines)
     trains = cfg.train.name != "none"
-    rows = []
-    if "untrained" in baselines or not trains:
-        rows.append(train_and_evaluate(ctx, [], None, "untrained", "none"))
+    rows = [Row("untrained", "none", trains=False)] if "untrained" in baselines or not trains else []
     if not trains:
         return rows
     selected_is_random = cfg.scorer.name == "random"
     if "random" in baselines and not selected_is_random:
-        rows += [train_and_evaluate(ctx, *random_subset(ctx, len(subset), seed), "random", "random", seed)
-                 for seed in comparison_seeds(cfg)]
-    for seed in comparison_seeds(cfg, "selected_seeds"):
-        chosen = random_subset(ctx, len(subset), seed) if selected_is_random and seed is not None \
-            else (subset, subset_key)
-        rows.append(train_and_evaluate(ctx, *chosen, "selected", scorer_label(cfg), seed))
-    return rows
+        rows += [Row("random", "random", seed, draws=True) for seed in comparison_seeds(cfg)]
+    return rows + [Row("selected", scorer_label(cfg), seed, draws=selected_is_random and seed is not None)
+                   for seed in comparison_seeds(cfg, "selected_seeds")]
+
+
+@dataclass(frozen=True)
+class RowStage:
+    """A stage of a results row, described once: the store stage it produces, the rows it applies
+    to and how it runs (``state`` carries a row's subset, keys and model from stage to stage).
+    ``task=plan`` walks the same list (``selectlab.plan.ROW_PLANNERS`` gives each its cost model;
+    a stage without one is listed as unplanned)."""
+
+    stage: str
+    applies: Callable[[Row], bool]
+    run: Callable[[RunContext, Row, dict], dict]
+
+
+def _draw(ctx: RunContext, row: Row, state: dict) -> dict:
+    subset, key = random_subset(ctx, state["budget"], row.seed)
+    return {**state, "subset": subset, "subset_key": key}
+
+
+def _train(ctx: RunContext, row: Row, state: dict) -> dict:
+    model = train_row(ctx, state["subset"], state["subset_key"], row.seed)
+    return {**state, "model": model, "n_train": len(state["subset"])}
+
+
+def _evaluate(ctx: RunContext, row: Row, state: dict) -> dict:
+    return {**state, "result": evaluate_model(ctx, state.get("model") or ctx.backbone(), row.label)}
+
+
+ROW_STAGES = [
+    RowStage("subsets", lambda row: row.draws, _draw),  # with the scores it selects from
+    RowStage("checkpoints", lambda row: row.trains, _train),
+    RowStage("evals", lambda row: True, _evaluate),
+]
+
+
+def results_rows(ctx: RunContext, subset: list[dict], subset_key: str) -> list[dict]:
+    """The selected subset's rows beside the configured baselines (``planned_rows``), each through
+    its ``ROW_STAGES``."""
+    out = []
+    for row in planned_rows(ctx.cfg):
+        state = {"budget": len(subset), "subset": subset, "subset_key": subset_key}
+        for stage in ROW_STAGES:
+            if stage.applies(row):
+                state = stage.run(ctx, row, state)
+        n_train = state.get("n_train", 0)
+        out.append({"label": row.label, "scorer": row.scorer, "n_train": n_train,
+                    "seed": train_seed(ctx.cfg, row.seed) if n_train else None,
+                    "model": state.get("model") or ctx.backbone(), **state["result"]})
+    return out

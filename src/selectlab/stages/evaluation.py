@@ -93,21 +93,15 @@ def evaluate_model(ctx: RunContext, model_path: str, label: str) -> dict:
     return result
 
 
-def train_and_evaluate(ctx: RunContext, subset: list[dict], subset_key: str | None, label: str,
-                       scorer: str, seed: int | None = None) -> dict:
-    """One results row: fine-tune on ``subset`` (``subset_key=None``: the untouched backbone) with
-    ``train.seed=seed`` (None: as configured), evaluate."""
-    train_cfg = typed(ctx.cfg.train)
-    if seed is not None:
-        train_cfg = replace(train_cfg, seed=seed)
-    if subset_key is None or ctx.cfg.train.name == "none":
-        model_path, n_train = ctx.backbone(), 0
-    else:
-        from ..lm.train import finetune
+def train_seed(cfg, seed: int | None) -> int:
+    """The training seed of a row: ``seed`` (a comparison seed), else ``train.seed``."""
+    return cfg.train.seed if seed is None else seed
 
-        model_path = finetune(subset, ctx.backbone(), train_cfg, ctx.store,
-                              {"subset": subset_key, "backbone": plain(ctx.cfg.backbone)})
-        n_train = len(subset)
-    result = evaluate_model(ctx, model_path, label)
-    return {"label": label, "scorer": scorer, "n_train": n_train, "seed": train_cfg.seed if n_train else None,
-            "model": model_path, **result}
+
+def train_row(ctx: RunContext, subset: list[dict], subset_key: str, seed: int | None = None) -> str:
+    """The backbone fine-tuned on ``subset`` with ``train.seed=seed`` (None: as configured)."""
+    from ..lm.train import finetune
+
+    train_cfg = replace(typed(ctx.cfg.train), seed=train_seed(ctx.cfg, seed))
+    return finetune(subset, ctx.backbone(), train_cfg, ctx.store,
+                    {"subset": subset_key, "backbone": plain(ctx.cfg.backbone)})
