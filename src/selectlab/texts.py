@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import SelectlabError
+from .schema.scoring import TEXT_FIELDS, TEXT_FORMS
 
-TEXT_FIELDS = ("instruction", "instruction_input", "conversation")
 # FastChat's vicuna_v1.1 system prompt: DEITA's embedder writes each example in this template.
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -29,8 +29,6 @@ def example_text(record: dict, fields: str) -> str:
 
 
 # ---- ZIP: examples as compressed text ------------------------------------------------------
-
-TEXT_FORMS = ("repr", "plain")
 
 
 @dataclass(frozen=True)

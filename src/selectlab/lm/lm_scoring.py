@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import SelectlabError
 from .prompts import render_prompt, template_hash
 from ..infra.store import content_hash
+from ..schema.scoring import TOKENIZE
 
 LOSSES_VERSION = 1
 
@@ -54,7 +55,6 @@ def bos_ids(tokenizer, add_bos: bool) -> list[int]:
     return [tokenizer.bos_token_id]
 
 
-TOKENIZE = ("joined", "apart")
 
 
 def encode_pair(tokenizer, prefix: str, answer: str, max_length: int, add_bos: bool,

@@ -22,11 +22,11 @@ from ..config import plain
 from ..schema import typed
 from ..context import RunContext
 from . import Scores, register
+from ..schema.scoring import IFD_RATIOS as RATIOS
 
 
 log = logging.getLogger(__name__)
 
-RATIOS = ("loss", "perplexity")
 
 
 def ifd_from_losses(records: list[dict], loss_cond: np.ndarray, loss_uncond: np.ndarray,

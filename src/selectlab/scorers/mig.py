@@ -16,8 +16,8 @@ from ..context import RunContext
 from ..errors import SelectlabError
 from . import Scores, register
 from .length import answer_token_counts
+from ..schema.scoring import MIG_QUALITIES as QUALITIES
 
-QUALITIES = ("annotation", "length", "uniform")
 
 
 def deita_score(record: dict) -> float:

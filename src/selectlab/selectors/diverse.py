@@ -26,12 +26,12 @@ from ..scorers import Scores
 from ..infra.store import ArtifactStore, content_hash
 from ..texts import example_text
 from .subset import Selection
+from ..schema.selection import SELECTOR_EMBEDDINGS as EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
 SBERT_VERSION = 1
 LAST_TOKEN_VERSION = 1
-EMBEDDINGS = ("sbert", "features", "last_token")
 TAKEN_SLICE = 8192
 
 

@@ -21,10 +21,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import SelectlabError
+from ..schema.selection import PHI_TYPES
 
 log = logging.getLogger(__name__)
 
-PHI_TYPES = ("pow", "exp")
 
 
 def label_graph(embeddings: np.ndarray, sim_threshold: float, block: int = 2048) -> sp.csr_matrix:

@@ -24,10 +24,10 @@ import numpy as np
 from ..errors import SelectlabError
 from ..texts import example_text
 from .diverse import sbert_embeddings, unit_rows
+from ..schema.selection import MIG_LABELS as LABEL_SOURCES
 
 log = logging.getLogger(__name__)
 
-LABEL_SOURCES = ("instag", "clusters")
 VALID_TAGS_MISSING = ("selector.valid_tags has no value: the release keeps only the tags of its configs/valid_tag_path.json "
                       "(4,531 tags, yichengchen24/MIG; not shipped here: the repository states no licence); give its "
                       "path, or selector.valid_tags=all to keep every tag (not the release)")
