@@ -21,7 +21,7 @@ from selectlab.pipeline import run  # noqa: E402
 from selectlab.schema import check_known_keys  # noqa: E402
 
 
-IN_JOB = []  # non-empty while a job runs: an error Hydra or OmegaConf raises there is a bug, not a config error
+IN_JOB = []  # non-empty once a job has started: an error Hydra or OmegaConf raises from then on is a bug, not a config error
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -42,8 +42,6 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT_CODE)
-    finally:
-        IN_JOB.clear()
 
 
 def compose_and_run() -> None:

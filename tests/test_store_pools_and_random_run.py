@@ -295,9 +295,10 @@ def test_artifact_without_integrity_records_is_checked_once_then_recorded(tmp_pa
     assert not ArtifactStore(tmp_path / "cache").reusable("stage", "old")
 
 
-def test_the_embedded_backbone_converted_at_install_is_used_before_the_store(tmp_path, monkeypatch):
-    """make venv converts the shipped GGUF into the environment; a fresh store then converts nothing
-    (a half-written conversion, without its done marker, is not used)."""
+def test_the_embedded_backbone_converted_at_install_is_linked_into_a_fresh_store(tmp_path, monkeypatch):
+    """make venv converts the shipped GGUF into the environment; a fresh store links that conversion
+    (no second conversion) under the store key it always had, so no artifact key moves; a
+    half-written conversion (no done marker) is not used."""
     from selectlab.config import plain, preset
     from selectlab.infra.store import ArtifactStore
     from selectlab.lm import backbone
@@ -305,12 +306,15 @@ def test_the_embedded_backbone_converted_at_install_is_used_before_the_store(tmp
     cfg = plain(preset("backbone", "smollm2_135m"))
     gguf = backbone._package_dir(cfg["gguf_package"], "backbone", backbone.BackboneError) / cfg["gguf_file"]
     monkeypatch.setattr(backbone.sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(backbone, "_convert_gguf", lambda *a: pytest.fail("converted again"))
     folder = backbone.installed_folder(gguf)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     store = ArtifactStore(tmp_path / "store")
-    assert backbone.locate_model(cfg, store=store).folder is None  # no done marker: not a finished conversion
+    assert backbone.installed_conversion(gguf) is None  # no done marker: not a finished conversion
     (folder / "safetensors.done").write_text("")
-    assert backbone.resolve_model(cfg, store=store) == str(folder)
-    assert backbone.locate_model(cfg, store=store).note == "converted GGUF, installed by make venv"
-    assert not (tmp_path / "store" / "backbone").exists()
+    assert "linked into backbone/" in backbone.locate_model(cfg, store=store).note
+    got = backbone.resolve_model(cfg, store=store)
+    assert got == str(store.path("backbone", backbone.conversion_key(gguf)))
+    assert (Path(got) / "config.json").stat().st_ino == (folder / "config.json").stat().st_ino
+    assert backbone.locate_model(cfg, store=store).folder == got

