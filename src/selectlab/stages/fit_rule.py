@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import plain
+from ..schema import typed
 from ..context import RunContext
 from ..instructmining import fit_experiment, save_rule_yaml
 from ..infra.paths import safe_component
@@ -24,19 +24,19 @@ def fit_rule_task(ctx: RunContext, tracker) -> dict:
     """Fit the rule, save it in the run folder, log the fit's data and coefficients."""
     from ..scorers.instructmining import compute_indicators
 
-    fit_cfg = plain(ctx.cfg.fit)
-    columns, _counts = compute_indicators(ctx, list(fit_cfg["indicators"]))
+    fit = typed(ctx.cfg.fit)
+    columns, _counts = compute_indicators(ctx, list(fit.indicators))
     heldout = eval_records(ctx)
-    result, table = fit_experiment(ctx.pool.records, columns, int(fit_cfg["subsets"]), int(fit_cfg["subset_size"]),
+    result, table = fit_experiment(ctx.pool.records, columns, fit.subsets, fit.subset_size,
                                    int(ctx.cfg.seed), lambda subset: finetuned_eval_loss(ctx, subset, heldout))
     run_dir = Path(ctx.cfg.run_dir)
     write_jsonl(run_dir / "fit_data.jsonl", table)
     train = ctx.cfg.train
     provenance = (f"fitted by selectlab on {len(table)} fine-tunes of {ctx.cfg.backbone.name} (train={train.name}, "
-                  f"lr={train.lr}, epochs={train.epochs}) on random {fit_cfg['subset_size']}-example subsets of "
+                  f"lr={train.lr}, epochs={train.epochs}) on random {fit.subset_size}-example subsets of "
                   f"{ctx.pool.name}; eval loss on {len(heldout)} held-out {ctx.cfg.heldout.name} examples; "
                   f"R2={result['r2']:.3f}, adjusted R2={result['adj_r2']:.3f}")
-    target = save_rule_yaml(result, result["names"], run_dir / f"fitted_{safe_component(fit_cfg['name'])}.yaml",
+    target = save_rule_yaml(result, result["names"], run_dir / f"fitted_{safe_component(fit.name)}.yaml",
                             provenance)
     tracker.log_table("fit_data", list(table[0]), [list(r.values()) for r in table])
     tracker.summary({"fit/r2": result["r2"], "fit/adj_r2": result["adj_r2"], "fit/intercept": result["intercept"],
