@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from omegaconf import DictConfig, OmegaConf
-
 from ..errors import SelectlabError
 from . import complexity, evaluation, run, scoring, selection
 
@@ -86,6 +84,8 @@ SCHEMAS = {
 def typed(section):
     """A config section as its schema's dataclass, interpolations resolved: the runtime type that
     code reads by attribute (``typed(cfg.train).lr``). A dataclass is returned as it is."""
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_object(section) if OmegaConf.is_config(section) else section
 
 
@@ -99,9 +99,11 @@ def register() -> None:
         store.store(group=group, name=name, node=node, provider="selectlab")
 
 
-def check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
+def check_known_keys(cfg, prefix: str = "") -> None:
     """Every key of a typed node is a field of its schema. Composition already rejects an unknown
     key given as ``key=value``; this catches one added with ``+key=value``."""
+    from omegaconf import DictConfig, OmegaConf
+
     schema = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(schema):
         known = [f.name for f in dataclasses.fields(schema)]

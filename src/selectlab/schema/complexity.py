@@ -2,9 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from omegaconf import MISSING
-
-from .domain import above, at_least, one_of
+from .domain import MISSING, above, at_least, one_of
 from .models import ModelEntry, dtype
 
 

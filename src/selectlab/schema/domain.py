@@ -16,9 +16,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-
 from ..errors import SelectlabError
+
+# omegaconf.MISSING, named here so that the schemas import without OmegaConf (bench/gpu_check.py runs on
+# machines without it); composition and validation import OmegaConf themselves.
+MISSING = "???"
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Domain:
         if value is None:
             return True
         if self.a_map:
-            return isinstance(value, (dict, DictConfig))
+            return isinstance(value, Mapping)
         if self.choices:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -90,6 +92,8 @@ def domain_of(schema: type, name: str) -> Domain | None:
 def check_against(schema: type, values: Any, prefix: str) -> None:
     """The declared domains of ``schema``'s fields checked on ``values`` (a config node, a map or a
     dataclass); a missing value is not checked here (``validate`` reports it by name)."""
+    from omegaconf import DictConfig, OmegaConf
+
     get = values.get if hasattr(values, "get") else lambda key, default=None: getattr(values, key, default)
     for f in dataclasses.fields(schema):
         if isinstance(values, Mapping) and f.name not in values:  # a caller's own map (a config node always has the key)
@@ -102,9 +106,11 @@ def check_against(schema: type, values: Any, prefix: str) -> None:
             raise SelectlabError(f"{prefix}{f.name}={value!r}: {domain.describe()}")
 
 
-def check_domains(cfg: DictConfig, prefix: str = "") -> None:
+def check_domains(cfg, prefix: str = "") -> None:
     """Every set value of every typed node lies in its field's declared domain; the first that does
     not is a :class:`SelectlabError` naming the key, the value and the domain."""
+    from omegaconf import DictConfig, OmegaConf
+
     schema = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(schema):
         check_against(schema, cfg, prefix)

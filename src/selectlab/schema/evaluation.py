@@ -2,9 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
-from omegaconf import MISSING
-
-from .domain import above, at_least, map_or_null, one_of
+from .domain import MISSING, above, at_least, map_or_null, one_of
 from .models import dtype
 from .run import PROMPT_TEMPLATES
 

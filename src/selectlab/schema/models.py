@@ -3,9 +3,7 @@ scorers' own models)."""
 from dataclasses import dataclass
 from typing import Optional
 
-from omegaconf import MISSING
-
-from .domain import one_of
+from .domain import MISSING, one_of
 
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")  # selectlab.lm.models.torch_dtype
 

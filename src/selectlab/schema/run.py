@@ -3,11 +3,9 @@ selector and eval: backbone, pool (and heldout), sampler, embedding, train, logg
 from dataclasses import asdict, dataclass, field
 from typing import Any, List, Optional, Union
 
-from omegaconf import MISSING
-
 from ..errors import SelectlabError
 from ..infra.store import VERIFY_LEVELS
-from .domain import above, at_least, map_or_null, one_of
+from .domain import MISSING, above, at_least, map_or_null, one_of
 from .models import ModelEntry, dtype
 
 DUPLICATE_MODES = ("drop", "keep", "error")

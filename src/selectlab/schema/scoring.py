@@ -2,9 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
-
-from .domain import at_least, one_of
+from .domain import MISSING, at_least, one_of
 from .models import HubModel, ModelEntry, NamedHubModel, dtype
 from .run import PROMPT_TEMPLATES
 

@@ -2,9 +2,7 @@
 from dataclasses import dataclass
 from typing import Any, List, Optional, Union
 
-from omegaconf import MISSING
-
-from .domain import above, at_least, map_or_null, one_of
+from .domain import MISSING, above, at_least, map_or_null, one_of
 from .models import dtype
 from .scoring import TEXT_FIELDS
 
