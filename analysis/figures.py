@@ -443,8 +443,8 @@ COMMITTED = {
     "double_descent.png": (("analysis/evidence/double_descent", "analysis/evidence/double_descent_search"),
                            build_double_descent),
     "cognitive_complexity.png": (("analysis/evidence/complexity",), build_complexity),
-    "ablations.png": (("analysis/evidence/adg_ablation_lambda", "analysis/evidence/adg_ablation_layers"),
-                      build_ablations),
+    "ablations.png": (("analysis/evidence/adg_ablation_lambda", "analysis/evidence/adg_ablation_layers",
+                       "analysis/evidence/adg_ablation_k"), build_ablations),
 }
 
 
