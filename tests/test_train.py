@@ -243,3 +243,15 @@ def test_two_jobs_needing_the_same_fine_tune_train_it_once(tiny_model_dir, compo
     logs = "".join(err for _, err in outs)
     assert logs.count("built artifact checkpoints/") == 1 and logs.count("reusing artifact checkpoints/") == 1
     assert outs[0][0].split()[-1] == outs[1][0].split()[-1]  # the same checkpoint folder
+
+
+def test_bf16_on_a_cpu_machine_gets_its_training_arguments(compose, tmp_path):
+    """train.bf16=true on the CPU: the Trainer's CPU autocast (it refuses bf16 without a GPU unless
+    told it runs on the CPU; bench/bench_finetune.py measures what it gains and moves)."""
+    import torch
+
+    from selectlab.lm.train import training_arguments
+
+    tc = typed(train_cfg(compose, "cpu_small", bf16="true"))
+    args = training_arguments(tc, tmp_path, 8)
+    assert args.bf16 and (args.use_cpu or torch.cuda.is_available())

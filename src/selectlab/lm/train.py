@@ -345,6 +345,7 @@ def training_arguments(tc: FinetuneConfig, output_dir: Path, grad_accum: int):
         per_device_train_batch_size=tc.per_device_batch_size,
         gradient_accumulation_steps=grad_accum,
         bf16=tc.bf16,
+        use_cpu=tc.bf16 and not torch.cuda.is_available(),  # the Trainer refuses bf16 without a GPU unless told it is on the CPU
         gradient_checkpointing=tc.gradient_checkpointing,
         seed=tc.seed,
         save_strategy="steps",
