@@ -18,7 +18,6 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from selectlab.infra import preemption  # noqa: E402
 from selectlab.errors import USER_ERROR_EXIT_CODE, SelectlabError, config_error_line, one_line  # noqa: E402
 from selectlab.pipeline import run  # noqa: E402
-from selectlab.schema import check_known_keys  # noqa: E402
 
 
 IN_JOB = []  # non-empty once a job has started: an error Hydra or OmegaConf raises from then on is a bug, not a config error
@@ -30,8 +29,7 @@ def main(cfg: DictConfig) -> None:
     preemption.install()  # SIGTERM / SIGUSR1: stop at the next safe point, keep everything, requeue
     IN_JOB.append(True)
     try:
-        check_known_keys(cfg)  # composition checked types and plain keys; this, keys added with +
-        run(cfg)
+        run(cfg)  # validate first: keys added with +, domains, cross-field checks
     except preemption.Preempted as stopped:
         preemption.hand_off(stopped)
     except SelectlabError as error:

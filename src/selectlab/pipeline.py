@@ -20,7 +20,6 @@ from .lm.backbone import resolve_backbone
 from .config import plain
 from .outputs.console import route_engine_logs
 from .context import RunContext, with_sections
-from .errors import SelectlabError
 from .outputs.export import export_subsets
 from .infra.orphans import watch_children
 from .infra.paths import REPO_ROOT, portable, run_places
@@ -76,9 +75,7 @@ def run(cfg) -> dict:
         from .plan import plan_run
 
         return plan_run(cfg)
-    if cfg.task not in TASKS:
-        raise SelectlabError(f"task={cfg.task!r}; choose select, fit_rule or plan")
-    return TASKS[cfg.task](start(cfg))
+    return TASKS[cfg.task](start(cfg))  # cfg.task's domain (schema.run.TASKS) was checked by validate
 
 
 def start(cfg) -> Run:

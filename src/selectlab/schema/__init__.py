@@ -30,6 +30,7 @@ import dataclasses
 
 from ..errors import SelectlabError
 from . import complexity, evaluation, run, scoring, selection
+from .domain import typed_nodes
 
 # ConfigStore name (under schema/) -> dataclass
 SCHEMAS = {
@@ -99,20 +100,12 @@ def register() -> None:
         store.store(group=group, name=name, node=node, provider="selectlab")
 
 
-def check_known_keys(cfg, prefix: str = "") -> None:
+def check_known_keys(cfg) -> None:
     """Every key of a typed node is a field of its schema. Composition already rejects an unknown
     key given as ``key=value``; this catches one added with ``+key=value``."""
-    from omegaconf import DictConfig, OmegaConf
-
-    schema = OmegaConf.get_type(cfg)
-    if dataclasses.is_dataclass(schema):
+    for schema, node, prefix in typed_nodes(cfg):
         known = [f.name for f in dataclasses.fields(schema)]
-        for key in cfg.keys():
+        for key in node.keys():
             if key not in known:
                 raise SelectlabError(f"{prefix}{key}: unknown key (the schema {schema.__name__} of {prefix.rstrip('.') or 'the config'} "
                                      f"has {', '.join(known)})")
-    for key in cfg.keys():
-        child = cfg._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing() \
-                and not child._is_interpolation():
-            check_known_keys(child, f"{prefix}{key}.")

@@ -84,11 +84,6 @@ def map_or_null(default: Any = MISSING):
     return _knob(Domain(a_map=True), default)
 
 
-def domain_of(schema: type, name: str) -> Domain | None:
-    """The declared domain of ``schema``'s field ``name`` (None: its type says it all)."""
-    return next((f.metadata.get("domain") for f in dataclasses.fields(schema) if f.name == name), None)
-
-
 def check_against(schema: type, values: Any, prefix: str) -> None:
     """The declared domains of ``schema``'s fields checked on ``values`` (a config node, a map or a
     dataclass); a missing value is not checked here (``validate`` reports it by name)."""
@@ -106,15 +101,23 @@ def check_against(schema: type, values: Any, prefix: str) -> None:
             raise SelectlabError(f"{prefix}{f.name}={value!r}: {domain.describe()}")
 
 
-def check_domains(cfg, prefix: str = "") -> None:
-    """Every set value of every typed node lies in its field's declared domain; the first that does
-    not is a :class:`SelectlabError` naming the key, the value and the domain."""
+def typed_nodes(cfg, prefix: str = ""):
+    """(schema, node, dotted prefix) of every node under ``cfg`` that a schema dataclass types; an
+    interpolated section is left to the place it points at."""
     from omegaconf import DictConfig, OmegaConf
 
     schema = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(schema):
-        check_against(schema, cfg, prefix)
+        yield schema, cfg, prefix
     for key in cfg.keys():
         child = cfg._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-            check_domains(cfg[key], f"{prefix}{key}.")
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing() \
+                and not child._is_interpolation():
+            yield from typed_nodes(child, f"{prefix}{key}.")
+
+
+def check_domains(cfg) -> None:
+    """Every set value of every typed node lies in its field's declared domain; the first that does
+    not is a :class:`SelectlabError` naming the key, the value and the domain."""
+    for schema, node, prefix in typed_nodes(cfg):
+        check_against(schema, node, prefix)

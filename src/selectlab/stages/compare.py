@@ -106,7 +106,8 @@ def _train(ctx: RunContext, row: Row, state: dict) -> dict:
 
 
 def _evaluate(ctx: RunContext, row: Row, state: dict) -> dict:
-    return {**state, "result": evaluate_model(ctx, state.get("model") or ctx.backbone(), row.label)}
+    model = state.get("model") or ctx.backbone()  # the untrained row evaluates the backbone itself
+    return {**state, "model": model, "result": evaluate_model(ctx, model, row.label)}
 
 
 ROW_STAGES = [
@@ -128,5 +129,5 @@ def results_rows(ctx: RunContext, subset: list[dict], subset_key: str) -> list[d
         n_train = state.get("n_train", 0)
         out.append({"label": row.label, "scorer": row.scorer, "n_train": n_train,
                     "seed": train_seed(ctx.cfg, row.seed) if n_train else None,
-                    "model": state.get("model") or ctx.backbone(), **state["result"]})
+                    "model": state["model"], **state["result"]})
     return out
