@@ -73,3 +73,17 @@ def test_the_key_parts_follow_a_value_that_decides_the_result(compose, override,
     base = key_parts(compose("scorer=adg", "train=cpu_small", "logger=none"))
     moved = key_parts(compose("scorer=adg", "train=cpu_small", "logger=none", override))
     assert base[part] != moved[part]
+
+
+def test_the_keys_do_not_depend_on_where_the_data_and_the_repository_are(compose, tmp_path, monkeypatch):
+    """A clone elsewhere (a cluster's /scratch, CI's checkout) computes the same keys: the held-out
+    set's path, which a size search's subsets key reads, enters it relative to the data folder."""
+    from selectlab.infra.paths import data_dir
+
+    preset = ("experiment=double_descent", "logger=none")
+    here = key_parts(compose(*preset))
+    (tmp_path / "elsewhere").symlink_to(data_dir().resolve(), target_is_directory=True)
+    monkeypatch.setenv("SELECTLAB_DATA", str(tmp_path / "elsewhere"))
+    moved = compose(*preset)
+    assert moved.heldout.path.startswith(str(tmp_path / "elsewhere"))
+    assert key_parts(moved) == here
