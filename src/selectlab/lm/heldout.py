@@ -14,40 +14,41 @@ import logging
 import random
 
 from ..errors import SelectlabError
-from ..pools import load_pool
+from ..pools import load_pool, pool_source
+from ..schema.evaluation import HeldoutLoss
 
 log = logging.getLogger(__name__)
 
 METRIC = "heldout_loss"
 
 
-def heldout_records(heldout_cfg: dict, pool_records: list[dict], seed: int) -> list[dict]:
+def heldout_records(heldout_cfg, pool_records: list[dict], seed: int) -> list[dict]:
     """``heldout.limit`` examples of the ``heldout`` source that share no (instruction, input)
     with ``pool_records``, sampled with ``seed`` (``heldout.sample=head``: the first ones)."""
-    source = load_pool({**heldout_cfg, "limit": None}, seed=seed).records
+    heldout_cfg = pool_source(heldout_cfg)
+    source = load_pool(heldout_cfg, seed=seed, whole=True).records
     in_pool = {(r["instruction"], r["input"]) for r in pool_records}
     candidates = [r for r in source if (r["instruction"], r["input"]) not in in_pool]
     if len(candidates) < len(source):
         log.info("held-out set: %d examples that are also in the pool left out", len(source) - len(candidates))
-    limit = heldout_cfg.get("limit")
+    limit = heldout_cfg.limit
     if limit is None or limit >= len(candidates):
         return candidates
-    if heldout_cfg.get("sample", "random") == "head":
+    if heldout_cfg.sample == "head":
         return candidates[: int(limit)]
     keep = sorted(random.Random(seed).sample(range(len(candidates)), int(limit)))
     return [candidates[i] for i in keep]
 
 
-def heldout_loss_eval(model_path: str, records: list[dict], loss_cfg: dict) -> dict:
+def heldout_loss_eval(model_path: str, records: list[dict], loss_cfg: HeldoutLoss) -> dict:
     """{"score": mean over examples of the per-example loss, "per_example": {id: loss}, counts}."""
     from .train import response_losses
 
-    losses = response_losses(model_path, records, template=loss_cfg.get("template", "alpaca"),
-                             max_length=int(loss_cfg.get("max_length", 512)),
-                             batch_size=int(loss_cfg.get("batch_size", 8)), dtype=loss_cfg.get("dtype", "float32"))
+    losses = response_losses(model_path, records, template=loss_cfg.template, max_length=loss_cfg.max_length,
+                             batch_size=loss_cfg.batch_size, dtype=loss_cfg.dtype)
     per_example = {r["id"]: loss for r, loss in zip(records, losses) if loss is not None}
     if not per_example:
         raise SelectlabError(f"eval.heldout_loss: none of the {len(records)} held-out examples has a response token "
-                         f"within eval.heldout_loss.max_length={loss_cfg.get('max_length', 512)}")
+                         f"within eval.heldout_loss.max_length={loss_cfg.max_length}")
     return {"score": sum(per_example.values()) / len(per_example), "per_example": per_example,
             "n_samples": len(per_example), "n_unscored": len(records) - len(per_example)}

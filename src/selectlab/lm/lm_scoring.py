@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import SelectlabError
 from .prompts import render_prompt, template_hash
 from ..infra.store import content_hash
-from ..schema.scoring import TOKENIZE
+from ..schema.scoring import TOKENIZE, IfdScorer, LmScorer
 
 LOSSES_VERSION = 1
 
@@ -130,11 +130,11 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg: dict, unconditional: bool) -> tuple[np.ndarray, dict]:
+def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg: LmScorer, unconditional: bool) -> tuple[np.ndarray, dict]:
     """loss(A|Q), loss(A) and the answer's token count for every pool record, as an (N, 3) array.
 
-    ``scfg`` is the scorer config (template, uncond_prefix, add_bos, max_length, batch_size,
-    chunk_size, dtype, device). The conditional prefix is the rendered prompt; the
+    ``scfg`` is the scorer's typed config (an IFD scorer's also gives uncond_prefix, tokenize and
+    uncond_length_offset; perplexity scores no unconditional loss and tokenizes apart). The conditional prefix is the rendered prompt; the
     unconditional one is ``uncond_prefix`` (after BOS when ``add_bos``) and it scores the
     same (truncated) answer ids. Records run longest first, ``chunk_size`` per resumable
     store batch, so a killed run redoes at most one chunk. loss(A) is NaN when
@@ -143,9 +143,10 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg: dict, unco
     from .models import default_device, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
-    template, add_bos, max_length = str(scfg["template"]), bool(scfg["add_bos"]), int(scfg["max_length"])
-    tokenize, offset = str(scfg.get("tokenize", "apart")), int(scfg.get("uncond_length_offset", 0))
-    uncond_prefix = str(scfg.get("uncond_prefix") or "") if unconditional else ""
+    template, add_bos, max_length = scfg.template, scfg.add_bos, scfg.max_length
+    ifd = isinstance(scfg, IfdScorer)
+    tokenize, offset = (scfg.tokenize, scfg.uncond_length_offset) if ifd else ("apart", 0)
+    uncond_prefix = (scfg.uncond_prefix or "") if ifd and unconditional else ""
     records = ctx.pool.records
     cond = [encode_pair(tokenizer, prompt_text(r, template, tokenizer), r["output"], max_length, add_bos, tokenize)
             for r in records]
@@ -157,24 +158,24 @@ def pool_answer_losses(ctx, model_path: str, model_ident: dict, scfg: dict, unco
         uncond = [(uncond_prefix_ids, answer) for _, answer in cond]
     order = sorted(range(len(records)), key=lambda i: -(len(cond[i][0]) + len(cond[i][1])))
     settings = {"template": template, "template_hash": prompt_hash(template, tokenizer), "add_bos": add_bos,
-                "uncond_prefix": uncond_prefix, "max_length": max_length, "dtype": str(scfg["dtype"]),
+                "uncond_prefix": uncond_prefix, "max_length": max_length, "dtype": scfg.dtype,
                 "unconditional": unconditional,
                 **({"tokenize": tokenize, "uncond_length_offset": offset} if tokenize == "joined" else {})}
     key = ctx.store.key("answer_losses", LOSSES_VERSION, pool=ctx.pool_key, model=model_ident, **settings)
-    device = scfg.get("device") or default_device()
+    device = scfg.device or default_device()
     model: list = []  # loaded on the first chunk that is not stored yet
 
     def compute(chunk: Sequence[int]) -> np.ndarray:
         if not model:
-            model.append(load_causal_lm(model_path, str(scfg["dtype"]), device))
-        batch_size = int(scfg["batch_size"])
+            model.append(load_causal_lm(model_path, scfg.dtype, device))
+        batch_size = scfg.batch_size
         loss_cond = losses_from_ids(model[0], [cond[i] for i in chunk], batch_size, pad_id(tokenizer))
         loss_uncond = (losses_from_ids(model[0], [uncond[i] for i in chunk], batch_size, pad_id(tokenizer))
                        if unconditional else np.full(len(chunk), np.nan))
         n_tokens = np.array([len(cond[i][1]) for i in chunk], dtype=np.float64)
         return np.stack([loss_cond, loss_uncond, n_tokens], axis=1)
 
-    folder = ctx.store.batched("answer_losses", key, order, int(scfg["chunk_size"]), compute,
+    folder = ctx.store.batched("answer_losses", key, order, scfg.chunk_size, compute,
                                meta={"model_path": model_path, **settings})
     table = np.empty((len(records), 3), dtype=np.float64)
     table[order] = np.load(folder / "array.npy")

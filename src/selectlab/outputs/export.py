@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import SelectlabError
 from ..infra.store import atomic_write_text, read_jsonl
+from ..schema.run import ExportConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +32,30 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
 
 
-def check_export(cfg: dict | None) -> None:
+def check_export(cfg: ExportConfig) -> None:
     """Known formats; ``push_to_hub`` only online (checked when a run starts, before any work)."""
-    cfg = cfg or {}
-    unknown = sorted(set(cfg.get("formats") or []) - set(FORMATS))
+    unknown = sorted(set(cfg.formats) - set(FORMATS))
     if unknown:
         raise SelectlabError(f"export.formats: unknown {unknown}; choose from {list(FORMATS)}")
-    repo = cfg.get("push_to_hub")
+    repo = cfg.push_to_hub
     if repo and _offline():
         raise SelectlabError(f"export.push_to_hub={repo} uploads to the Hugging Face Hub, and this run is offline "
                              f"(HF_HUB_OFFLINE=1, the default); run with HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 "
                              f"and a token (huggingface-cli login), or drop export.push_to_hub")
 
 
-def export_subsets(cfg: dict | None, subset_paths: dict[str, Path], run_dir: Path) -> dict[str, str]:
+def export_subsets(cfg: ExportConfig, subset_paths: dict[str, Path], run_dir: Path) -> dict[str, str]:
     """Write each subset (``{"main": subset.jsonl, "middle": ..., ...}``) in every configured format;
     returns {what: path} of everything written (also logged)."""
-    cfg = cfg or {}
-    formats = [f for f in cfg.get("formats") or [] if f != "jsonl"]  # jsonl: subset*.jsonl, always there
-    if not formats and not cfg.get("push_to_hub"):
+    formats = [f for f in cfg.formats if f != "jsonl"]  # jsonl: subset*.jsonl, always there
+    if not formats and not cfg.push_to_hub:
         return {}
     check_export(cfg)
     out = Path(run_dir) / "export"
     rows = {name: read_jsonl(path) for name, path in subset_paths.items()}
     stems = {name: Path(path).stem for name, path in subset_paths.items()}  # subset, subset_middle, ...
     written: dict[str, str] = {}
-    if "hf" in formats or "parquet" in formats or cfg.get("push_to_hub"):
+    if "hf" in formats or "parquet" in formats or cfg.push_to_hub:
         datasets = {name: _dataset(r) for name, r in rows.items()}
         for name, ds in datasets.items():
             if "hf" in formats:
@@ -66,10 +65,10 @@ def export_subsets(cfg: dict | None, subset_paths: dict[str, Path], run_dir: Pat
                 (out / "parquet").mkdir(parents=True, exist_ok=True)
                 ds.to_parquet(str(out / "parquet" / f"{stems[name]}.parquet"))
                 written[f"parquet/{stems[name]}"] = str(out / "parquet" / f"{stems[name]}.parquet")
-        if cfg.get("push_to_hub"):
-            written["hub"] = push_to_hub(datasets, str(cfg["push_to_hub"]))
+        if cfg.push_to_hub:
+            written["hub"] = push_to_hub(datasets, str(cfg.push_to_hub))
     if "llamafactory" in formats:
-        written["llamafactory"] = str(llamafactory_export(rows, stems, out / "llamafactory", cfg.get("name")))
+        written["llamafactory"] = str(llamafactory_export(rows, stems, out / "llamafactory", cfg.name))
     log.info("exported %s -> %s", ", ".join(sorted(written)), out)
     return written
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SelectlabError
+from ..schema.run import LoggerConfig, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,15 @@ class Tracker:
 
 
 class WandbTracker(Tracker):
-    def __init__(self, cfg: dict, run_config: dict, run_dir: Path, name: str):
+    def __init__(self, cfg: WandbLogger, run_config: dict, run_dir: Path, name: str):
         import wandb
 
         self.wandb = wandb
         self.run = wandb.init(
-            project=cfg["project"], entity=cfg.get("entity"), group=cfg.get("group"), tags=list(cfg.get("tags") or []),
-            mode=cfg["mode"], dir=str(run_dir), config=run_config, name=name, reinit="finish_previous",
+            project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags or []),
+            mode=cfg.mode, dir=str(run_dir), config=run_config, name=name, reinit="finish_previous",
         )
-        log.info("W&B run %s (%s) in %s", self.run.id, cfg["mode"], run_dir / "wandb")
+        log.info("W&B run %s (%s) in %s", self.run.id, cfg.mode, run_dir / "wandb")
 
     def log_table(self, name, columns, rows):
         self.run.log({name: self.wandb.Table(columns=columns, data=rows)})
@@ -73,9 +74,9 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
-def make_tracker(cfg: dict, run_config: dict, run_dir: Path, name: str) -> Tracker:
-    if cfg["name"] == "none" or cfg.get("mode") == "disabled":
+def make_tracker(cfg: LoggerConfig, run_config: dict, run_dir: Path, name: str) -> Tracker:
+    if cfg.name == "none" or cfg.mode == "disabled":
         return Tracker()
-    if cfg["name"] == "wandb":
+    if cfg.name == "wandb":
         return WandbTracker(cfg, run_config, run_dir, name)
-    raise SelectlabError(f"logger.name={cfg['name']!r}; choose wandb or none")
+    raise SelectlabError(f"logger.name={cfg.name!r}; choose wandb or none")

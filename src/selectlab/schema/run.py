@@ -38,15 +38,15 @@ class PoolSource:
     name: str = MISSING
     loader: str = one_of(*LOADERS)
     path: Optional[str] = MISSING
-    limit: Optional[int] = at_least(1)  # null: the whole pool
-    sample: str = one_of("random", "head")
-    empty_instruction: str = one_of("drop", "error")
+    limit: Optional[int] = at_least(1, default=None)  # null: the whole pool
+    sample: str = one_of("random", "head", default="random")
+    empty_instruction: str = one_of("drop", "error", default="drop")
 
 
 @dataclass
 class PoolConfig(PoolSource):
-    hub_id: Optional[str] = MISSING
-    duplicates: str = one_of(*DUPLICATE_MODES)
+    hub_id: Optional[str] = None
+    duplicates: str = one_of(*DUPLICATE_MODES, default="drop")
 
 
 @dataclass

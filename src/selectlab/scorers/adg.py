@@ -22,6 +22,7 @@ from ..infra.store import ArtifactStore, content_hash
 from ..config import plain
 from ..schema import typed
 from ..schema.run import EmbeddingConfig
+from ..schema.scoring import AdgBins, AdgScorer
 from ..context import RunContext
 from . import Scores, register
 
@@ -33,47 +34,42 @@ BINS_STAGE = "adg_bins"
 BINS_VERSION = 1
 
 
-def score_weights(scorer_cfg) -> tuple[str, float, str, float]:
+def score_weights(scorer_cfg: AdgScorer) -> tuple[str, float, str, float]:
     """(metric_1, weight_1, metric_2, weight_2); null weights follow ``lam`` (1 - lam and lam).
     The metrics' names and lam's range are the schema's domains (selectlab.schema.scoring)."""
-    lam = float(scorer_cfg["lam"])
-    w1, w2 = scorer_cfg.get("weight_1"), scorer_cfg.get("weight_2")
-    m1, m2 = scorer_cfg.get("metric_1", "Sc.cov_trace"), scorer_cfg.get("metric_2", "Sc.SED")
-    return m1, 1.0 - lam if w1 is None else float(w1), m2, lam if w2 is None else float(w2)
+    lam, w1, w2 = float(scorer_cfg.lam), scorer_cfg.weight_1, scorer_cfg.weight_2
+    return (scorer_cfg.metric_1, 1.0 - lam if w1 is None else float(w1),
+            scorer_cfg.metric_2, lam if w2 is None else float(w2))
 
 
-def bins_config(scorer_cfg: dict) -> dict:
-    return dict(scorer_cfg.get("bins") or {"source": "answer_prefix"})
-
-
-def bins_key(records: list[dict], path: str, bins: dict) -> tuple[str, dict]:
+def bins_key(records: list[dict], path: str, bins: AdgBins) -> tuple[str, dict]:
     """(key, recipe) of the bin-embedding artifact: the instructions, the backbone and the recipe
     (not the answer embedding's config: ablations share it). Also used by task=plan."""
     from ..lm.sampling import backbone_identity
 
-    recipe = {k: bins[k] for k in ("layers", "max_length", "add_special_tokens", "unweighted", "dtype")}
+    recipe = {k: getattr(bins, k) for k in ("layers", "max_length", "add_special_tokens", "unweighted", "dtype")}
     key = ArtifactStore.key(BINS_STAGE, BINS_VERSION, backbone=backbone_identity(path), recipe=recipe,
                             texts=content_hash([[r["id"], r["instruction"]] for r in records]))
     return key, recipe
 
 
-def bin_embeddings(ctx: RunContext, path: str, bins: dict, emb_cfg: EmbeddingConfig, model_for) -> np.ndarray:
+def bin_embeddings(ctx: RunContext, path: str, bins: AdgBins, emb_cfg: EmbeddingConfig, model_for) -> np.ndarray:
     """The release's bin features (generation/embedding/embed.py): each stripped instruction
     tokenized WITH special tokens, cut at ``max_length`` (512), mean of ``layers`` (-4, -3, -2)
     whatever ``embedding.layers`` says, token-weighted with a uniform fallback, unit length.
     One artifact per pool × backbone × recipe, shared by every embedding/scoring ablation."""
     records = ctx.pool.records
     key, recipe = bins_key(records, path, bins)
-    cfg = replace(emb_cfg, name="bins", layers=list(bins["layers"]), max_length=bins["max_length"], dtype=bins["dtype"],
+    cfg = replace(emb_cfg, name="bins", layers=list(bins.layers), max_length=bins.max_length, dtype=bins.dtype,
                   prefix_reuse=False)
     reused = ctx.store.exists(BINS_STAGE, key)
 
     def compute(batch: list[int]) -> np.ndarray:
         model, tokenizer, weights = model_for(cfg.dtype)
         return embed_texts(model, tokenizer, [records[i]["instruction"].strip() for i in batch], cfg, weights,
-                           add_special_tokens=bool(bins["add_special_tokens"]), unweighted=bins["unweighted"])
+                           add_special_tokens=bins.add_special_tokens, unweighted=bins.unweighted)
 
-    folder = ctx.store.batched(BINS_STAGE, key, list(range(len(records))), int(bins["batch_size"]), compute,
+    folder = ctx.store.batched(BINS_STAGE, key, list(range(len(records))), bins.batch_size, compute,
                                meta={"recipe": recipe})
     log.info("bin embeddings (release recipe, layers %s): %s artifact %s/%s", list(cfg.layers),
              "reused" if reused else "computed", BINS_STAGE, key)
@@ -86,16 +82,15 @@ def score_adg(ctx: RunContext) -> Scores:
     from ..lm.sampling import sample_answers
 
     cfg = ctx.cfg
-    scorer_cfg = plain(cfg.scorer)
-    m1, w1, m2, w2 = score_weights(scorer_cfg)
-    bins = bins_config(scorer_cfg)
+    m1, w1, m2, w2 = score_weights(cfg.scorer)
+    bins = cfg.scorer.bins
     emb_cfg = typed(cfg.embedding)
     records, path = ctx.pool.records, ctx.backbone()
     samples = sample_answers(records, path, cfg.sampler, ctx.store, seed=int(cfg.seed))
     model_for = BackboneLoader(path, emb_cfg.device)
     stored, key = answer_embeddings(ctx, path, samples, emb_cfg, model_for)
     answers = stored[:, 1:]
-    features = (bin_embeddings(ctx, path, bins, emb_cfg, model_for) if bins["source"] == "release"
+    features = (bin_embeddings(ctx, path, bins, emb_cfg, model_for) if bins.source == "release"
                 else np.asarray(stored[:, 0], dtype=np.float32))
     columns = cloud_metrics(answers)
     k = len(samples[0]["answers"]) if samples else 0
@@ -106,7 +101,7 @@ def score_adg(ctx: RunContext) -> Scores:
         meta={"layers": list(emb_cfg.layers), "text_mode": emb_cfg.text, "pool": emb_cfg.pool,
               "empty_answer": emb_cfg.empty_answer, "score": f"{w1}*{m1} + {w2}*{m2}", "k": k,
               "embedding": emb_cfg.name, "prefix_reuse": emb_cfg.prefix_reuse, "embedding_key": key,
-              "bins": bins["source"]},
+              "bins": bins.source},
     )
 
 

@@ -26,6 +26,7 @@ from ..errors import SelectlabError
 from ..lm.models import load_causal_lm, load_tokenizer
 from ..config import plain
 from ..context import RunContext
+from ..schema.scoring import DeitaJudgeModel, DeitaScorer
 from . import Scores, register
 from .instructmining import _backbone_loaders, judge_ratings
 
@@ -38,22 +39,22 @@ class DeitaConfigError(SelectlabError):
     pass
 
 
-def _judge(ctx: RunContext, axis: str, entry: dict, shared: dict) -> tuple[object, object, str]:
+def _judge(ctx: RunContext, axis: str, entry: DeitaJudgeModel, shared: dict) -> tuple[object, object, str]:
     """(loader of (model, tokenizer), model identity for the cache key, description) for one axis.
 
     Resolves the model folder now, so a missing model fails before any rating is computed."""
     key = f"scorer.{axis}_model"
-    if entry.get("use_backbone"):
+    if entry.use_backbone:
         tokenizer = load_tokenizer(ctx.backbone(), "right")
-        described = f"the backbone {ctx.cfg.backbone.name} (SUBSTITUTE for {entry.get('hub_id')})"
+        described = f"the backbone {ctx.cfg.backbone.name} (SUBSTITUTE for {entry.hub_id})"
         loader, ident = shared["backbone"], plain(ctx.cfg.backbone)
     else:
         path = resolve_model(entry, key, ctx.store, error=DeitaConfigError)
         tokenizer = load_tokenizer(path, "right")
-        described = entry.get("hub_id") or path
-        loader = functools.cache(lambda: (load_causal_lm(path, str(entry["dtype"])), load_tokenizer(path, "right")))
-        ident = {k: v for k, v in entry.items() if k not in ("allow_download",)}
-    if entry["use_chat_template"] and not getattr(tokenizer, "chat_template", None):
+        described = entry.hub_id or path
+        loader = functools.cache(lambda: (load_causal_lm(path, entry.dtype), load_tokenizer(path, "right")))
+        ident = {k: v for k, v in plain(entry).items() if k not in ("allow_download",)}
+    if entry.use_chat_template and not getattr(tokenizer, "chat_template", None):
         raise DeitaConfigError(f"{key}.use_chat_template=true but the tokenizer of {described} has no chat template")
     return loader, ident, described
 
@@ -66,25 +67,25 @@ def combined_score(complexity: np.ndarray, quality: np.ndarray) -> np.ndarray:
 
 @register("deita", reads=("backbone",))
 def score_deita(ctx: RunContext) -> Scores:
-    scfg = plain(ctx.cfg.scorer)
+    scfg: DeitaScorer = ctx.cfg.scorer
     shared = _backbone_loaders(ctx)
-    judges = {axis: _judge(ctx, axis, scfg[f"{axis}_model"], shared) for axis in AXES}
-    substitutes = [axis for axis in AXES if scfg[f"{axis}_model"].get("use_backbone")]
+    models = {axis: getattr(scfg, f"{axis}_model") for axis in AXES}
+    judges = {axis: _judge(ctx, axis, models[axis], shared) for axis in AXES}
+    substitutes = [axis for axis in AXES if models[axis].use_backbone]
     for axis in substitutes:
         log.warning("DEITA %s: %s judges with the release's template; ratings are not the trained scorer's",
                     axis, judges[axis][2])
     columns, counts = {}, {}
     for axis in AXES:
         loader, ident, _ = judges[axis]
-        spec = {"kind": "judge", "question_template": scfg[f"{axis}_template"], "scale": int(scfg["scale"]),
-                "use_chat_template": bool(scfg[f"{axis}_model"]["use_chat_template"]),
-                "batch_size": int(scfg["batch_size"])}
+        spec = {"kind": "judge", "question_template": getattr(scfg, f"{axis}_template"), "scale": scfg.scale,
+                "use_chat_template": models[axis].use_chat_template, "batch_size": scfg.batch_size}
         columns[axis], c = judge_ratings(ctx, f"deita_{axis}", spec, loader, ident)
         counts.update(c)
     score = combined_score(columns["complexity"], columns["quality"])
     counts["empty_answer"] = sum(not r["output"].strip() for r in ctx.pool.records)  # rated anyway, as released
     log.info("DEITA: complexity mean %.3f, quality mean %.3f (scale 1-%d)", np.nanmean(columns["complexity"]),
-             np.nanmean(columns["quality"]), scfg["scale"])
+             np.nanmean(columns["quality"]), scfg.scale)
     return Scores(
         ids=[r["id"] for r in ctx.pool.records], score=score, columns=columns, counts=counts,
         meta={"judges": {axis: judges[axis][2] for axis in AXES}, "substitute": substitutes},

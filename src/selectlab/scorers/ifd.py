@@ -45,7 +45,7 @@ def ifd_from_losses(records: list[dict], loss_cond: np.ndarray, loss_uncond: np.
 
 def ifd_scores(ctx: RunContext, model_path: str, model_ident) -> Scores:
     """IFD of every pool record with the causal LM at ``model_path`` (shared with superfiltering)."""
-    table, meta = pool_answer_losses(ctx, model_path, plain(model_ident), plain(ctx.cfg.scorer), unconditional=True)
+    table, meta = pool_answer_losses(ctx, model_path, plain(model_ident), ctx.cfg.scorer, unconditional=True)
     loss_cond, loss_uncond, n_tokens = table.T
     ratio = str(ctx.cfg.scorer.ratio)
     ifd, score, counts = ifd_from_losses(ctx.pool.records, loss_cond, loss_uncond, n_tokens, ratio)

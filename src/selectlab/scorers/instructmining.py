@@ -268,7 +268,7 @@ def score_instructmining(ctx: RunContext) -> Scores:
     columns, counts = compute_indicators(ctx, [*rule["coefficients"], *extra])
     predicted = predicted_loss(columns, rule)
     counts["predicted_loss_nan"] = int(np.isnan(predicted).sum())
-    reward = plain(ctx.cfg.scorer.reward)
+    reward = ctx.cfg.scorer.reward
     log.info("InstructMining rule %r (target %s): %s; indicator scaling: %s", rule["name"], rule.get("target"),
              rule.get("provenance", "").strip(), rule.get("scaling", "unknown"))
     return Scores(
@@ -276,5 +276,5 @@ def score_instructmining(ctx: RunContext) -> Scores:
         score=-predicted,  # lower predicted eval loss = better data = selected first
         columns={**columns, "predicted_loss": predicted},
         counts=counts,
-        meta={"rule": rule, "reward": reward.get("name"), "reward_is_substitute": reward.get("kind") == "judge"},
+        meta={"rule": rule, "reward": reward.name, "reward_is_substitute": reward.kind == "judge"},
     )

@@ -17,7 +17,7 @@ from .length import order_sign
 def score_perplexity(ctx: RunContext) -> Scores:
     sign = order_sign(str(ctx.cfg.scorer.order))
     model_ident = plain(ctx.cfg.backbone)
-    table, meta = pool_answer_losses(ctx, ctx.backbone(), model_ident, plain(ctx.cfg.scorer), unconditional=False)
+    table, meta = pool_answer_losses(ctx, ctx.backbone(), model_ident, ctx.cfg.scorer, unconditional=False)
     loss_cond, _, n_tokens = table.T
     perplexity = np.exp(loss_cond)
     usable, counts = degenerate_mask(ctx.pool.records, n_tokens, perplexity)

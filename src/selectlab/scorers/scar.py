@@ -32,6 +32,8 @@ from ..texts import example_text
 from ..lm.models import default_device
 from ..config import plain
 from ..context import RunContext
+from ..schema.models import NamedHubModel
+from ..schema.scoring import ScarScorer
 from . import Scores, register
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def _style_ranker_classes():
     return StyleRanker, StyleRankerConfig
 
 
-def check_encoder(model_dir: str, model_cfg: dict) -> None:
+def check_encoder(model_dir: str, model_cfg: NamedHubModel) -> None:
     """StyleRanker builds its encoder from ``encoder_name`` in its config before loading the weights:
     a hub id there must be in the local cache too (or downloadable), else fail now, naming the key."""
     encoder = json.loads((Path(model_dir) / "config.json").read_text()).get("encoder_name")
@@ -95,7 +97,7 @@ def check_encoder(model_dir: str, model_cfg: dict) -> None:
     try:
         snapshot_download(encoder, local_files_only=True)
     except LocalEntryNotFoundError:
-        if not model_cfg.get("allow_download"):
+        if not model_cfg.allow_download:
             raise ScarError(f"scorer.model: the ranker builds on the encoder {encoder}, which is not in the local "
                             f"Hugging Face cache; set scorer.model.allow_download=true on a machine that is online "
                             f"(with HF_HUB_OFFLINE=0)") from None
@@ -137,18 +139,18 @@ def ranker_scores(model, tokenizer, questions: Sequence[str], answers: Sequence[
 
 @register("scar", reads=("backbone",))
 def score_scar(ctx: RunContext) -> Scores:
-    scfg = plain(ctx.cfg.scorer)
-    model_cfg = scfg["model"]
+    scfg: ScarScorer = ctx.cfg.scorer
+    model_cfg = scfg.model
     model_dir = resolve_model(model_cfg, "scorer.model", ctx.store, error=ScarError)
     _style_ranker_classes()
     check_encoder(model_dir, model_cfg)
     records = ctx.pool.records
-    questions = [example_text(r, scfg["text"]) for r in records]
+    questions = [example_text(r, scfg.text) for r in records]
     answers = [r["output"] for r in records]
-    keep, counts = release_filters(questions, answers, bool(scfg["dedupe"]), scfg.get("english_min_percent"))
-    max_length, batch_size = int(scfg["max_length"]), int(scfg["batch_size"])
-    device = scfg.get("device") or default_device()
-    key = ctx.store.key("scar_scores", VERSION, pool=ctx.pool_key, model=model_cfg, text=scfg["text"],
+    keep, counts = release_filters(questions, answers, scfg.dedupe, scfg.english_min_percent)
+    max_length, batch_size = scfg.max_length, scfg.batch_size
+    device = scfg.device or default_device()
+    key = ctx.store.key("scar_scores", VERSION, pool=ctx.pool_key, model=plain(model_cfg), text=scfg.text,
                         max_length=max_length)
     ranker: list = []  # loaded on the first batch that is not stored yet
 
@@ -158,12 +160,12 @@ def score_scar(ctx: RunContext) -> Scores:
         return ranker_scores(*ranker[0], [questions[i] for i in idx], [answers[i] for i in idx], max_length,
                              batch_size)
 
-    folder = ctx.store.batched("scar_scores", key, list(range(len(records))), int(scfg["chunk_size"]), compute,
+    folder = ctx.store.batched("scar_scores", key, list(range(len(records))), scfg.chunk_size, compute,
                                meta={"model_dir": model_dir})
     raw = np.load(folder / "array.npy")
     counts["ranker_nan"] = int(np.isnan(raw).sum())
     log.info("SCAR: %d of %d pairs rankable (%d duplicates, %d not English by the release's heuristic)",
              int(keep.sum()), len(records), counts["duplicate_pair"], counts["non_english"])
     return Scores(ids=[r["id"] for r in records], score=np.where(keep, raw, np.nan), columns={"ranker": raw},
-                  counts=counts, meta={"model_dir": model_dir, "filters": {"dedupe": bool(scfg["dedupe"]),
-                                                                         "english_min_percent": scfg.get("english_min_percent")}})
+                  counts=counts, meta={"model_dir": model_dir, "filters": {"dedupe": scfg.dedupe,
+                                                                         "english_min_percent": scfg.english_min_percent}})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 
 from ..lm.backbone import resolve_model
-from ..config import plain
 from ..context import RunContext
 from . import Scores, register
 from .ifd import ifd_scores
@@ -19,5 +18,5 @@ from .ifd import ifd_scores
 
 @register("superfiltering", reads=("backbone",))
 def score_superfiltering(ctx: RunContext) -> Scores:
-    model_cfg = plain(ctx.cfg.scorer.model)
+    model_cfg = ctx.cfg.scorer.model
     return ifd_scores(ctx, resolve_model(model_cfg, "scorer.model", ctx.store), model_cfg)

@@ -62,9 +62,9 @@ def heldout_loss_stage(ctx: RunContext, model_path: str) -> dict:
     examples, loss settings); per-example losses included."""
     from ..lm.heldout import heldout_loss_eval, heldout_records
 
-    loss_cfg = plain(ctx.cfg.eval.heldout_loss)
-    records = heldout_records(plain(ctx.cfg.heldout), ctx.pool.records, int(ctx.cfg.seed))
-    key = ctx.store.key("heldout_losses", HELDOUT_LOSS_VERSION, model=ctx.store.identity(model_path), loss=loss_cfg,
+    loss_cfg = typed(ctx.cfg.eval.heldout_loss)
+    records = heldout_records(ctx.cfg.heldout, ctx.pool.records, int(ctx.cfg.seed))
+    key = ctx.store.key("heldout_losses", HELDOUT_LOSS_VERSION, model=ctx.store.identity(model_path), loss=plain(loss_cfg),
                         heldout=content_hash([[r["id"], r["instruction"], r["input"], r["output"]] for r in records]))
 
     def make(tmp: Path) -> dict:

@@ -34,7 +34,7 @@ def eval_records(ctx: RunContext) -> list[dict]:
     """The held-out eval set (``heldout`` config), drawn from the examples not in the training pool."""
     from ..lm.heldout import heldout_records
 
-    return heldout_records(plain(ctx.cfg.heldout), ctx.pool.records, int(ctx.cfg.seed))
+    return heldout_records(ctx.cfg.heldout, ctx.pool.records, int(ctx.cfg.seed))
 
 
 def finetuned_eval_loss(ctx: RunContext, subset: list[dict], heldout: list[dict]) -> float:
