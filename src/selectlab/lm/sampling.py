@@ -23,6 +23,7 @@ prompt_cut, prompt_hash, params}``; ``prompt_hash`` hashes the token ids actuall
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -31,7 +32,8 @@ from typing import Any, Sequence
 
 from ..errors import SelectlabError
 from ..schema.domain import check_against
-from ..schema.run import SAMPLER_BACKENDS as BACKENDS, HfSampler, VllmSampler
+from ..schema import typed
+from ..schema.run import SAMPLER_BACKENDS as BACKENDS, HfSampler, SamplerConfig, VllmSampler
 from ..infra.orphans import watch_children
 from ..infra.progress import vllm_progress
 from .prompts import render_prompt, template_hash
@@ -51,14 +53,27 @@ class SamplerConfigError(SelectlabError):
     pass
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+def sampler_config(cfg: Any) -> SamplerConfig:
+    """The ``sampler`` section as its backend's dataclass (a run's typed section as it is; a composed
+    section or a caller's own map checked against the schema's domains first)."""
+    if isinstance(cfg, SamplerConfig):
+        return cfg
+    check_sampler_config(cfg)
+    cfg = typed(cfg)
+    if isinstance(cfg, SamplerConfig):
+        return cfg
+    schema = VllmSampler if cfg["name"] == "vllm" else HfSampler
+    known = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(cfg) - known - {"defaults"})  # a conf/sampler/*.yaml read alone names its schema
+    if unknown:
+        raise SamplerConfigError(f"sampler.{unknown[0]}: unknown key (the schema {schema.__name__} has no such field)")
+    return schema(**{k: v for k, v in cfg.items() if k in known})
 
 
 def check_sampler_config(cfg: Any) -> None:
     """``sampler.*`` against its schema's domains (selectlab.schema.run), for callers that pass a
     map of their own; a run's config was checked by ``validate`` already."""
-    name = _get(cfg, "name")
+    name = cfg.get("name") if hasattr(cfg, "get") else cfg.name
     if name not in BACKENDS:
         raise SamplerConfigError(f"sampler.name={name!r}; choose one of {', '.join(BACKENDS)}")
     try:
@@ -104,25 +119,25 @@ class _HFBackend:
 
         self.cfg = cfg
         self.tokenizer = load_tokenizer(path, padding_side="left")
-        self.model = load_causal_lm(path, _get(cfg, "dtype"), _get(cfg, "device"))
+        self.model = load_causal_lm(path, cfg.dtype, cfg.device)
 
     def generate(self, prompts: list[list[int]], batch_seed: int, request_seeds: list[int]) -> list[list[list[int]]]:
         """K generated id lists per prompt; ``generate`` draws for the whole batch from one seed."""
         import torch
 
-        tok, k = self.tokenizer, int(_get(self.cfg, "k"))
+        tok, k = self.tokenizer, int(self.cfg.k)
         batch = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
-        eos = stop_ids(_get(self.cfg, "eos"), self.model.generation_config, tok)
-        penalty = _get(self.cfg, "repetition_penalty")
+        eos = stop_ids(self.cfg.eos, self.model.generation_config, tok)
+        penalty = self.cfg.repetition_penalty
         torch.manual_seed(batch_seed)
         with torch.inference_mode():
             out = self.model.generate(
                 **batch, do_sample=True, num_return_sequences=k,
-                temperature=float(_get(self.cfg, "temperature")), top_p=float(_get(self.cfg, "top_p")),
-                top_k=int(_get(self.cfg, "top_k")),  # 0 = off
+                temperature=float(self.cfg.temperature), top_p=float(self.cfg.top_p),
+                top_k=int(self.cfg.top_k),  # 0 = off
                 **({} if penalty is None else {"repetition_penalty": float(penalty)}),
-                max_new_tokens=int(_get(self.cfg, "max_new_tokens")), eos_token_id=eos,
-                pad_token_id=tok.eos_token_id if _get(self.cfg, "eos") == "tokenizer" else tok.pad_token_id,
+                max_new_tokens=int(self.cfg.max_new_tokens), eos_token_id=eos,
+                pad_token_id=tok.eos_token_id if self.cfg.eos == "tokenizer" else tok.pad_token_id,
             )
         new = out[:, batch["input_ids"].shape[1]:].tolist()
         return [[_until_eos(new[p * k + j], set(eos)) for j in range(k)] for p in range(len(prompts))]
@@ -178,30 +193,30 @@ class _VLLMBackend:
         # seeding=request: every request draws from a seed of (seed, record id), so answers do not
         # depend on batching or resumption. seeding=engine: one seeded engine and vLLM's batched
         # sampler (faster); answers then depend on the batch they were drawn in.
-        self.per_request_seeds = _get(cfg, "seeding") == "request"
-        engine_kwargs = {k: _get(cfg, k) for k in ENGINE_KNOBS if _get(cfg, k) is not None}
-        if _get(cfg, "eos") == "tokenizer":
+        self.per_request_seeds = cfg.seeding == "request"
+        engine_kwargs = {k: getattr(cfg, k) for k in ENGINE_KNOBS if getattr(cfg, k) is not None}
+        if cfg.eos == "tokenizer":
             # Ignore generation_config.json: vLLM then stops at the tokenizer's eos only, as the
             # release's HF generate(eos_token_id=tokenizer.eos_token_id) does.
             engine_kwargs["generation_config"] = "vllm"
-        engine_key = content_hash({"path": path, "dtype": _get(cfg, "dtype"), "seeding": _get(cfg, "seeding"),
+        engine_key = content_hash({"path": path, "dtype": cfg.dtype, "seeding": cfg.seeding,
                                    "engine_seed": None if self.per_request_seeds else int(seed), **engine_kwargs})
         if engine_key not in _VLLM_ENGINES:
             # CPU-engine settings vLLM reads only from the environment; a value already set wins.
             for key, env in (("cpu_kvcache_space_gib", "VLLM_CPU_KVCACHE_SPACE"),
                              ("cpu_reserved_cores", "VLLM_CPU_NUM_OF_RESERVED_CPU")):
-                if _get(cfg, key) is not None:
-                    os.environ.setdefault(env, str(int(_get(cfg, key))))
+                if getattr(cfg, key) is not None:
+                    os.environ.setdefault(env, str(int(getattr(cfg, key))))
             log.info("starting the vLLM engine on %s (%s)", path, engine_kwargs)
             watch_children()  # if this process is killed, its engine core and workers end too
             if self.per_request_seeds:
                 # Seeded requests crash the CPU engine when a prefill is chunked ("CPU Generator
                 # does not use offset"); whole prefills avoid the offset call.
                 engine_kwargs["enable_chunked_prefill"] = False
-            _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=_get(cfg, "dtype"), seed=int(seed),
+            _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=cfg.dtype, seed=int(seed),
                                             use_tqdm_on_load=False, **engine_kwargs)  # the stage bar shows progress
         self.llm = _VLLM_ENGINES[engine_key]
-        self.params = vllm_request_params(cfg, _get(cfg, "repetition_penalty") or model_repetition_penalty(path))
+        self.params = vllm_request_params(cfg, cfg.repetition_penalty or model_repetition_penalty(path))
         self.sampling_params = SamplingParams
 
     def generate(self, prompts: list[list[int]], batch_seed: int, request_seeds: list[int]) -> list[list[list[int]]]:
@@ -217,10 +232,11 @@ class _VLLMBackend:
 
 def vllm_request_params(cfg: Any, repetition_penalty: float) -> dict:
     """``SamplingParams`` keywords of every request (the seed is added per request)."""
+    cfg = sampler_config(cfg)
     return dict(
-        n=int(_get(cfg, "k")), temperature=float(_get(cfg, "temperature")), top_p=float(_get(cfg, "top_p")),
-        top_k=int(_get(cfg, "top_k")) or -1,  # vLLM's "off" is -1
-        repetition_penalty=float(repetition_penalty), max_tokens=int(_get(cfg, "max_new_tokens")),
+        n=int(cfg.k), temperature=float(cfg.temperature), top_p=float(cfg.top_p),
+        top_k=int(cfg.top_k) or -1,  # vLLM's "off" is -1
+        repetition_penalty=float(repetition_penalty), max_tokens=int(cfg.max_new_tokens),
         detokenize=False,  # decoded below with the same tokenizer call as the HF backend
     )
 
@@ -231,7 +247,7 @@ def samples_key(records: Sequence[dict], backbone_path: str, cfg: Any, seed: int
         records=content_hash([[r["id"], r["instruction"], r.get("input", "")] for r in records]),
         backbone=backbone_identity(backbone_path),
         template_hash=tmpl_hash,
-        params={k: _get(cfg, k) for k in ANSWER_KNOBS},
+        params={k: getattr(sampler_config(cfg), k, None) for k in ANSWER_KNOBS},  # hf has no seeding: None
         seed=int(seed),
     )
 
@@ -247,21 +263,21 @@ def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store:
     """
     from .models import load_tokenizer
 
-    check_sampler_config(cfg)
-    template = _get(cfg, "template")
+    cfg = sampler_config(cfg)
+    template = cfg.template
     tokenizer = load_tokenizer(backbone_path, padding_side="left")
     tmpl_hash = template_hash(template, tokenizer)
     key = samples_key(records, backbone_path, cfg, seed, tmpl_hash)
-    batch_size = int(_get(cfg, "batch_size"))
-    params = {**{k: _get(cfg, k) for k in ANSWER_KNOBS if k not in ("name", "batch_size")},
-              "backend": _get(cfg, "name"), "template_hash": tmpl_hash, "seed": int(seed)}
+    batch_size = int(cfg.batch_size)
+    params = {**{k: getattr(cfg, k, None) for k in ANSWER_KNOBS if k not in ("name", "batch_size")},
+              "backend": cfg.name, "template_hash": tmpl_hash, "seed": int(seed)}
     position = {r["id"]: n for n, r in enumerate(records)}
-    pmt = _get(cfg, "prompt_max_tokens")
+    pmt = cfg.prompt_max_tokens
     backend: list = []  # created on the first batch that is not stored
 
     def compute(batch: Sequence[dict]) -> list[dict]:
         if not backend:
-            backend.append(_VLLMBackend(backbone_path, cfg, seed) if _get(cfg, "name") == "vllm"
+            backend.append(_VLLMBackend(backbone_path, cfg, seed) if cfg.name == "vllm"
                            else _HFBackend(backbone_path, cfg))
         prompts, lengths = prompt_token_ids(batch, tokenizer, template, int(pmt) if pmt is not None else None)
         answers = backend[0].generate(prompts, derived_seed(seed, position[batch[0]["id"]] // batch_size),
