@@ -6,6 +6,8 @@ prints examples/s, tokens/s, peak memory, the speed ratio and the largest score 
     python bench/bench_embedding.py                       # embedded SmolLM2-135M, 24 Alpaca instructions, K=5
     python bench/bench_embedding.py --n 64 --model /path/to/hf_model --dtype float32
     python bench/bench_embedding.py --n 16 --threads 2 --attn eager    # thread count, attention kernel
+    python bench/bench_embedding.py --n 16 --threads 2 --ours-dtype bfloat16 --token-budget 256 1024
+                                  # our pass in bf16 (the reference stays fp32) and two batch budgets
 
 Texts: real Alpaca 52K instructions (seeded sample). No sampled answers ship with the repo,
 so each instruction's K "answers" are real pool outputs: its own output and the outputs of
@@ -81,7 +83,8 @@ def run_one(args) -> dict:
         torch.set_num_threads(args.threads)
     instructions, answers = texts(args.n, args.k, args.seed, args.samples)
     tok = load_tokenizer(args.model_path)
-    model = load_causal_lm(args.model_path, args.dtype, args.device)
+    dtype = args.dtype if args.method == "reference" else args.ours_dtype
+    model = load_causal_lm(args.model_path, dtype, args.device)
     if args.attn:
         model.set_attn_implementation(args.attn)
     device = str(next(model.parameters()).device)
@@ -96,15 +99,15 @@ def run_one(args) -> dict:
         out = reference_scores(model, tok, instructions, answers, layers=layers, max_length=args.max_length, lam=0.4)
         D, I, s = out["D"], out["I"], out["score"]
     else:
-        cfg = preset("embedding", "release", layers=layers, max_length=args.max_length, dtype=args.dtype,
-                              token_budget=args.token_budget, prefix_reuse=args.method == "ours_prefix_reuse")
+        cfg = preset("embedding", "release", layers=layers, max_length=args.max_length, dtype=dtype,
+                     token_budget=args.token_budget[0], prefix_reuse=args.method.startswith("ours_prefix_reuse"))
         emb = embed_answer_sets(model, tok, instructions, answers, cfg, token_weight_table(tok))
         D, I = divergence(emb.answers)
         s = adg_score(D, I, 0.4)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    result = {"method": args.method, "device": device, "seconds": seconds, "examples": len(instructions),
+    result = {"method": args.method, "device": device, "dtype": dtype, "seconds": seconds, "examples": len(instructions),
               "texts": len(instructions) * args.k, "tokens": n_tokens, "peak_mb": peak_memory_mb(device),
               "model_loaded_mb": base_mb, "score": np.asarray(s).tolist(), "D": np.asarray(D).tolist(),
               "I": np.asarray(I).tolist(), "threads": torch.get_num_threads(),
@@ -120,11 +123,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="HF model folder (default: the embedded SmolLM2 backbone)")
     ap.add_argument("--samples", default=None, help="sampled answers (records.jsonl of the samples stage)")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32", help="the reference's dtype (and ours unless --ours-dtype)")
+    ap.add_argument("--ours-dtype", default=None, help="our pass's dtype (e.g. bfloat16; default: --dtype)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--layers", type=int, nargs="+", default=[-4, -3, -2])
     ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--token-budget", type=int, default=256)
+    ap.add_argument("--token-budget", type=int, nargs="+", default=[256],
+                    help="padded tokens per forward of our pass; several: one run of each ours method per budget")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--attn", default="", help="attention implementation (sdpa | eager; empty = transformers' default)")
     ap.add_argument("--methods", nargs="+", default=["reference", "ours", "ours_prefix_reuse"])
@@ -137,12 +142,16 @@ def main() -> None:
         return
 
     path = model_path(args.model)
+    args.ours_dtype = args.ours_dtype or args.dtype
+    runs = [(m, b) for m in args.methods for b in ([args.token_budget[0]] if m == "reference" else args.token_budget)]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods:
-            out = Path(tmp) / f"{method}.json"
-            cmd = [sys.executable, __file__, "--method", method, "--model-path", path, "--out", str(out)]
-            for flag in ("n", "k", "seed", "dtype", "max_length", "token_budget", "threads", "attn"):
+        for method, budget in runs:
+            label = method if len(args.token_budget) == 1 or method == "reference" else f"{method}@{budget}"
+            out = Path(tmp) / f"{label}.json"
+            cmd = [sys.executable, __file__, "--method", method, "--model-path", path, "--out", str(out),
+                   "--token-budget", str(budget)]
+            for flag in ("n", "k", "seed", "dtype", "ours_dtype", "max_length", "threads", "attn"):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             cmd += ["--layers", *map(str, args.layers)]
             if args.device:
@@ -150,12 +159,13 @@ def main() -> None:
             if args.samples:
                 cmd += ["--samples", args.samples]
             subprocess.run(cmd, check=True)
-            results[method] = json.loads(out.read_text())
+            results[label] = json.loads(out.read_text())
 
     import numpy as np
 
     first = next(iter(results.values()))
-    print(f"model {path}  device {first['device']}  threads {first['threads']}  attention {first['attn']}  dtype {args.dtype}  "
+    print(f"model {path}  device {first['device']}  threads {first['threads']}  attention {first['attn']}  "
+          f"dtype: reference {args.dtype}, ours {args.ours_dtype}  "
           f"layers {args.layers}  {first['examples']} instructions x K={args.k}  {first['tokens']} text tokens")
     print(f"{'method':<20}{'seconds':>9}{'examples/s':>12}{'texts/s':>9}{'tokens/s':>10}{'peak MB':>9}"
           f"{'after load':>11}")
@@ -168,8 +178,11 @@ def main() -> None:
             if m == "reference":
                 continue
             diff = {c: float(np.max(np.abs(np.array(r[c]) - np.array(ref[c])))) for c in ("score", "D", "I")}
+            from scipy.stats import spearmanr
+
+            rho = spearmanr(r["score"], ref["score"]).statistic
             print(f"{m}: speed ratio vs reference {ref['seconds'] / r['seconds']:.2f}x; max |diff| "
-                  + ", ".join(f"{c} {v:.2e}" for c, v in diff.items()))
+                  + ", ".join(f"{c} {v:.2e}" for c, v in diff.items()) + f"; score rank correlation {rho:.4f}")
 
 
 if __name__ == "__main__":

@@ -128,8 +128,11 @@ def vllm_tiny_model_dir(smol_tokenizer_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_vllm_engine_k_distinct_answers_and_record_shape(vllm_tiny_model_dir, tmp_path):
     tiny_model_dir = vllm_tiny_model_dir
+    import torch
+
     cfg = sampler_cfg("vllm", max_new_tokens=16, batch_size=3, max_model_len=256, cpu_kvcache_space_gib=1)
     store = ArtifactStore(tmp_path)
+    threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
     start = time.perf_counter()
     out = sample_answers(RECORDS, str(tiny_model_dir), cfg, store, seed=0, keep_engine=True)
     print(f"vLLM tiny-model sampling took {time.perf_counter() - start:.1f}s")
@@ -147,3 +150,39 @@ def test_vllm_engine_k_distinct_answers_and_record_shape(vllm_tiny_model_dir, tm
     other_seed = sample_answers(RECORDS[1:4], str(tiny_model_dir), cfg, ArtifactStore(tmp_path / "seed1"), seed=1)
     assert not sampling._VLLM_ENGINES, "the last call shuts the engine down"
     assert [r["answers"] for r in other_seed] != [r["answers"] for r in out[1:4]]
+    # the in-process engine (the CPU default) gave the answers of vLLM's own processes, whose sampler
+    # sorts the vocabulary; and it left this process's torch threads as they were
+    import torch
+
+    assert cfg.in_process and torch.get_num_threads() == threads and torch.set_num_threads is set_num_threads
+    apart = sample_answers(RECORDS, str(tiny_model_dir), sampler_cfg("vllm", max_new_tokens=16, batch_size=3,
+                                                                     max_model_len=256, cpu_kvcache_space_gib=1,
+                                                                     in_process=False),
+                           ArtifactStore(tmp_path / "apart"), seed=0)
+    assert [r["answers"] for r in apart] == [r["answers"] for r in out]
+
+
+@pytest.mark.parametrize("k_value, p_value", [(50, 0.9), (5, 0.5), (1, 0.9), (50, 0.999)])
+def test_top_k_top_p_masks_as_vllms_sorting_path(k_value, p_value):
+    """The CPU sampler's mask without a vocabulary sort equals vLLM's own (sort-based) one, in
+    every row: per-row k and p, rows with ties at the k-th value, rows that keep the whole vocabulary."""
+    import torch
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    from selectlab.lm.top_k_top_p import top_k_top_p
+
+    def vllm_path(logits, k, p):
+        return apply_top_k_top_p_pytorch(logits, k, p, allow_cpu_sync=True)
+
+    generator = torch.Generator().manual_seed(k_value)
+    logits = torch.randn(64, 4096, generator=generator) * 3
+    logits[1, :200] = logits[1].max() - 0.5  # a tie across the k-th value: the vLLM path takes the row
+    logits[2] = torch.round(logits[2])  # many ties inside the kept set
+    k = torch.full((64,), k_value, dtype=torch.int32)
+    k[3] = 2
+    p = torch.full((64,), p_value)
+    p[4] = 0.2
+    ours, theirs = top_k_top_p(logits.clone(), k, p, vllm_path), vllm_path(logits.clone(), k, p)
+    assert torch.equal(ours, theirs)
+    whole = torch.full((64,), 4096, dtype=torch.int32)  # no top-k: vLLM's path for the batch
+    assert torch.equal(top_k_top_p(logits.clone(), whole, p, vllm_path), vllm_path(logits.clone(), whole, p))

@@ -400,14 +400,15 @@ def test_kill_9_leaves_no_process_behind(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_of_a_run_with_a_vllm_engine_leaves_no_process_behind(tmp_path, vllm_tiny_model_dir):
-    """A real ADG run (vLLM engine on the tiny model) killed with SIGKILL while it samples (batch 2 of 5)."""
+    """A real ADG run (vLLM engine on the tiny model) killed with SIGKILL while it samples (batch 2 of 5). The
+    engine in its own processes, as on a GPU (``sampler.in_process=false``; in-process it dies with the run)."""
     env = {**_env(), "SELECTLAB_CACHE": str(tmp_path / "cache"), "SELECTLAB_DATA": os.environ.get(
         "SELECTLAB_DATA", str(REPO.parent / "shared" / "data")), "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("OMP_NUM_THREADS")
     log = open(tmp_path / "run.log", "w")
     run = subprocess.Popen([sys.executable, str(REPO / "src/run.py"), "scorer=adg", "pool=lima", "pool.limit=80",
                             f"backbone.path={vllm_tiny_model_dir}", "sampler.max_new_tokens=64", "sampler.batch_size=16",
-                            "sampler.max_model_len=256", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                            "sampler.max_model_len=256", "sampler.in_process=false", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     start, deadline = time.time(), time.time() + 900
     try:

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,10 +44,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "samples"
 VERSION = 1
-# Knobs that decide the answers' bytes (engine knobs such as memory share do not; batch_size does
-# for hf, whose random stream is per batch).
-ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "repetition_penalty", "eos", "max_new_tokens",
-                "prompt_max_tokens", "template", "dtype", "batch_size", "seeding")
+ANSWER_KNOBS = SamplerConfig.ANSWER_KNOBS  # what decides the answers' bytes (selectlab.schema.run)
 
 
 class SamplerConfigError(SelectlabError):
@@ -177,11 +175,54 @@ ENGINE_KNOBS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len
 _VLLM_ENGINES: dict[str, Any] = {}
 
 
+_IN_PROCESS = ExitStack()  # what an in-process engine changed in this process, undone by shutdown_engines
+
+
 def shutdown_engines() -> None:
-    """Stop every vLLM engine this process started (frees its worker processes and memory)."""
+    """Stop every vLLM engine this process started (frees its worker processes and memory); after an
+    in-process engine, this process's torch threads and vLLM's sampler are as they were before it."""
     while _VLLM_ENGINES:
         _, llm = _VLLM_ENGINES.popitem()
         llm.llm_engine.engine_core.shutdown()
+        del llm
+    _IN_PROCESS.close()
+
+
+@contextmanager
+def engine_placement(in_process: bool):
+    """While an engine starts: with ``sampler.in_process`` vLLM's engine core and its worker run in
+    this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the ``uni`` executor) instead of two spawned
+    processes that each import torch and vLLM again. Its CPU sampler then masks top-k/top-p without
+    sorting the vocabulary (:mod:`.top_k_top_p`, same tokens). The CPU worker lowers torch's thread
+    count and disables ``torch.set_num_threads``; :func:`shutdown_engines` restores both."""
+    if not in_process:
+        yield {}
+        return
+    import gc
+
+    import torch
+
+    from . import top_k_top_p
+
+    if not _VLLM_ENGINES:
+        set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+
+        def restore_threads():
+            torch.set_num_threads = set_num_threads
+            set_num_threads(threads)
+            gc.collect()  # the engine's model and KV cache
+
+        _IN_PROCESS.callback(restore_threads)
+        _IN_PROCESS.enter_context(top_k_top_p.installed())
+    before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield {"distributed_executor_backend": "uni"}
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
 
 
 class _VLLMBackend:
@@ -199,7 +240,7 @@ class _VLLMBackend:
             # Ignore generation_config.json: vLLM then stops at the tokenizer's eos only, as the
             # release's HF generate(eos_token_id=tokenizer.eos_token_id) does.
             engine_kwargs["generation_config"] = "vllm"
-        engine_key = content_hash({"path": path, "dtype": cfg.dtype, "seeding": cfg.seeding,
+        engine_key = content_hash({"path": path, "dtype": cfg.dtype, "seeding": cfg.seeding, "in_process": cfg.in_process,
                                    "engine_seed": None if self.per_request_seeds else int(seed), **engine_kwargs})
         if engine_key not in _VLLM_ENGINES:
             # CPU-engine settings vLLM reads only from the environment; a value already set wins.
@@ -213,8 +254,10 @@ class _VLLMBackend:
                 # Seeded requests crash the CPU engine when a prefill is chunked ("CPU Generator
                 # does not use offset"); whole prefills avoid the offset call.
                 engine_kwargs["enable_chunked_prefill"] = False
-            _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=cfg.dtype, seed=int(seed),
-                                            use_tqdm_on_load=False, **engine_kwargs)  # the stage bar shows progress
+            with engine_placement(cfg.in_process) as placement:
+                _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=cfg.dtype, seed=int(seed),
+                                                use_tqdm_on_load=False,  # the stage bar shows progress
+                                                **engine_kwargs, **placement)
         self.llm = _VLLM_ENGINES[engine_key]
         self.params = vllm_request_params(cfg, cfg.repetition_penalty or model_repetition_penalty(path))
         self.sampling_params = SamplingParams
@@ -247,7 +290,7 @@ def samples_key(records: Sequence[dict], backbone_path: str, cfg: Any, seed: int
         records=content_hash([[r["id"], r["instruction"], r.get("input", "")] for r in records]),
         backbone=backbone_identity(backbone_path),
         template_hash=tmpl_hash,
-        params={k: getattr(sampler_config(cfg), k, None) for k in ANSWER_KNOBS},  # hf has no seeding: None
+        params=sampler_config(cfg).key_fields(),
         seed=int(seed),
     )
 

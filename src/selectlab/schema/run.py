@@ -75,6 +75,15 @@ class SamplerConfig:
     batch_size: int = at_least(1)
     dtype: str = dtype()
 
+    # The knobs that decide the answers' bytes (batch_size does for hf, whose random stream is per batch);
+    # engine knobs (memory share, eager mode, where the engine runs) do not and stay out of every key.
+    ANSWER_KNOBS = ("name", "k", "temperature", "top_p", "top_k", "repetition_penalty", "eos", "max_new_tokens",
+                    "prompt_max_tokens", "template", "dtype", "batch_size", "seeding")
+
+    def key_fields(self) -> dict:
+        """The answer knobs (``seeding`` is None for hf, which has none)."""
+        return {k: getattr(self, k, None) for k in self.ANSWER_KNOBS}
+
 
 @dataclass
 class HfSampler(SamplerConfig):
@@ -95,6 +104,7 @@ class VllmSampler(SamplerConfig):
     enable_prefix_caching: Optional[bool] = MISSING
     cpu_kvcache_space_gib: Optional[int] = at_least(1)
     cpu_reserved_cores: Optional[int] = at_least(0)
+    in_process: bool = MISSING  # the engine core and its worker in the run's process (lm.sampling.engine_placement)
 
 
 # ---------------------------------------------------------------- embedding

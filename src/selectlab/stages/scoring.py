@@ -5,6 +5,7 @@ from ..context import RunContext
 from ..scorers import Scores, get_scorer, scorer_reads
 from ..infra.store import ArtifactStore, content_hash
 from ..config import plain
+from ..schema import typed
 
 SCORES_VERSION = 1
 
@@ -22,10 +23,18 @@ def pool_content_key(records: list[dict]) -> str:
 
 def scores_key(cfg, pool_key: str) -> str:
     """Key of the scores artifact: the scorer's config, the pool, the seed and the run sections the
-    scorer declares it reads (``scorers.register(..., reads=...)``; also used by task=plan)."""
+    scorer declares it reads (``scorers.register(..., reads=...)``; also used by task=plan), each by
+    the fields that decide results where its schema names them (``key_fields``: the sampler's answer
+    knobs, not its engine knobs)."""
     reads = scorer_reads(cfg.scorer.name)
     return ArtifactStore.key("scores", SCORES_VERSION, scorer=plain(cfg.scorer), pool=pool_key, seed=int(cfg.seed),
-                             **{section: plain(getattr(cfg, section)) for section in reads})
+                             **{section: key_part(getattr(cfg, section)) for section in reads})
+
+
+def key_part(section) -> dict:
+    """A config section as it enters an artifact key: its schema's ``key_fields()``, else all of it."""
+    typed_section = typed(section)
+    return typed_section.key_fields() if hasattr(typed_section, "key_fields") else plain(section)
 
 
 def score_stage(ctx: RunContext) -> tuple[Scores, str]:
