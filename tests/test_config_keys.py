@@ -75,8 +75,8 @@ def test_the_key_parts_follow_a_value_that_decides_the_result(compose, override,
     assert base[part] != moved[part]
 
 
-def test_the_keys_do_not_depend_on_where_the_data_and_the_repository_are(compose, tmp_path, monkeypatch):
-    """A clone elsewhere (a cluster's /scratch, CI's checkout) computes the same keys: the held-out
+def test_the_keys_do_not_depend_on_where_the_data_folder_is(compose, tmp_path, monkeypatch):
+    """A machine that keeps the data elsewhere (CI's checkout, a cluster's /scratch) computes the same keys: the held-out
     set's path, which a size search's subsets key reads, enters it relative to the data folder."""
     from selectlab.infra.paths import data_dir
 

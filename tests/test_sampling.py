@@ -177,7 +177,8 @@ def test_top_k_top_p_masks_as_vllms_sorting_path(k_value, p_value):
     generator = torch.Generator().manual_seed(k_value)
     logits = torch.randn(64, 4096, generator=generator) * 3
     logits[1, :200] = logits[1].max() - 0.5  # a tie across the k-th value: the vLLM path takes the row
-    logits[2] = torch.round(logits[2])  # many ties inside the kept set
+    logits[2] = torch.round(logits[2])  # many ties, at the k-th value too
+    logits[5, :3] = logits[5].max() + 1  # three equal logits at the top, inside the kept set
     k = torch.full((64,), k_value, dtype=torch.int32)
     k[3] = 2
     p = torch.full((64,), p_value)

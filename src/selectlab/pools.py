@@ -10,6 +10,7 @@ duplicates are reported by count and id, never dropped silently.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ from typing import Callable, Mapping
 
 from .infra.json_files import PoolError, json_rows, read_text
 from .schema import typed
-from .schema.run import LOADERS as LOADER_NAMES, FlanCotPool, HubPool, PoolConfig, PoolSource
+from .schema.run import LOADERS as LOADER_NAMES, FlanCotPool, HubPool, PoolConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,18 @@ def demo_slice(size: int, loader: str | None, path: str | None, gguf_package: st
     return int(size) if gguf_package and is_shipped_location(loader, path) else None
 
 
-def pool_source(cfg) -> PoolSource:
-    """A pool or held-out section as its schema's dataclass: the composed section, or a mapping (a
-    run record's config, a test's or a bench's literal), whose absent keys take the schema's defaults."""
+def pool_source(cfg) -> PoolConfig:
+    """A pool or held-out section as its loader's schema dataclass (HubPool, FlanCotPool, else
+    PoolConfig): the composed section, or a mapping (a run record's config, a test's or a bench's
+    literal); keys the section does not have (``duplicates`` of the held-out set, ``split`` of an
+    old record) take the schema's defaults."""
     cfg = typed(cfg)
-    if isinstance(cfg, Mapping):
-        return {"hub": HubPool, "flan_cot": FlanCotPool}.get(cfg["loader"], PoolConfig)(**cfg)
-    return cfg
+    values = dict(cfg) if isinstance(cfg, Mapping) else vars(cfg)
+    schema = {"hub": HubPool, "flan_cot": FlanCotPool}.get(values["loader"], PoolConfig)
+    if isinstance(cfg, schema):
+        return cfg
+    fields = {f.name for f in dataclasses.fields(schema)}
+    return schema(**{k: v for k, v in values.items() if k in fields})
 
 
 def check_pool_location(pool: PoolConfig) -> None:
@@ -211,7 +217,7 @@ def load_hub(hub_id: str, split: str, prefix: str) -> list[dict]:
                     r.get("output", r.get("response", "")), prefix, f"{hub_id}[{i}]") for i, r in enumerate(rows)]
 
 
-LOADERS: dict[str, Callable[[PoolSource], list[dict]]] = {
+LOADERS: dict[str, Callable[[PoolConfig], list[dict]]] = {
     "alpaca": lambda c: load_alpaca(Path(c.path)),
     "flan_cot": lambda c: load_flan_cot(Path(c.path), c.answer_format),
     "lima": lambda c: _from_instruction_rows(Path(c.path), "lima", "lima"),
@@ -232,7 +238,7 @@ def load_pool(cfg, seed: int, whole: bool = False) -> Pool:
     if cfg.loader != "hub" and not Path(cfg.path).exists():
         raise PoolError(f"pool {cfg.name!r}: pool.path={cfg.path} does not exist")
     records = LOADERS[cfg.loader](cfg)
-    where = cfg.path or getattr(cfg, "hub_id", None)
+    where = cfg.path or cfg.hub_id
     if not records:
         raise PoolError(f"pool {cfg.name!r}: {where} holds no records; a pool needs at least one")
     n_total = len(records)
@@ -249,7 +255,7 @@ def load_pool(cfg, seed: int, whole: bool = False) -> Pool:
         records = [r for r in records if r["instruction"]]
         if not records:
             raise PoolError(f"pool {cfg.name!r}: every record of {where} has an empty instruction")
-    records, duplicates = handle_duplicates(records, cfg.name, getattr(cfg, "duplicates", "drop"))
+    records, duplicates = handle_duplicates(records, cfg.name, cfg.duplicates)
     if cfg.limit is not None and cfg.limit < len(records) and not whole:
         if cfg.sample == "random":
             keep = sorted(random.Random(seed).sample(range(len(records)), int(cfg.limit)))

@@ -104,7 +104,7 @@ def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None
 def check_pool_config(pool, key: str, here: bool = True) -> None:
     """A pool (or the held-out set) that can be read: known loader, existing path (``here``)."""
     if pool.loader == "hub":
-        if not pool.hub_id:
+        if not getattr(pool, "hub_id", None):  # the held-out section's schema has no hub_id
             raise SelectlabError(f"{key}.hub_id is not set (loader=hub)")
     elif not pool.path or (here and not Path(pool.path).exists()):
         raise SelectlabError(f"{key}.path={pool.path} does not exist")

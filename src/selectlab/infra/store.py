@@ -50,7 +50,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from . import preemption
-from .paths import REPO_ROOT, data_dir
+from .paths import data_dir, portable
 from ..errors import SelectlabError
 from .progress import advance, move_to, stage_bar
 
@@ -72,20 +72,6 @@ def canonical_json(obj: Any) -> str:
 def content_hash(obj: Any, length: int = 16) -> str:
     """Stable hash of any JSON-able object (dict key order does not matter)."""
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:length]
-
-
-def portable_paths(value: Any) -> Any:
-    """``value`` with every string that is a path inside the data folder or the repository
-    rewritten as ``data:<relative>`` or ``repo:<relative>`` (lists and dicts walked)."""
-    if isinstance(value, dict):
-        return {k: portable_paths(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [portable_paths(v) for v in value]
-    if isinstance(value, str):
-        for name, root in (("data", data_dir()), ("repo", REPO_ROOT)):
-            if value.startswith(f"{root}{os.sep}"):
-                return f"{name}:{Path(value).relative_to(root).as_posix()}"
-    return value
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -314,10 +300,11 @@ class ArtifactStore:
 
     @staticmethod
     def key(stage: str, version: int | str, **inputs: Any) -> str:
-        """The artifact's key: a hash of its stage, version and inputs, with every path under the
-        data folder or the repository written relative to it, so that two machines (or clones) that
-        keep them in different places compute the same keys."""
-        return content_hash({"stage": stage, "version": version, "inputs": portable_paths(inputs)})
+        """The artifact's key: a hash of its stage, version and inputs, with every path inside the data
+        folder written ``data:<relative>`` (``paths.portable``), so that machines that keep the shipped
+        data in different places compute the same keys. (A model folder enters a key by its own
+        identity, e.g. ``sampling.backbone_identity``, which this leaves as it is.)"""
+        return content_hash({"stage": stage, "version": version, "inputs": portable(inputs, {"data": data_dir()})})
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key

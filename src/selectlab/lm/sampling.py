@@ -176,6 +176,7 @@ _VLLM_ENGINES: dict[str, Any] = {}
 
 
 _IN_PROCESS = ExitStack()  # what an in-process engine changed in this process, undone by shutdown_engines
+_IN_PROCESS_SET_UP: list[bool] = []  # non-empty while _IN_PROCESS holds that set-up
 
 
 def shutdown_engines() -> None:
@@ -186,6 +187,7 @@ def shutdown_engines() -> None:
         llm.llm_engine.engine_core.shutdown()
         del llm
     _IN_PROCESS.close()
+    _IN_PROCESS_SET_UP.clear()
 
 
 @contextmanager
@@ -204,7 +206,8 @@ def engine_placement(in_process: bool):
 
     from . import top_k_top_p
 
-    if not _VLLM_ENGINES:
+    if not _IN_PROCESS_SET_UP:
+        _IN_PROCESS_SET_UP.append(True)
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
 
         def restore_threads():
@@ -254,7 +257,8 @@ class _VLLMBackend:
                 # Seeded requests crash the CPU engine when a prefill is chunked ("CPU Generator
                 # does not use offset"); whole prefills avoid the offset call.
                 engine_kwargs["enable_chunked_prefill"] = False
-            with engine_placement(cfg.in_process) as placement:
+            # in-process only with one worker: the uni executor starts rank 0 alone
+            with engine_placement(cfg.in_process and cfg.tensor_parallel_size == 1) as placement:
                 _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=cfg.dtype, seed=int(seed),
                                                 use_tqdm_on_load=False,  # the stage bar shows progress
                                                 **engine_kwargs, **placement)
@@ -340,6 +344,7 @@ def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store:
                                meta={"params": params, "n_records": len(records)})
     finally:
         if not keep_engine:
+            backend.clear()  # the last reference to an in-process engine's model and KV cache but the registry's
             shutdown_engines()
     rows = read_jsonl(folder / "records.jsonl")
     if [r["id"] for r in rows] != [r["id"] for r in records]:

@@ -3,14 +3,15 @@
 vLLM's PyTorch path (``apply_top_k_top_p_pytorch``, the one its CPU sampler uses) sorts every row of
 the logits (49,152 entries for SmolLM2) at every decoding step to apply top-k and then top-p. With
 top-k set, only the ``k`` largest logits can survive, so :func:`top_k_top_p` takes them with
-``topk`` and applies the same two masks, in the same order and with the same arithmetic, to those
-``k`` values: the masked logits are the ones vLLM's path returns (tested against it), and the
-sampled tokens are the same. Rows that need the whole vocabulary (no top-k, or ties at the k-th
-value that ``topk`` would cut) go through vLLM's own function.
+``topk``, lays them out as vLLM's sorted row has them and applies the same two masks with the same
+arithmetic: the masked logits are the ones vLLM's path returns, bit for bit (tested against it), and
+the sampled tokens are the same. A batch with a row that needs the whole vocabulary (no top-k) or
+equal logits among the kept ones (whose order only vLLM's sort decides) goes through vLLM's own
+function.
 
 On 2 CPU cores the sort took about half of ADG's decode time (docs/speed.md). :func:`installed`
-puts the function in place while an in-process engine samples (``sampler.in_process``: the engine's
-worker runs in this process, so the replacement reaches it).
+puts the function in place while an in-process engine samples on a CPU (``sampler.in_process``: the
+engine's worker runs in this process, so the replacement reaches it; GPUs keep vLLM's own kernels).
 """
 from __future__ import annotations
 
@@ -31,15 +32,19 @@ def top_k_top_p(logits, k, p, fallback):
     k_max = int(k.max())
     top_values, top_index = logits.topk(k_max, dim=1)  # descending
     kth = top_values.gather(1, (k - 1).unsqueeze(1))  # vLLM keeps every logit >= the k-th largest
-    if bool(((logits >= kth).sum(1) > k_max).any()):  # a tie at the k-th value that topk would cut
-        return fallback(logits, k, p)
-    values, index = top_values.flip(1), top_index.flip(1)  # ascending, as vLLM sorts
-    values = values.masked_fill(values < kth, -float("inf"))
-    cumulative = torch.cumsum(values.softmax(dim=-1), dim=-1)
+    if bool(((logits >= kth).sum(1) > k_max).any()) or bool((top_values[:, 1:] == top_values[:, :-1]).any()):
+        return fallback(logits, k, p)  # a tie: vLLM's sort decides which of the equal logits comes first
+    # vLLM's sorted row, rebuilt: -inf where its top-k mask put it, then the kept logits ascending. The
+    # softmax and the cumulative sum then run over the same numbers in the same places, so the top-p cut
+    # falls where vLLM's falls, to the last bit.
+    row = torch.full_like(logits, -float("inf"))
+    values, index = top_values.flip(1), top_index.flip(1)
+    row[:, -k_max:] = values.masked_fill(values < kth, -float("inf"))
+    cumulative = torch.cumsum(row.softmax(dim=-1)[:, -k_max:], dim=-1)  # the zeros before add nothing
     cut = cumulative <= 1 - p.unsqueeze(1)
     cut[:, -1] = False  # at least one
-    values.masked_fill_(cut, -float("inf"))
-    return logits.fill_(-float("inf")).scatter_(1, index, values)
+    kept = row[:, -k_max:].masked_fill(cut, -float("inf"))
+    return logits.fill_(-float("inf")).scatter_(1, index, kept)
 
 
 @contextmanager
@@ -51,7 +56,12 @@ def installed():
     except ImportError:
         yield
         return
+    from vllm.platforms import current_platform
+
     original = getattr(ops, "apply_top_k_top_p", None)
+    if not current_platform.is_cpu():
+        yield
+        return
     if original is None:
         log.info("vLLM has no apply_top_k_top_p: its own top-k/top-p sampling is used")
         yield

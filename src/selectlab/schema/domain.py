@@ -92,7 +92,9 @@ def check_against(schema: type, values: Any, prefix: str) -> None:
     get = values.get if hasattr(values, "get") else lambda key, default=None: getattr(values, key, default)
     for f in dataclasses.fields(schema):
         if isinstance(values, Mapping) and f.name not in values:  # a caller's own map (a config node always has the key)
-            raise SelectlabError(f"{prefix}{f.name} is missing")
+            if f.default in (MISSING, dataclasses.MISSING):
+                raise SelectlabError(f"{prefix}{f.name} is missing")
+            continue  # the schema's default applies
         domain = f.metadata.get("domain")
         if domain is None or (isinstance(values, DictConfig) and OmegaConf.is_missing(values, f.name)):
             continue

@@ -51,12 +51,12 @@ class PoolConfig(PoolSource):
 
 @dataclass
 class HubPool(PoolConfig):
-    split: str = MISSING
+    split: str = "train"
 
 
 @dataclass
 class FlanCotPool(PoolConfig):
-    answer_format: str = MISSING
+    answer_format: str = "{rationale} So the answer is {answer}."
 
 
 # ---------------------------------------------------------------- sampler
@@ -104,7 +104,9 @@ class VllmSampler(SamplerConfig):
     enable_prefix_caching: Optional[bool] = MISSING
     cpu_kvcache_space_gib: Optional[int] = at_least(1)
     cpu_reserved_cores: Optional[int] = at_least(0)
-    in_process: bool = MISSING  # the engine core and its worker in the run's process (lm.sampling.engine_placement)
+    # the engine core and its worker in the run's process (lm.sampling.engine_placement; with tensor_parallel_size 1
+    # only); false, vLLM's own processes, for a sampler map written before the key existed
+    in_process: bool = False
 
 
 # ---------------------------------------------------------------- embedding
