@@ -187,3 +187,11 @@ def test_top_k_top_p_masks_as_vllms_sorting_path(k_value, p_value):
     assert torch.equal(ours, theirs)
     whole = torch.full((64,), 4096, dtype=torch.int32)  # no top-k: vLLM's path for the batch
     assert torch.equal(top_k_top_p(logits.clone(), whole, p, vllm_path), vllm_path(logits.clone(), whole, p))
+
+
+def test_the_engine_leaves_this_process_when_vllm_could_not_scan_its_modules():
+    """vLLM's CPU start-up reads every module attribute's __dict__ as a mapping; llvmlite's ffi.lib (loaded with
+    numba) has none, and an in-process engine would fail on it: the engine then starts in its own processes."""
+    llvmlite_ffi = pytest.importorskip("llvmlite.binding.ffi")
+    assert not hasattr(vars(llvmlite_ffi.lib), "get")
+    assert not sampling.modules_scannable()

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Sequence
@@ -190,6 +191,23 @@ def shutdown_engines() -> None:
     _IN_PROCESS_SET_UP.clear()
 
 
+def modules_scannable() -> bool:
+    """Whether vLLM's CPU start-up can scan this process's modules: it rebinds kernels by reading
+    ``vars(value).get("kernel")`` for every module attribute that has a ``__dict__``
+    (``vllm.triton_utils.dispatcher._rebind_kernels``), which fails on an object whose ``__dict__``
+    is not a mapping (llvmlite's ``ffi.lib`` once numba is loaded, e.g. by an earlier job of a sweep).
+    Where it would fail, the engine runs in its own processes, whose modules are fresh."""
+    for module in list(sys.modules.values()):
+        for name, value in list((getattr(module, "__dict__", None) or {}).items()):
+            try:
+                if hasattr(value, "__dict__") and not hasattr(vars(value), "get"):
+                    log.info("vLLM engine in its own processes: %s.%s has no readable __dict__", module.__name__, name)
+                    return False
+            except TypeError:  # vars() refused: vLLM's scan would fail the same way
+                return False
+    return True
+
+
 @contextmanager
 def engine_placement(in_process: bool):
     """While an engine starts: with ``sampler.in_process`` vLLM's engine core and its worker run in
@@ -257,8 +275,10 @@ class _VLLMBackend:
                 # Seeded requests crash the CPU engine when a prefill is chunked ("CPU Generator
                 # does not use offset"); whole prefills avoid the offset call.
                 engine_kwargs["enable_chunked_prefill"] = False
-            # in-process only with one worker: the uni executor starts rank 0 alone
-            with engine_placement(cfg.in_process and cfg.tensor_parallel_size == 1) as placement:
+            # in-process only with one worker (the uni executor starts rank 0 alone) and where vLLM's kernel
+            # scan can read this process's modules
+            in_process = cfg.in_process and cfg.tensor_parallel_size == 1 and modules_scannable()
+            with engine_placement(in_process) as placement:
                 _VLLM_ENGINES[engine_key] = LLM(model=path, tokenizer=path, dtype=cfg.dtype, seed=int(seed),
                                                 use_tqdm_on_load=False,  # the stage bar shows progress
                                                 **engine_kwargs, **placement)
