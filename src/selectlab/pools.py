@@ -229,9 +229,9 @@ LOADERS: dict[str, Callable[[PoolConfig], list[dict]]] = {
 assert tuple(LOADERS) == LOADER_NAMES, "a loader is named in selectlab.schema.run.LOADERS too"
 
 
-def load_pool(cfg, seed: int, whole: bool = False) -> Pool:
-    """Load, validate, report empty instructions, then apply ``limit`` (seeded sample or head; not
-    when ``whole``). ``cfg``: a pool or held-out section, or a mapping (:func:`pool_source`)."""
+def load_pool(cfg, seed: int) -> Pool:
+    """Load, validate, report empty instructions, then apply ``limit`` (:func:`take`). ``cfg``: a
+    pool or held-out section, or a mapping (:func:`pool_source`)."""
     cfg = pool_source(cfg)
     if cfg.loader not in LOADERS:
         raise PoolError(f"pool.loader={cfg.loader!r} is not one of {sorted(LOADERS)}")
@@ -256,13 +256,18 @@ def load_pool(cfg, seed: int, whole: bool = False) -> Pool:
         if not records:
             raise PoolError(f"pool {cfg.name!r}: every record of {where} has an empty instruction")
     records, duplicates = handle_duplicates(records, cfg.name, cfg.duplicates)
-    if cfg.limit is not None and cfg.limit < len(records) and not whole:
-        if cfg.sample == "random":
-            keep = sorted(random.Random(seed).sample(range(len(records)), int(cfg.limit)))
-            records = [records[i] for i in keep]
-        else:
-            records = records[: int(cfg.limit)]
-    return Pool(cfg.name, records, empty, n_total, duplicates)
+    return Pool(cfg.name, take(records, cfg, seed), empty, n_total, duplicates)
+
+
+def take(records: list[dict], cfg: PoolConfig, seed: int) -> list[dict]:
+    """``cfg.limit`` of the records (all when null or more): a sample seeded with ``seed`` in pool
+    order (``sample=random``) or the first ones (``sample=head``)."""
+    if cfg.limit is None or cfg.limit >= len(records):
+        return records
+    if cfg.sample == "head":
+        return records[: int(cfg.limit)]
+    keep = sorted(random.Random(seed).sample(range(len(records)), int(cfg.limit)))
+    return [records[i] for i in keep]
 
 
 def handle_duplicates(records: list[dict], name: str, mode: str) -> tuple[list[dict], list[str]]:

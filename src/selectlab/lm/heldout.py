@@ -11,10 +11,10 @@ losses are kept so that differences between models can be paired by example.
 from __future__ import annotations
 
 import logging
-import random
+import dataclasses
 
 from ..errors import SelectlabError
-from ..pools import load_pool, pool_source
+from ..pools import load_pool, pool_source, take
 from ..schema.evaluation import HeldoutLoss
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,12 @@ def heldout_records(heldout_cfg, pool_records: list[dict], seed: int) -> list[di
     """``heldout.limit`` examples of the ``heldout`` source that share no (instruction, input)
     with ``pool_records``, sampled with ``seed`` (``heldout.sample=head``: the first ones)."""
     heldout_cfg = pool_source(heldout_cfg)
-    source = load_pool(heldout_cfg, seed=seed, whole=True).records
+    source = load_pool(dataclasses.replace(heldout_cfg, limit=None), seed=seed).records
     in_pool = {(r["instruction"], r["input"]) for r in pool_records}
     candidates = [r for r in source if (r["instruction"], r["input"]) not in in_pool]
     if len(candidates) < len(source):
         log.info("held-out set: %d examples that are also in the pool left out", len(source) - len(candidates))
-    limit = heldout_cfg.limit
-    if limit is None or limit >= len(candidates):
-        return candidates
-    if heldout_cfg.sample == "head":
-        return candidates[: int(limit)]
-    keep = sorted(random.Random(seed).sample(range(len(candidates)), int(limit)))
-    return [candidates[i] for i in keep]
+    return take(candidates, heldout_cfg, seed)
 
 
 def heldout_loss_eval(model_path: str, records: list[dict], loss_cfg: HeldoutLoss) -> dict:

@@ -176,8 +176,7 @@ ENGINE_KNOBS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len
 _VLLM_ENGINES: dict[str, Any] = {}
 
 
-_IN_PROCESS = ExitStack()  # what an in-process engine changed in this process, undone by shutdown_engines
-_IN_PROCESS_SET_UP: list[bool] = []  # non-empty while _IN_PROCESS holds that set-up
+_IN_PROCESS: list[ExitStack] = []  # what an in-process engine changed in this process, undone by shutdown_engines
 
 
 def shutdown_engines() -> None:
@@ -187,8 +186,8 @@ def shutdown_engines() -> None:
         _, llm = _VLLM_ENGINES.popitem()
         llm.llm_engine.engine_core.shutdown()
         del llm
-    _IN_PROCESS.close()
-    _IN_PROCESS_SET_UP.clear()
+    while _IN_PROCESS:
+        _IN_PROCESS.pop().close()
 
 
 def modules_scannable() -> bool:
@@ -224,8 +223,7 @@ def engine_placement(in_process: bool):
 
     from . import top_k_top_p
 
-    if not _IN_PROCESS_SET_UP:
-        _IN_PROCESS_SET_UP.append(True)
+    if not _IN_PROCESS:
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
 
         def restore_threads():
@@ -233,8 +231,10 @@ def engine_placement(in_process: bool):
             set_num_threads(threads)
             gc.collect()  # the engine's model and KV cache
 
-        _IN_PROCESS.callback(restore_threads)
-        _IN_PROCESS.enter_context(top_k_top_p.installed())
+        changes = ExitStack()
+        changes.callback(restore_threads)
+        changes.enter_context(top_k_top_p.installed())
+        _IN_PROCESS.append(changes)
     before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
@@ -336,7 +336,7 @@ def sample_answers(records: Sequence[dict], backbone_path: str, cfg: Any, store:
     tmpl_hash = template_hash(template, tokenizer)
     key = samples_key(records, backbone_path, cfg, seed, tmpl_hash)
     batch_size = int(cfg.batch_size)
-    params = {**{k: getattr(cfg, k, None) for k in ANSWER_KNOBS if k not in ("name", "batch_size")},
+    params = {**{k: v for k, v in cfg.key_fields().items() if k not in ("name", "batch_size")},
               "backend": cfg.name, "template_hash": tmpl_hash, "seed": int(seed)}
     position = {r["id"]: n for n, r in enumerate(records)}
     pmt = cfg.prompt_max_tokens

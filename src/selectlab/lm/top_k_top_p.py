@@ -58,10 +58,10 @@ def installed():
         return
     from vllm.platforms import current_platform
 
-    original = getattr(ops, "apply_top_k_top_p", None)
     if not current_platform.is_cpu():
         yield
         return
+    original = getattr(ops, "apply_top_k_top_p", None)
     if original is None:
         log.info("vLLM has no apply_top_k_top_p: its own top-k/top-p sampling is used")
         yield
