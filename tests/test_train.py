@@ -12,7 +12,7 @@ from selectlab.lm.prompts import render_prompt
 from selectlab.infra.store import ArtifactStore
 from selectlab.schema import typed
 from selectlab.lm.train import (IGNORE_INDEX, ResponseOnlyCollator, encode_example, encode_records,
-                             eval_loss, finetune)
+                             eval_loss, finetune, response_losses)
 
 RECORDS = [
     {"id": "0", "instruction": "Give three tips for staying healthy.", "input": "",
@@ -127,6 +127,27 @@ def test_finetune_lowers_loss_and_reuses_artifact(tiny_model_dir, compose, tmp_p
 
     again = finetune(RECORDS, str(tiny_model_dir), cfg, store, {"subset": "test"})
     assert again == out and store.events[-1].reused
+
+
+def test_a_packed_step_is_the_step_of_one_example_micro_batches(tiny_model_dir, compose, tmp_path):
+    """train.packing lays a micro-batch end to end in one row; the loss, the gradients and so the
+    weights are those of one-example micro-batches accumulated (the path before packing)."""
+    common = dict(lr=3e-3, max_steps=3, warmup_ratio=0.0, save_steps=100)
+    packed = train_cfg(compose, "cpu_small", per_device_batch_size=4, grad_accum=1, packing=True, **common)
+    one_by_one = train_cfg(compose, "cpu_small", per_device_batch_size=1, grad_accum=4, packing=False, **common)
+    assert typed(packed).key_fields()["packing"] and "packing" not in typed(one_by_one).key_fields()
+    runs = {}
+    for name, cfg in (("packed", packed), ("one_by_one", one_by_one)):
+        store = ArtifactStore(tmp_path / name)
+        out = finetune(RECORDS, str(tiny_model_dir), cfg, store)
+        runs[name] = (out, [h["loss"] for h in store.meta("checkpoints", out.rsplit("/", 1)[-1])["loss_history"]])
+    assert runs["packed"][1] == pytest.approx(runs["one_by_one"][1], rel=1e-5)
+    weights = [AutoModelForCausalLM.from_pretrained(runs[name][0], dtype=torch.float32).state_dict() for name in runs]
+    assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-5
+    # the held-out loss packs its batches too: per example, the same as one record at a time
+    together = response_losses(str(tiny_model_dir), RECORDS, batch_size=4, device="cpu")
+    alone = response_losses(str(tiny_model_dir), RECORDS, batch_size=1, device="cpu")
+    assert together == pytest.approx(alone, rel=1e-5)
 
 
 class KillAfterSave(TrainerCallback):

@@ -37,9 +37,10 @@ def load_tokenizer(path: str, padding_side: str = "right"):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str = "float32", device: str | None = None):
-    """Model in eval mode on ``device`` (default: CUDA when present)."""
+def load_causal_lm(path: str, dtype: str = "float32", device: str | None = None, attn_implementation: str | None = None):
+    """Model in eval mode on ``device`` (default: CUDA when present); ``attn_implementation``:
+    transformers' default when None."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
     return model.to(device or default_device()).eval()

@@ -31,6 +31,7 @@ from ..infra import preemption
 from ..schema import typed
 from ..schema.run import FinetuneConfig, TrainConfig
 from ..errors import SelectlabError
+from . import packing
 from .prompts import render_prompt, template_hash
 from ..infra.store import ArtifactStore, content_hash, disk_errors, holding
 
@@ -124,32 +125,34 @@ class ResponseOnlyCollator:
 def response_loss_sums(model_path: str, records: Sequence[dict], template: str = "alpaca", max_length: int = 512,
                        batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> list[tuple[float, int]]:
     """(summed cross-entropy, number of response tokens) of each record, in order; a record with
-    no response token within ``max_length`` gives (0.0, 0) and is counted in a warning."""
+    no response token within ``max_length`` gives (0.0, 0) and is counted in a warning. Each
+    ``batch_size`` records run as one packed row (:mod:`.packing`: no padding, logits at response
+    positions only)."""
     import torch
 
     from .models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_path, padding_side="right")
-    model = load_causal_lm(model_path, dtype, device)
+    model = load_causal_lm(model_path, dtype, device, attn_implementation=packing.attention())
     encoded = [encode_example(r, tokenizer, template, max_length) for r in records]
     scored = [i for i, ex in enumerate(encoded) if any(label != IGNORE_INDEX for label in ex["labels"])]
     if len(scored) < len(records):
         log.warning("%d of %d records have no response token within max_length=%d and are not scored",
                     len(records) - len(scored), len(records), max_length)
-    collate = ResponseOnlyCollator(tokenizer.pad_token_id)
     sums = [(0.0, 0)] * len(records)
     with torch.no_grad():
         for start in range(0, len(scored), batch_size):
             rows = scored[start:start + batch_size]
-            batch = {k: v.to(model.device) for k, v in collate([encoded[i] for i in rows]).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            targets = batch["labels"][:, 1:]
-            token_losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="none",
-            ).reshape(targets.shape)
+            batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v
+                     for k, v in packing.pack([encoded[i] for i in rows]).items()}
+            targets, segment = batch.pop("shift_labels")[0], batch.pop("segment")
+            del batch["labels"]
+            logits = model(**batch).logits[0]
+            token_losses = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            totals = torch.zeros(len(rows), device=token_losses.device).index_add_(0, segment, token_losses)
+            counts = torch.bincount(segment, minlength=len(rows))
             for row, i in enumerate(rows):
-                sums[i] = (float(token_losses[row].sum()), int((targets[row] != IGNORE_INDEX).sum()))
+                sums[i] = (float(totals[row]), int(counts[row]))
     return sums
 
 
@@ -252,7 +255,7 @@ def train_and_publish(records: Sequence[dict], base_model_path: str, tc: Finetun
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(tc, partial / "trainer", tc.grad_accum_for(world_size))
     trainer = Trainer(model=build_model(base_model_path, tc), args=args, train_dataset=examples,
-                      data_collator=ResponseOnlyCollator(tokenizer.pad_token_id),
+                      data_collator=packing.PackingCollator() if tc.packing else ResponseOnlyCollator(tokenizer.pad_token_id),
                       callbacks=[*(callbacks or []), preemption.stop_on_signal_callback()])
     on_stage_bar(trainer)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
@@ -311,11 +314,13 @@ def on_stage_bar(trainer) -> None:
 
 
 def build_model(base_model_path: str, tc: FinetuneConfig):
-    """The model to train: full weights in fp32 (mixed precision is the Trainer's), or LoRA adapters."""
+    """The model to train: full weights in fp32 (mixed precision is the Trainer's), or LoRA adapters;
+    with ``train.packing``, its attention runs each packed example alone."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32,
+                                                 attn_implementation=packing.attention() if tc.packing else None)
     if tc.gradient_checkpointing:
         model.config.use_cache = False
     if tc.method != "lora":

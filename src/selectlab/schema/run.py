@@ -163,6 +163,8 @@ class FinetuneConfig(TrainConfig):
     grad_accum: Optional[int] = at_least(1)  # null: from effective_batch_size
     effective_batch_size: Optional[int] = at_least(1)
     max_length: int = at_least(1)
+    # each micro-batch as one packed row (selectlab.lm.packing): no padding, logits at response positions only
+    packing: bool = False
     bf16: bool = MISSING
     gradient_checkpointing: bool = MISSING
     seed: int = MISSING
@@ -178,6 +180,8 @@ class FinetuneConfig(TrainConfig):
         fields = {k: v for k, v in asdict(self).items() if k not in self.NOT_IN_KEY}
         if self.method != "lora":
             fields = {k: v for k, v in fields.items() if not k.startswith("lora_")}
+        if not self.packing:  # a key written before the option existed stays the same
+            del fields["packing"]
         return fields
 
     def grad_accum_for(self, world_size: int) -> int:
