@@ -119,6 +119,7 @@ def test_heldout_is_disjoint_from_the_pool(tmp_path):
     assert len(sampled) == 2 and {r["instruction"] for r in sampled} <= {"C", "D", "E"}
 
 
+@pytest.mark.slow
 def test_cpu_replication_heldout_alpaca_slice_is_disjoint_from_its_pool(compose):
     from omegaconf import OmegaConf
 

@@ -246,6 +246,7 @@ def test_cli_malformed_pool_exits_nonzero_with_file_and_line(tmp_path):
     assert not list((tmp_path / "cache").glob("subsets/*")) if (tmp_path / "cache").exists() else True
 
 
+@pytest.mark.slow
 def test_sharded_runs_merge_into_the_unsharded_artifact(compose, tmp_path, monkeypatch):
     from selectlab.pipeline import run
 

@@ -222,6 +222,7 @@ def test_cli_pool_name_cannot_leave_outputs(tmp_path):
     assert not list(tmp_path.rglob("escaped")), "nothing is written outside outputs/"
 
 
+@pytest.mark.slow
 def test_cli_sweep_subdir_is_one_folder_per_job(tmp_path):
     """Hydra's override_dirname carries override values verbatim; a value with '/' made nested
     folders (and '../' ones outside the sweep folder)."""
