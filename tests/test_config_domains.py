@@ -102,17 +102,16 @@ def outside(schema, f) -> object:
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory):
+def places(compose_once):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    run = tmp_path_factory.mktemp("run")
+    runs = []
+    for option in OPTIONS:
+        overrides = [f"{g}={o}" for g, o in option.items()] + NEEDS.get(option.get("pool", ""), [])
+        runs.append((overrides, compose_once(*overrides)))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        runs = []
-        for option in OPTIONS:
-            overrides = [f"{g}={o}" for g, o in option.items()] + NEEDS.get(option.get("pool", ""), [])
-            runs.append((overrides, compose("config", overrides=[f"run_dir={run}", "logger=none", *overrides])))
         judges = [([f"judge={p.stem}"], compose("complexity", overrides=[f"judge={p.stem}"]))
                   for p in sorted((CONF / "judge").glob("*.yaml"))]
     GlobalHydra.instance().clear()
