@@ -41,7 +41,7 @@ def padded_response_losses(model_path: str, records: list[dict], batch_size: int
     collate, losses = ResponseOnlyCollator(tokenizer.pad_token_id), []
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            batch = collate(encoded[start:start + batch_size])
+            batch = {k: v.to(model.device) for k, v in collate(encoded[start:start + batch_size]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             targets = batch["labels"][:, 1:]
             token_losses = torch.nn.functional.cross_entropy(

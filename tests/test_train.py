@@ -150,6 +150,17 @@ def test_a_packed_step_is_the_step_of_one_example_micro_batches(tiny_model_dir, 
     assert together == pytest.approx(alone, rel=1e-5)
 
 
+def test_packing_refuses_several_gpus_in_one_process(monkeypatch):
+    from selectlab.errors import SelectlabError
+    from selectlab.lm.packing import check_launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SelectlabError, match="train.packing=true with 2 GPUs in one process: launch with torchrun"):
+        check_launch(world_size=1)
+    check_launch(world_size=2)  # torchrun: one process per GPU
+
+
 class KillAfterSave(TrainerCallback):
     """Stands in for a kill right after a checkpoint is on disk."""
 
@@ -215,6 +226,10 @@ def test_lora_merges_into_a_plain_model(tiny_model_dir, compose, tmp_path):
     history = store.meta("checkpoints", Path(out).name)["loss_history"]
     assert history[-1]["loss"] < history[0]["loss"]
     assert math.isfinite(eval_loss(out, RECORDS, device="cpu"))
+    # the adapters are drawn from train.seed, not from wherever the process's generator stands
+    again = finetune(RECORDS, str(tiny_model_dir), cfg, ArtifactStore(tmp_path / "again"))
+    again_sd = AutoModelForCausalLM.from_pretrained(again, dtype=torch.float32).state_dict()
+    assert all(torch.equal(again_sd[k], merged_sd[k]) for k in changed)
 
 
 def test_train_none_and_config_errors(tiny_model_dir, compose, tmp_path):

@@ -40,14 +40,37 @@ def packed_sdpa(module, query, key, value, attention_mask, **kwargs):
     return torch.cat(outputs, dim=1), None
 
 
+def padding_mask_only(*args, attention_mask=None, **kwargs):
+    """transformers' SDPA mask where a batch brings a padding mask; none otherwise. Without a cache,
+    transformers reads a packed row's restarting positions and would build a block mask of the
+    row's length squared (256 MiB for 8 examples of 2048 tokens) that :func:`packed_sdpa` never
+    reads: the bounds say it all. A packed row therefore always carries its bounds (:func:`pack`)."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if attention_mask is None else sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
 def attention() -> str:
     """The name to load a model with (``attn_implementation=``), registered with transformers once."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION, packed_sdpa)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    AttentionMaskInterface.register(ATTENTION, padding_mask_only)
     return ATTENTION
+
+
+def check_launch(world_size: int) -> None:
+    """A packed row is one sequence: the Trainer's DataParallel (several GPUs, one process) would
+    cut its bounds and kept positions apart across replicas. One process per GPU is fine."""
+    import torch
+
+    from ..errors import SelectlabError
+
+    if world_size == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        raise SelectlabError(f"train.packing=true with {torch.cuda.device_count()} GPUs in one process: launch with "
+                             "torchrun or accelerate (one process per GPU), show one GPU (CUDA_VISIBLE_DEVICES), "
+                             "or set train.packing=false")
 
 
 def pack(examples: Sequence[dict]) -> dict:

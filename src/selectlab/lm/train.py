@@ -243,7 +243,7 @@ def reuse_checkpoint(store: ArtifactStore, key: str) -> bool:
 def train_and_publish(records: Sequence[dict], base_model_path: str, tc: FinetuneConfig, tokenizer, store: ArtifactStore,
                       key: str, out_key_inputs: dict | None, callbacks: Sequence | None) -> str:
     """Train (resuming from the last Trainer checkpoint in the partial folder) and publish the checkpoint."""
-    from transformers import Trainer
+    from transformers import Trainer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     final, partial = store.path(STAGE, key), store.root / STAGE / f"{key}.partial"
@@ -253,7 +253,10 @@ def train_and_publish(records: Sequence[dict], base_model_path: str, tc: Finetun
         raise SelectlabError(f"finetune: none of the {len(records)} records has a response token within "
                              f"train.max_length={tc.max_length}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if tc.packing:
+        packing.check_launch(world_size)
     args = training_arguments(tc, partial / "trainer", tc.grad_accum_for(world_size))
+    set_seed(tc.seed)  # LoRA's adapters are drawn when the model is built, before the Trainer seeds
     trainer = Trainer(model=build_model(base_model_path, tc), args=args, train_dataset=examples,
                       data_collator=packing.PackingCollator() if tc.packing else ResponseOnlyCollator(tokenizer.pad_token_id),
                       callbacks=[*(callbacks or []), preemption.stop_on_signal_callback()])
