@@ -87,12 +87,12 @@ def check_fine_tuning(cfg: DictConfig, selector: str, here: bool = True) -> None
     that parses, and the held-out set that the size search and the fit score against."""
     searches = selector in SIZE_SEARCH
     if (cfg.task == "fit_rule" or searches or cfg.eval.name != "none") and cfg.train.name != "none":
-        tc = typed(cfg.train)
-        tc.grad_accum_for(int(os.environ.get("WORLD_SIZE", "1")))
+        tc, world_size = typed(cfg.train), int(os.environ.get("WORLD_SIZE", "1"))
+        tc.grad_accum_for(world_size)
         if here and tc.packing:
             from .lm.packing import check_launch
 
-            check_launch(int(os.environ.get("WORLD_SIZE", "1")))
+            check_launch(world_size)
     if cfg.task == "fit_rule" or searches:
         what = "task=fit_rule" if cfg.task == "fit_rule" else f"selector={selector}"
         if cfg.train.name == "none":

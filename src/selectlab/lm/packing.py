@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label value that torch's cross-entropy (and transformers' loss) skips
 ATTENTION = "selectlab_packed_sdpa"
 PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 

@@ -32,6 +32,7 @@ from ..schema import typed
 from ..schema.run import FinetuneConfig, TrainConfig
 from ..errors import SelectlabError
 from . import packing
+from .packing import IGNORE_INDEX
 from .prompts import render_prompt, template_hash
 from ..infra.store import ArtifactStore, content_hash, disk_errors, holding
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 STAGE = "checkpoints"
-IGNORE_INDEX = -100  # label value that torch's cross-entropy (and transformers' loss) skips
 
 
 # ---------------------------------------------------------------- tokenization and batching
